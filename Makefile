@@ -1,0 +1,34 @@
+# The README's two commands: `make demo` (main job on embedded defaults) and `make test`.
+# Both create .venv when missing and reinstall only when requirements.lock or pyproject.toml changed.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LAKE ?= var/lake
+
+.PHONY: demo test lint lock clean
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/dealrec --lake $(LAKE) demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# Re-resolve the pinned set after editing pyproject.toml's dependencies.
+lock: $(STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip freeze --exclude-editable > requirements.lock
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

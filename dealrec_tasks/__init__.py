@@ -1,0 +1,1 @@
+"""DEALRec pipeline library."""

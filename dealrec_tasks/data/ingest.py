@@ -1,0 +1,335 @@
+"""Validate a day's interaction logs and fold them into the append-only vocab and cumulative sequences.
+
+Pure functions on bytes and tables; ``steps.ingest`` does the reading and publishing. Nothing is dropped
+silently: every row that is not kept comes back as a reject with its file, row number, reason and raw values.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt_mod
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dealrec_tasks.data.schema import (
+    INTERACTION_COLUMNS,
+    ITEM_VOCAB_SCHEMA,
+    REJECTS_SCHEMA,
+    SEQUENCES_SCHEMA,
+    TS,
+    USER_VOCAB_SCHEMA,
+)
+
+LOG_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
+
+# Reasons (the prefix before ':' is the category reported in counts).
+MALFORMED = "malformed"
+NULL_ID = "null_id"
+WRONG_DAY = "wrong_day"
+UNKNOWN_COLUMNS = "unknown_columns"
+DUPLICATE = "duplicate"
+REASONS = (MALFORMED, NULL_ID, WRONG_DAY, UNKNOWN_COLUMNS, DUPLICATE)
+
+
+def is_log_file(name: str) -> bool:
+    return not name.startswith(("_", ".")) and name.lower().endswith(LOG_SUFFIXES)
+
+
+@dataclass
+class ParsedLog:
+    """Rows of one file that have the contract's columns (values still unvalidated), and the rows that do not."""
+
+    rows: pd.DataFrame  # source_file, row, user_id, item_id, ts (datetime64[us, UTC], NaT when unparseable), ts_raw
+    rejects: list[dict] = field(default_factory=list)
+    unreadable: bool = False  # the whole file could not be parsed; keep its bytes
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT else value
+
+
+def _reject(source: str, row: int, reason: str, raw: object) -> dict:
+    text = raw if isinstance(raw, str) else json.dumps(_json_safe(raw), default=str, sort_keys=True)
+    return {"source_file": source, "row": int(row), "reason": reason, "raw": text}
+
+
+def _parse_ts(values: pd.Series) -> pd.Series:
+    """ISO-8601 strings or timestamps to UTC; naive values are taken as UTC; anything else becomes NaT."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        ts = values if getattr(values.dt, "tz", None) is not None else values.dt.tz_localize("UTC")
+        return ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    as_str = values.map(lambda v: v if isinstance(v, str) else None)
+    parsed = pd.to_datetime(as_str, format="ISO8601", utc=True, errors="coerce")
+    return parsed.astype("datetime64[us, UTC]")
+
+
+def _frame(source: str, records: list[dict], row_numbers: list[int]) -> pd.DataFrame:
+    df = pd.DataFrame.from_records(records, columns=list(INTERACTION_COLUMNS)) if records else None
+    if df is None:
+        df = pd.DataFrame({c: pd.Series([], dtype=object) for c in INTERACTION_COLUMNS})
+    out = pd.DataFrame(
+        {
+            "source_file": source,
+            "row": np.asarray(row_numbers, dtype=np.int64),
+            "user_id": df["user_id"].astype(object).to_numpy(),
+            "item_id": df["item_id"].astype(object).to_numpy(),
+            "ts_raw": df["ts"].astype(object).to_numpy(),
+        }
+    )
+    out["ts"] = _parse_ts(df["ts"]).to_numpy() if len(df) else pd.Series([], dtype="datetime64[us, UTC]")
+    return out
+
+
+def _check_columns(source: str, columns: list[str], allow_extra: bool) -> str | None:
+    """A reason when the file's columns break the contract, else None."""
+    missing = [c for c in INTERACTION_COLUMNS if c not in columns]
+    if missing:
+        return f"{MALFORMED}: missing column(s) {', '.join(missing)} in {source}"
+    extra = [c for c in columns if c not in INTERACTION_COLUMNS]
+    if extra and not allow_extra:
+        return f"{UNKNOWN_COLUMNS}: {', '.join(extra)}"
+    return None
+
+
+def parse_log_file(source: str, data: bytes, allow_extra_columns: bool = False) -> ParsedLog:
+    """Parse one log file (Parquet, CSV with a header, or JSON lines) into candidate rows and rejects."""
+    lower = source.lower()
+    if lower.endswith(".parquet"):
+        return _parse_parquet(source, data, allow_extra_columns)
+    if lower.endswith(".csv"):
+        return _parse_csv(source, data, allow_extra_columns)
+    return _parse_jsonl(source, data, allow_extra_columns)
+
+
+def _parse_parquet(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as exc:
+        return ParsedLog(
+            _frame(source, [], []), [_reject(source, 0, f"{MALFORMED}: unreadable Parquet ({exc})", "")], True
+        )
+    df = table.to_pandas(types_mapper=None)
+    rows = list(range(1, len(df) + 1))
+    bad_columns = _check_columns(source, list(df.columns), allow_extra)
+    if bad_columns:
+        recs = df.astype(object).where(df.notna(), None).to_dict("records")
+        return ParsedLog(_frame(source, [], []), [_reject(source, r, bad_columns, rec) for r, rec in zip(rows, recs)])
+    for col in ("user_id", "item_id"):
+        if not (pd.api.types.is_string_dtype(df[col]) or pd.api.types.is_integer_dtype(df[col])):
+            df[col] = df[col].astype(object)
+    out = pd.DataFrame(
+        {
+            "source_file": source,
+            "row": np.asarray(rows, dtype=np.int64),
+            "user_id": df["user_id"].astype(object).where(df["user_id"].notna(), None).map(_id_str).to_numpy(),
+            "item_id": df["item_id"].astype(object).where(df["item_id"].notna(), None).map(_id_str).to_numpy(),
+            "ts_raw": df["ts"].astype(str).to_numpy(),
+        }
+    )
+    out["ts"] = _parse_ts(df["ts"]).to_numpy()
+    return ParsedLog(out)
+
+
+def _id_str(v: object) -> str | None:
+    """Ids are strings in the contract; integral ids from typed files are accepted as their decimal text."""
+    if v is None:
+        return None
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return v if isinstance(v, str) else str(v)
+
+
+def _parse_csv(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return ParsedLog(_frame(source, [], []), [_reject(source, 0, f"{MALFORMED}: not UTF-8 ({exc})", "")], True)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        return ParsedLog(_frame(source, [], []))
+    header = [h.strip() for h in header]
+    bad_columns = _check_columns(source, header, allow_extra)
+    records, numbers, rejects = [], [], []
+    for fields in reader:
+        line = reader.line_num
+        if not fields:
+            continue  # blank line
+        if len(fields) != len(header):
+            rejects.append(
+                _reject(source, line, f"{MALFORMED}: {len(fields)} fields, header has {len(header)}", fields)
+            )
+            continue
+        rec = dict(zip(header, fields))
+        if bad_columns:
+            rejects.append(_reject(source, line, bad_columns, rec))
+            continue
+        records.append({c: (rec[c] if rec[c] != "" else None) for c in INTERACTION_COLUMNS})
+        numbers.append(line)
+    return ParsedLog(_frame(source, records, numbers), rejects)
+
+
+def _parse_jsonl(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
+    records, numbers, rejects = [], [], []
+    for line_no, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            rejects.append(_reject(source, line_no, f"{MALFORMED}: invalid JSON ({exc.msg})", line))
+            continue
+        if not isinstance(rec, dict):
+            rejects.append(_reject(source, line_no, f"{MALFORMED}: a line must be a JSON object", line))
+            continue
+        bad_columns = _check_columns(source, list(rec), allow_extra)
+        if bad_columns:
+            rejects.append(_reject(source, line_no, bad_columns, rec))
+            continue
+        records.append({c: rec[c] for c in INTERACTION_COLUMNS})
+        numbers.append(line_no)
+    for rec in records:
+        for c in ("user_id", "item_id"):
+            rec[c] = _id_str(rec[c]) if not isinstance(rec[c], (dict, list, float, bool)) else None
+    return ParsedLog(_frame(source, records, numbers), rejects)
+
+
+@dataclass
+class ValidatedDay:
+    """A day's accepted rows in event order, and every rejected row with its reason."""
+
+    clean: pd.DataFrame  # user_id, item_id, ts, source_file, row; sorted by (ts, source_file, row)
+    rejects: pa.Table  # REJECTS_SCHEMA
+    unreadable_files: list[str]
+
+    def reject_counts(self) -> dict[str, int]:
+        cats = pd.Series(self.rejects.column("reason").to_pylist(), dtype=object).str.split(":").str[0]
+        return {r: int((cats == r).sum()) for r in REASONS}
+
+
+def validate_day(parsed: list[ParsedLog], dt: str) -> ValidatedDay:
+    """Null ids, unparseable or out-of-day timestamps and duplicates become rejects; the rest is the day."""
+    day_start = pd.Timestamp(dt_mod.date.fromisoformat(dt), tz="UTC")
+    day_end = day_start + pd.Timedelta(days=1)
+    rejects = [r for p in parsed for r in p.rejects]
+    frames = [p.rows for p in parsed if len(p.rows)]
+    if not frames:
+        empty = pd.DataFrame({"user_id": [], "item_id": [], "ts": pd.Series([], dtype="datetime64[us, UTC]")})
+        return ValidatedDay(empty, _rejects_table(rejects), [])
+    rows = pd.concat(frames, ignore_index=True)
+    reason = pd.Series(None, index=rows.index, dtype=object)
+
+    def mark(mask: pd.Series, text: pd.Series | str) -> None:
+        todo = mask & reason.isna()
+        reason[todo] = text[todo] if isinstance(text, pd.Series) else text
+
+    for col in ("user_id", "item_id"):
+        empty_id = rows[col].isna() | (rows[col].astype(str).str.strip() == "")
+        mark(empty_id, f"{NULL_ID}: {col} is empty")
+    mark(rows["ts"].isna(), MALFORMED + ": ts " + rows["ts_raw"].astype(str) + " is not an ISO-8601 timestamp")
+    outside = rows["ts"].notna() & ((rows["ts"] < day_start) | (rows["ts"] >= day_end))
+    mark(outside, WRONG_DAY + ": ts " + rows["ts"].astype(str) + f" is outside {dt}")
+    ok = reason.isna()
+    dup = ok & rows.duplicated(subset=["user_id", "item_id", "ts"], keep="first") & ok
+    # A duplicate names the row it repeats, so the reject can be traced.
+    if dup.any():
+        first = rows[ok].drop_duplicates(subset=["user_id", "item_id", "ts"], keep="first")
+        key = ["user_id", "item_id", "ts"]
+        ref = rows[dup].reset_index().merge(first, on=key, suffixes=("", "_first")).set_index("index")
+        mark(dup, DUPLICATE + ": of " + ref["source_file_first"] + " row " + ref["row_first"].astype(str))
+    bad = reason.notna()
+    if bad.any():
+        raw = rows.loc[bad, ["user_id", "item_id", "ts_raw"]].rename(columns={"ts_raw": "ts"})
+        for (src, row, why), rec in zip(
+            rows.loc[bad, ["source_file", "row"]].assign(why=reason[bad]).itertuples(index=False),
+            raw.to_dict("records"),
+        ):
+            rejects.append(_reject(src, row, why, rec))
+    clean = rows.loc[~bad, ["user_id", "item_id", "ts", "source_file", "row"]]
+    clean = clean.sort_values(["ts", "source_file", "row"], kind="stable").reset_index(drop=True)
+    return ValidatedDay(clean, _rejects_table(rejects), [p.rejects[0]["source_file"] for p in parsed if p.unreadable])
+
+
+def _rejects_table(rejects: list[dict]) -> pa.Table:
+    rejects = sorted(rejects, key=lambda r: (r["source_file"], r["row"]))
+    return pa.Table.from_pylist(rejects, schema=REJECTS_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Vocab and sequences
+# ---------------------------------------------------------------------------------------------------------
+def extend_vocab(vocab: pa.Table, ids_in_order: pd.Series, id_col: str, idx_col: str) -> tuple[pa.Table, int]:
+    """Append ids not yet known, numbered from max+1 in order of first appearance; old ids never change.
+
+    Indices start at 1 (0 is padding for items; kept for users too so both maps read the same).
+    """
+    known = set(vocab.column(id_col).to_pylist())
+    new_ids = [i for i in pd.unique(ids_in_order.to_numpy()) if i not in known]
+    start = (max(vocab.column(idx_col).to_pylist()) + 1) if vocab.num_rows else 1
+    schema = USER_VOCAB_SCHEMA if idx_col == "user_idx" else ITEM_VOCAB_SCHEMA
+    added = pa.table(
+        {id_col: pa.array(new_ids, pa.string()), idx_col: pa.array(np.arange(start, start + len(new_ids)), pa.int32())},
+        schema=schema,
+    )
+    return pa.concat_tables([vocab.cast(schema), added]), len(new_ids)
+
+
+def empty_vocab(idx_col: str) -> pa.Table:
+    return (USER_VOCAB_SCHEMA if idx_col == "user_idx" else ITEM_VOCAB_SCHEMA).empty_table()
+
+
+def lookup(vocab: pa.Table, ids: pd.Series, id_col: str, idx_col: str) -> np.ndarray:
+    mapping = pd.Series(vocab.column(idx_col).to_numpy(), index=vocab.column(id_col).to_pylist())
+    return mapping.reindex(ids.to_numpy()).to_numpy(dtype=np.int32)
+
+
+def append_to_sequences(
+    prev: pa.Table | None, users: pa.Table, user_idx: np.ndarray, item_idx: np.ndarray, ts_us: np.ndarray
+) -> pa.Table:
+    """Cumulative sequences after a day: yesterday's items, then today's in event order, one row per user.
+
+    ``user_idx``, ``item_idx``, ``ts_us`` (UTC microseconds) are today's events in time order.
+
+    Vectorised: flatten, stable-sort by user (today's rows come after yesterday's and are already in time
+    order), and rebuild the list columns from offsets.
+    """
+    if prev is not None and prev.num_rows:
+        lengths = pc_list_lengths(prev.column("items"))
+        old_users = np.repeat(prev.column("user_idx").to_numpy(), lengths)
+        old_items = prev.column("items").combine_chunks().flatten().to_numpy()
+        old_ts = prev.column("ts").combine_chunks().flatten().cast(pa.int64()).to_numpy()
+    else:
+        old_users = old_items = old_ts = np.array([], dtype=np.int64)
+    all_users = np.concatenate([old_users.astype(np.int32), user_idx.astype(np.int32)])
+    all_items = np.concatenate([old_items.astype(np.int32), item_idx.astype(np.int32)])
+    all_ts = np.concatenate([old_ts.astype(np.int64), ts_us.astype(np.int64)])
+    order = np.argsort(all_users, kind="stable")
+    all_users, all_items, all_ts = all_users[order], all_items[order], all_ts[order]
+    uniq, starts = np.unique(all_users, return_index=True)
+    offsets = pa.array(np.append(starts, len(all_users)).astype(np.int32))
+    user_ids = pd.Series(users.column("user_id").to_pylist(), index=users.column("user_idx").to_numpy())
+    return pa.table(
+        {
+            "user_idx": pa.array(uniq, pa.int32()),
+            "user_id": pa.array(user_ids.reindex(uniq).to_numpy(dtype=object), pa.string()),
+            "items": pa.ListArray.from_arrays(offsets, pa.array(all_items, pa.int32())),
+            "ts": pa.ListArray.from_arrays(offsets, pa.array(all_ts, pa.int64()).cast(TS)),
+        },
+        schema=SEQUENCES_SCHEMA,
+    )
+
+
+def pc_list_lengths(col: pa.ChunkedArray) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -1,0 +1,17 @@
+"""Progress bars for long loops (stderr, so stdout keeps the summaries)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def progress(iterable: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterator[T]:
+    """tqdm with our defaults; ``DEALREC_PROGRESS=0`` silences it (logs of schedulers)."""
+    disable = os.environ.get("DEALREC_PROGRESS", "1") == "0"
+    return iter(tqdm(iterable, desc=desc, unit=unit, total=total, disable=disable, leave=False, dynamic_ncols=True))

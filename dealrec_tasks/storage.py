@@ -1,0 +1,286 @@
+"""URIs (``file://``, ``s3://``, plain paths) and atomic, manifest-last partition writes.
+
+Contract (DESIGN.md section 2): a partition ``<dataset>/dt=YYYY-MM-DD/`` is visible to readers only once its
+``_manifest.json`` exists. A publish writes every file to a staging prefix, hides the old partition by deleting
+its manifest, moves the staged files in, and writes the manifest last. A crash at any point leaves either the
+old partition, or an invisible one that the retry overwrites. Publishing the same content again is a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime as dt_mod
+import hashlib
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from dealrec_tasks.config import S3Config
+from dealrec_tasks.errors import InputError, PartitionNotFound
+
+MANIFEST = "_manifest.json"
+STAGING = "_staging"
+MANIFEST_VERSION = 1
+
+
+def normalize_uri(uri: str) -> str:
+    """Plain paths become absolute ``file://`` URIs; trailing slashes go."""
+    if "://" not in uri:
+        return "file://" + str(Path(uri).expanduser().resolve())
+    return uri.rstrip("/") if not uri.endswith("://") else uri
+
+
+def join_uri(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+
+class Storage:
+    """Byte, JSON and Parquet IO by URI over pyarrow filesystems (one per scheme, created lazily)."""
+
+    def __init__(self, s3: S3Config | None = None):
+        self.s3 = s3 or S3Config.from_env()
+        self._s3fs: pafs.S3FileSystem | None = None
+        self._local = pafs.LocalFileSystem()
+
+    # -- resolution ---------------------------------------------------------------------------------------
+    def resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        uri = normalize_uri(uri)
+        parsed = urlparse(uri)
+        if parsed.scheme == "file":
+            return self._local, parsed.path
+        if parsed.scheme == "s3":
+            if not parsed.netloc:
+                raise InputError(f"{uri}: an s3:// URI needs a bucket")
+            return self._s3(), f"{parsed.netloc}{parsed.path}"
+        raise InputError(f"{uri}: unsupported scheme {parsed.scheme!r} (use file:// or s3://)")
+
+    def _s3(self) -> pafs.S3FileSystem:
+        if self._s3fs is None:
+            kwargs: dict[str, Any] = {"region": self.s3.region}
+            if self.s3.access_key:
+                kwargs.update(access_key=self.s3.access_key, secret_key=self.s3.secret_key)
+            if self.s3.endpoint_url:
+                parsed = urlparse(self.s3.endpoint_url)
+                kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+            self._s3fs = pafs.S3FileSystem(**kwargs)
+        return self._s3fs
+
+    # -- queries ------------------------------------------------------------------------------------------
+    def exists(self, uri: str) -> bool:
+        fs, path = self.resolve(uri)
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def list_dir(self, uri: str) -> list[str]:
+        """Names (not URIs) directly under ``uri``; empty when it does not exist."""
+        fs, path = self.resolve(uri)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return []
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
+
+    # -- bytes --------------------------------------------------------------------------------------------
+    def read_bytes(self, uri: str) -> bytes:
+        fs, path = self.resolve(uri)
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise InputError(f"{uri}: no such file") from None
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Atomic: a reader sees the old object or the new one, never a prefix of it.
+
+        Local files are written beside the target and renamed; S3 objects appear only when the upload completes.
+        """
+        fs, path = self.resolve(uri)
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(posixpath.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+
+    def delete(self, uri: str) -> None:
+        fs, path = self.resolve(uri)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(path)
+
+    def move(self, src: str, dst: str) -> None:
+        fs, src_path = self.resolve(src)
+        _, dst_path = self.resolve(dst)
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(posixpath.dirname(dst_path), exist_ok=True)
+        fs.move(src_path, dst_path)
+
+    # -- typed helpers ------------------------------------------------------------------------------------
+    def read_json(self, uri: str) -> Any:
+        raw = self.read_bytes(uri)
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{uri}: invalid JSON ({exc})") from None
+
+    def write_json(self, uri: str, obj: Any) -> None:
+        self.write_bytes(uri, json_bytes(obj))
+
+    def read_table(self, uri: str) -> pa.Table:
+        return parquet_from_bytes(self.read_bytes(uri), uri)
+
+    def write_table(self, uri: str, table: pa.Table) -> None:
+        self.write_bytes(uri, parquet_bytes(table))
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """Deterministic Parquet serialisation, so equal tables give equal checksums."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def parquet_from_bytes(data: bytes, name: str = "<bytes>") -> pa.Table:
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{name}: not a readable Parquet file ({exc})") from None
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Partitions
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Published:
+    """Outcome of a publish: where, and whether anything was written."""
+
+    uri: str
+    changed: bool
+    manifest: dict[str, Any]
+
+
+def partition_uri(root: str, dataset: str, dt: str | None) -> str:
+    return join_uri(normalize_uri(root), dataset, f"dt={dt}" if dt else "")
+
+
+class Lake:
+    """The lake layout (``<root>/<dataset>/dt=<D>/``) plus atomic publish and manifest-checked reads."""
+
+    def __init__(self, root: str, storage: Storage | None = None):
+        self.root = normalize_uri(root)
+        self.storage = storage or Storage()
+
+    def uri(self, *parts: str) -> str:
+        return join_uri(self.root, *parts)
+
+    def partition(self, dataset: str, dt: str | None = None) -> str:
+        return partition_uri(self.root, dataset, dt)
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def manifest(self, dataset: str, dt: str | None = None) -> dict[str, Any] | None:
+        uri = join_uri(self.partition(dataset, dt), MANIFEST)
+        return self.storage.read_json(uri) if self.storage.exists(uri) else None
+
+    def require_manifest(self, dataset: str, dt: str | None = None) -> dict[str, Any]:
+        manifest = self.manifest(dataset, dt)
+        if manifest is None:
+            where = self.partition(dataset, dt)
+            raise PartitionNotFound(f"{where}: no published partition (no {MANIFEST}); run the step that writes it")
+        return manifest
+
+    def read(self, dataset: str, dt: str | None, name: str) -> pa.Table:
+        """Read one table of a published partition, verifying its checksum against the manifest."""
+        manifest = self.require_manifest(dataset, dt)
+        entry = manifest["files"].get(name)
+        uri = join_uri(self.partition(dataset, dt), name)
+        if entry is None:
+            raise InputError(f"{uri}: not listed in the partition's manifest (files: {sorted(manifest['files'])})")
+        data = self.storage.read_bytes(uri)
+        if sha256(data) != entry["sha256"]:
+            raise InputError(f"{uri}: checksum differs from the manifest; the partition is corrupt, republish it")
+        return parquet_from_bytes(data, uri)
+
+    def partitions(self, dataset: str) -> list[str]:
+        """Dates of the published (manifest-carrying) partitions of ``dataset``, ascending."""
+        out = []
+        for name in self.storage.list_dir(self.uri(dataset)):
+            if name.startswith("dt=") and self.storage.exists(join_uri(self.uri(dataset), name, MANIFEST)):
+                out.append(name[3:])
+        return sorted(out)
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def publish(
+        self,
+        dataset: str,
+        dt: str | None,
+        tables: dict[str, pa.Table],
+        *,
+        config: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        blobs: dict[str, bytes] | None = None,
+    ) -> Published:
+        """Write a partition atomically, manifest last; a no-op when files and config are unchanged.
+
+        ``tables`` become Parquet files named by their key; ``blobs`` are other files (plots, JSON) written as is.
+        ``extra`` (counts, source snapshot) goes into the manifest but does not decide whether content changed.
+        """
+        files: dict[str, bytes] = {name: parquet_bytes(t) for name, t in tables.items()}
+        files.update(blobs or {})
+        entries = {
+            name: {"sha256": sha256(data), "bytes": len(data)}
+            | ({"rows": tables[name].num_rows} if name in tables else {})
+            for name, data in files.items()
+        }
+        target = self.partition(dataset, dt)
+        old = self.manifest(dataset, dt)
+        if old is not None and old.get("files") == entries and old.get("config") == (config or {}):
+            return Published(target, False, old)
+
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "dataset": dataset,
+            "dt": dt,
+            "uri": target,
+            "created_at": dt_mod.datetime.now(dt_mod.UTC).isoformat(timespec="seconds"),
+            "config": config or {},
+            "files": entries,
+            **(extra or {}),
+        }
+        st = self.storage
+        # Staging lives outside every partition, so cleaning the target never touches it.
+        staging = self.uri(STAGING, f"{dataset.replace('/', '.')}.{dt or 'all'}-{uuid.uuid4().hex}")
+        for name, data in files.items():
+            st.write_bytes(join_uri(staging, name), data)
+        # Hide, replace, reveal: without a manifest nobody reads the half-replaced directory.
+        st.delete(join_uri(target, MANIFEST))
+        for name in st.list_dir(target):
+            if name not in files:
+                st.delete(join_uri(target, name))
+        for name in files:
+            st.move(join_uri(staging, name), join_uri(target, name))
+        st.write_json(join_uri(target, MANIFEST), manifest)
+        st.delete(staging)
+        return Published(target, True, manifest)
