@@ -1,15 +1,6 @@
-"""One function per pipeline step: explicit inputs (lake URI, ``dt``, config) -> published partitions.
-
-The only module that knows both the lake layout and the computation modules; it holds no math of its own.
-Every step returns a small result object whose ``summary()`` is the one line the CLI prints and whose
-``to_dict()`` is what an orchestrator passes on (URIs and counts, never data).
-"""
+"""Data steps: import, log producers (replay, synthetic), daily ingest, samples."""
 
 from __future__ import annotations
-
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,27 +30,8 @@ from dealrec_tasks.data.schema import (
 )
 from dealrec_tasks.errors import OrderError
 from dealrec_tasks.progress import progress
+from dealrec_tasks.steps.common import StepResult
 from dealrec_tasks.storage import Lake, join_uri, sha256
-
-
-@dataclass
-class StepResult:
-    """URIs written and the counts a person or an orchestrator needs; ``changed`` is False for a no-op."""
-
-    step: str
-    uris: dict[str, str]
-    counts: dict[str, Any]
-    changed: bool = True
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def summary(self) -> str:
-        counts = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in self.counts.items())
-        state = "" if self.changed else " (unchanged, no-op)"
-        main = next(iter(self.uris.values()), "")
-        return f"{self.step}: {counts}{state} -> {main}"
 
 
 def _dataset_name(name: str) -> str:
