@@ -22,8 +22,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# pytest exits 5 when it collects no test (e.g. a filtered run): that is not a failure of the suite.
 test: $(STAMP) lint
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # Re-resolve the pinned set after editing pyproject.toml's dependencies.
 lock: $(STAMP)

@@ -94,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> list[steps.StepResult]:
     lake = _lake(args)
     synth = steps.synthetic(lake, SyntheticConfig(bad_rows=25))
     results = [synth]
-    for dt in progress(steps.pending_days(lake), desc="ingesting days", unit="day"):
+    for dt in progress(steps.log_days(lake), desc="ingesting days", unit="day"):  # ingested days are no-ops
         results.append(steps.ingest(lake, dt, IngestConfig()))
     results.append(steps.samples(lake, synth.counts["last_dt"], SamplesConfig()))
     return results

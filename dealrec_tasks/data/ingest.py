@@ -124,16 +124,18 @@ def _parse_parquet(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
     if bad_columns:
         recs = df.astype(object).where(df.notna(), None).to_dict("records")
         return ParsedLog(_frame(source, [], []), [_reject(source, r, bad_columns, rec) for r, rec in zip(rows, recs)])
-    for col in ("user_id", "item_id"):
-        if not (pd.api.types.is_string_dtype(df[col]) or pd.api.types.is_integer_dtype(df[col])):
-            df[col] = df[col].astype(object)
+
+    def ids(col: pd.Series) -> np.ndarray:
+        values = col.astype(object).where(col.notna(), None)
+        return (values if pd.api.types.is_string_dtype(col) else values.map(_id_str)).to_numpy()
+
     out = pd.DataFrame(
         {
             "source_file": source,
             "row": np.asarray(rows, dtype=np.int64),
-            "user_id": df["user_id"].astype(object).where(df["user_id"].notna(), None).map(_id_str).to_numpy(),
-            "item_id": df["item_id"].astype(object).where(df["item_id"].notna(), None).map(_id_str).to_numpy(),
-            "ts_raw": df["ts"].astype(str).to_numpy(),
+            "user_id": ids(df["user_id"]),
+            "item_id": ids(df["item_id"]),
+            "ts_raw": df["ts"].to_numpy(),  # stringified only for rejected rows
         }
     )
     out["ts"] = _parse_ts(df["ts"]).to_numpy()
@@ -229,24 +231,25 @@ def validate_day(parsed: list[ParsedLog], dt: str) -> ValidatedDay:
     rows = pd.concat(frames, ignore_index=True)
     reason = pd.Series(None, index=rows.index, dtype=object)
 
-    def mark(mask: pd.Series, text: pd.Series | str) -> None:
+    def mark(mask: pd.Series, text) -> None:
+        """Give the first reason to rows that have none yet; ``text`` maps those rows to messages."""
         todo = mask & reason.isna()
-        reason[todo] = text[todo] if isinstance(text, pd.Series) else text
+        if todo.any():
+            reason[todo] = text(rows[todo]) if callable(text) else text
 
     for col in ("user_id", "item_id"):
         empty_id = rows[col].isna() | (rows[col].astype(str).str.strip() == "")
         mark(empty_id, f"{NULL_ID}: {col} is empty")
-    mark(rows["ts"].isna(), MALFORMED + ": ts " + rows["ts_raw"].astype(str) + " is not an ISO-8601 timestamp")
+    mark(rows["ts"].isna(), lambda r: MALFORMED + ": ts " + r["ts_raw"].astype(str) + " is not an ISO-8601 timestamp")
     outside = rows["ts"].notna() & ((rows["ts"] < day_start) | (rows["ts"] >= day_end))
-    mark(outside, WRONG_DAY + ": ts " + rows["ts"].astype(str) + f" is outside {dt}")
+    mark(outside, lambda r: WRONG_DAY + ": ts " + r["ts"].astype(str) + f" is outside {dt}")
     ok = reason.isna()
-    dup = ok & rows.duplicated(subset=["user_id", "item_id", "ts"], keep="first") & ok
-    # A duplicate names the row it repeats, so the reject can be traced.
-    if dup.any():
-        first = rows[ok].drop_duplicates(subset=["user_id", "item_id", "ts"], keep="first")
-        key = ["user_id", "item_id", "ts"]
+    key = ["user_id", "item_id", "ts"]
+    dup = ok & rows.duplicated(subset=key, keep="first") & ok
+    if dup.any():  # a duplicate names the row it repeats, so the reject can be traced
+        first = rows[ok].drop_duplicates(subset=key, keep="first")
         ref = rows[dup].reset_index().merge(first, on=key, suffixes=("", "_first")).set_index("index")
-        mark(dup, DUPLICATE + ": of " + ref["source_file_first"] + " row " + ref["row_first"].astype(str))
+        mark(dup, lambda r: DUPLICATE + ": of " + ref["source_file_first"] + " row " + ref["row_first"].astype(str))
     bad = reason.notna()
     if bad.any():
         raw = rows.loc[bad, ["user_id", "item_id", "ts_raw"]].rename(columns={"ts_raw": "ts"})

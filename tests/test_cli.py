@@ -1,0 +1,75 @@
+"""The CLI as a person uses it: summaries, non-zero exits with a message naming the parameter or file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dealrec_tasks.cli import main
+from tests.conftest import GAMES, needs_games
+
+
+def run(*args: str, lake: Path) -> tuple[int, str, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dealrec_tasks.cli", "--lake", str(lake), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_demo_runs_the_data_steps(tmp_path):
+    code, out, err = run("demo", lake=tmp_path / "lake")
+    assert code == 0, err
+    assert "synthetic: days 7" in out
+    assert out.count("ingest:") == 7
+    assert "rejected 25" in out  # the demo's producer sends some bad rows every day
+    assert "samples: train 2,000" in out
+    assert (tmp_path / "lake/samples/dt=2026-01-07/_manifest.json").exists()
+    # Running it again changes nothing.
+    code, out, _ = run("demo", lake=tmp_path / "lake")
+    assert code == 0 and out.count("(unchanged, no-op)") == 9
+
+
+def test_bad_parameters_exit_2_with_a_clear_message(tmp_path, capsys):
+    assert main(["--lake", str(tmp_path), "samples", "--dt", "2026-01-01", "--max-len", "0"]) == 2
+    assert "max_len=0: must be >= 1" in capsys.readouterr().err
+    assert main(["--lake", str(tmp_path), "ingest", "--dt", "01/02/2026"]) == 2
+    assert "dt='01/02/2026'" in capsys.readouterr().err
+    assert main(["--lake", str(tmp_path), "samples", "--dt", "2026-01-01"]) == 2
+    assert "sequences/dt=2026-01-01: no published partition" in capsys.readouterr().err
+    assert main(["--lake", str(tmp_path), "import-dealrec", str(tmp_path / "nowhere")]) == 2
+    assert "missing sequential_train.txt" in capsys.readouterr().err
+    assert main(["--lake", str(tmp_path), "ingest"]) == 2
+    assert "exactly one of --dt" in capsys.readouterr().err
+
+
+def test_import_of_a_malformed_release_names_file_and_line(tmp_path, capsys):
+    src = tmp_path / "release"
+    src.mkdir()
+    (src / "sequential_train.txt").write_text("1 1 2\n2 2 x3\n")
+    (src / "sequential_valid.txt").write_text("1\n2\n")
+    (src / "sequential_test.txt").write_text("1\n2\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"item_id": [1, 2], "asin": ["A", "B"], "title": ["a", "b"]}), src / "items.parquet")
+    assert main(["--lake", str(tmp_path / "lake"), "import-dealrec", str(src)]) == 2
+    assert "sequential_train.txt:2: expected integer ids" in capsys.readouterr().err
+
+
+@needs_games()
+def test_import_games_counts(tmp_path):
+    code, out, err = run("import-dealrec", str(GAMES), lake=tmp_path / "lake")
+    assert code == 0, err
+    assert "users 49,156, items 17,332, test_users 8,696" in out
+
+
+@pytest.mark.parametrize("cmd", ["import-dealrec", "replay", "synthetic", "ingest", "samples", "demo"])
+def test_every_command_has_help(cmd):
+    proc = subprocess.run([sys.executable, "-m", "dealrec_tasks.cli", cmd, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage:" in proc.stdout
