@@ -15,12 +15,18 @@ import time
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from dealrec_tasks import steps
 from dealrec_tasks.config import ImportConfig, IngestConfig, ReplayConfig, S3Config, SamplesConfig, SyntheticConfig
 from dealrec_tasks.errors import DealrecError
+from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
 from dealrec_tasks.progress import progress
+from dealrec_tasks.scoring.config import InfluenceConfig
+from dealrec_tasks.steps import llm as llm_steps
+from dealrec_tasks.steps.common import parse_shard
 from dealrec_tasks.storage import Lake, Storage
+from dealrec_tasks.surrogate.config import SurrogateConfig
 
 DEFAULT_LAKE = "var/lake"
 
@@ -37,12 +43,16 @@ def _add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
             )
+        elif typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            parser.add_argument(flag, dest=f.name, nargs="+", type=item, default=f.default, help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text)
 
 
 def _config(cls: type, args: argparse.Namespace):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def _lake(args: argparse.Namespace) -> Lake:
@@ -100,17 +110,178 @@ def cmd_demo(args: argparse.Namespace) -> list[steps.StepResult]:
     return results
 
 
-COMMANDS: dict[str, tuple[Callable, type | None, str]] = {
-    "import-dealrec": (
+def cmd_tiny_llm(args: argparse.Namespace) -> list[steps.StepResult]:
+    return [llm_steps.tiny_llm(_lake(args), args.out, _config(TinyLLMConfig, args), rebuild=args.rebuild)]
+
+
+def cmd_effort(args: argparse.Namespace) -> list[steps.StepResult]:
+    cfg, lora = _config(EffortConfig, args), _config(LoRAConfig, args)
+    return [llm_steps.effort(_lake(args), args.dt, args.model, cfg, lora, parse_shard(args.shard))]
+
+
+def cmd_merge_effort(args: argparse.Namespace) -> list[steps.StepResult]:
+    return [llm_steps.merge_effort(_lake(args), args.dt, args.shards)]
+
+
+def cmd_finetune(args: argparse.Namespace) -> list[steps.StepResult]:
+    cfg, lora = _config(FinetuneConfig, args), _config(LoRAConfig, args)
+    return [llm_steps.finetune(_lake(args), args.dt, args.model, cfg, lora, args.work_dir, args.from_samples)]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> list[steps.StepResult]:
+    cfg = _config(EvalConfig, args)
+    return [
+        llm_steps.evaluate(
+            _lake(args), args.dt, args.model, cfg, args.cache_dir, adapter=not args.base_only, max_users=args.max_users
+        )
+    ]
+
+
+def _dt_or_dataset(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    if (args.dt is None) == (args.dataset is None):
+        raise DealrecError(f"{args.command}: give exactly one of --dt YYYY-MM-DD or --dataset NAME")
+    return args.dt, args.dataset
+
+
+def cmd_surrogate(args: argparse.Namespace) -> list[steps.StepResult]:
+    from dealrec_tasks.steps.surrogate import train_surrogate
+
+    dt, dataset = _dt_or_dataset(args)
+    return [train_surrogate(_lake(args), dt, _config(SurrogateConfig, args), dataset=dataset)]
+
+
+def cmd_influence_solve(args: argparse.Namespace) -> list[steps.StepResult]:
+    from dealrec_tasks.steps.influence import solve_influence
+
+    dt, dataset = _dt_or_dataset(args)
+    return [solve_influence(_lake(args), dt, _config(InfluenceConfig, args), dataset=dataset)]
+
+
+def cmd_influence(args: argparse.Namespace) -> list[steps.StepResult]:
+    from dealrec_tasks.steps.influence import score_influence
+
+    dt, dataset = _dt_or_dataset(args)
+    cfg = _config(InfluenceConfig, args)
+    return [score_influence(_lake(args), dt, cfg, parse_shard(args.shard), dataset=dataset)]
+
+
+def cmd_merge_influence(args: argparse.Namespace) -> list[steps.StepResult]:
+    from dealrec_tasks.steps.influence import merge_influence
+
+    dt, dataset = _dt_or_dataset(args)
+    return [merge_influence(_lake(args), dt, args.shards, dataset=dataset)]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its function, the configs whose fields become options, and its own arguments."""
+
+    run: Callable[[argparse.Namespace], list[steps.StepResult]]
+    help: str
+    configs: tuple[type, ...] = ()
+    arguments: tuple[tuple[tuple[str, ...], dict], ...] = ()
+
+
+def arg(*flags: str, **kwargs) -> tuple[tuple[str, ...], dict]:
+    return flags, kwargs
+
+
+DEFAULT_MODEL = "var/models/tiny-llm"
+DT = arg("--dt", help="partition day YYYY-MM-DD")
+DT_REQUIRED = arg("--dt", required=True, help="partition day YYYY-MM-DD")
+DATASET = arg("--dataset", help="an imported dataset (datasets/<name>/) instead of a day")
+MODEL = arg("--model", default=DEFAULT_MODEL, help="local Hugging Face causal LM directory (default %(default)s)")
+
+COMMANDS: dict[str, Command] = {
+    "import-dealrec": Command(
         cmd_import,
-        ImportConfig,
-        "import the paper's release format (sequential_*.txt + items.parquet)",
+        "import the paper's release (sequential_*.txt + items.parquet)",
+        (ImportConfig,),
+        (arg("directory", help="folder with sequential_{train,valid,test}.txt and items.parquet"),),
     ),
-    "replay": (cmd_replay, ReplayConfig, "cut an imported dataset into daily log partitions (a replay)"),
-    "synthetic": (cmd_synthetic, SyntheticConfig, "generate a synthetic catalogue and daily logs"),
-    "ingest": (cmd_ingest, IngestConfig, "validate a day's logs, quarantine bad rows, extend vocab and sequences"),
-    "samples": (cmd_samples, SamplesConfig, "build one training sample per user (+ valid/test rows) for a day"),
-    "demo": (cmd_demo, None, "run the main job on embedded defaults (synthetic data, local lake)"),
+    "replay": Command(cmd_replay, "cut an imported dataset into daily log partitions (a replay)", (ReplayConfig,)),
+    "synthetic": Command(cmd_synthetic, "generate a synthetic catalogue and daily logs", (SyntheticConfig,)),
+    "ingest": Command(
+        cmd_ingest,
+        "validate a day's logs, quarantine bad rows, extend vocab and sequences",
+        (IngestConfig,),
+        (DT, arg("--all", action="store_true", help="ingest every pending log day in order")),
+    ),
+    "samples": Command(
+        cmd_samples,
+        "build one training sample per user (+ valid/test rows) for a day",
+        (SamplesConfig,),
+        (DT, arg("--dataset", help="build samples of an imported dataset with its own split instead")),
+    ),
+    "tiny-llm": Command(
+        cmd_tiny_llm,
+        "build the tiny local LLaMA + BPE tokenizer from the catalogue",
+        (TinyLLMConfig,),
+        (
+            arg("--out", default=DEFAULT_MODEL, help="model directory (default %(default)s)"),
+            arg("--rebuild", action="store_true", help="rebuild even when a matching model exists"),
+        ),
+    ),
+    "effort": Command(
+        cmd_effort,
+        "effort scores of the training samples (one shard)",
+        (EffortConfig, LoRAConfig),
+        (DT_REQUIRED, MODEL, arg("--shard", default="0/1", help="score slice i of n (0-based), e.g. 2/8")),
+    ),
+    "merge-effort": Command(
+        cmd_merge_effort,
+        "merge the effort shards of a day",
+        (),
+        (DT_REQUIRED, arg("--shards", type=int, required=True, help="number of shards to merge")),
+    ),
+    "finetune": Command(
+        cmd_finetune,
+        "LoRA fine-tuning on the day's coreset",
+        (FinetuneConfig, LoRAConfig),
+        (
+            DT_REQUIRED,
+            MODEL,
+            arg("--work-dir", default="var/work/finetune", help="per-epoch checkpoints, for resume"),
+            arg("--from-samples", type=int, default=0, help="without a coreset: N random training samples"),
+        ),
+    ),
+    "evaluate": Command(
+        cmd_evaluate,
+        "grounded evaluation: generate a title, embed, rank all items",
+        (EvalConfig,),
+        (
+            DT_REQUIRED,
+            MODEL,
+            arg("--cache-dir", default="var/cache/embeddings", help="item embedding cache (default %(default)s)"),
+            arg("--base-only", action="store_true", help="evaluate the base model without the adapter"),
+            arg("--max-users", type=int, default=0, help="evaluate a seeded random subset of test users (0: all)"),
+        ),
+    ),
+    "surrogate": Command(
+        cmd_surrogate,
+        "train the SASRec surrogate (warm start from the previous day's checkpoint)",
+        (SurrogateConfig,),
+        (DT, DATASET),
+    ),
+    "influence-solve": Command(
+        cmd_influence_solve,
+        "influence: mean gradient + solve once, for the shard workers",
+        (InfluenceConfig,),
+        (DT, DATASET),
+    ),
+    "influence": Command(
+        cmd_influence,
+        "influence scores of one shard of the training samples",
+        (InfluenceConfig,),
+        (DT, DATASET, arg("--shard", default="0/1", help="score slice i of n (0-based), e.g. 2/8")),
+    ),
+    "merge-influence": Command(
+        cmd_merge_influence,
+        "merge the influence shards of a day into scores_influence/",
+        (),
+        (DT, DATASET, arg("--shards", type=int, required=True, help="number of shards to merge")),
+    ),
+    "demo": Command(cmd_demo, "run the main job on embedded defaults (synthetic data, local lake)"),
 }
 
 
@@ -123,17 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print results as JSON lines instead of summaries")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, cls, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == "import-dealrec":
-            p.add_argument("directory", help="folder with sequential_{train,valid,test}.txt and items.parquet")
-        if name in ("ingest", "samples"):
-            p.add_argument("--dt", help="partition day YYYY-MM-DD")
-        if name == "ingest":
-            p.add_argument("--all", action="store_true", help="ingest every pending log day in order")
-        if name == "samples":
-            p.add_argument("--dataset", help="build samples of an imported dataset with its own split instead")
-        if cls is not None:
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        for flags, kwargs in command.arguments:
+            p.add_argument(*flags, **kwargs)
+        for cls in command.configs:
             _add_config_options(p, cls)
     return parser
 
@@ -142,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
     try:
-        results = COMMANDS[args.command][0](args)
+        results = COMMANDS[args.command].run(args)
     except DealrecError as exc:
         print(f"dealrec {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

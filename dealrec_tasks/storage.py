@@ -247,6 +247,7 @@ class Lake:
         ``tables`` become Parquet files named by their key; ``blobs`` are other files (plots, JSON) written as is.
         ``extra`` (counts, source snapshot) goes into the manifest but does not decide whether content changed.
         """
+        config = json.loads(json_bytes(config or {}))  # as stored, so tuples compare equal to their lists
         files: dict[str, bytes] = {name: parquet_bytes(t) for name, t in tables.items()}
         files.update(blobs or {})
         entries = {
@@ -256,7 +257,7 @@ class Lake:
         }
         target = self.partition(dataset, dt)
         old = self.manifest(dataset, dt)
-        if old is not None and old.get("files") == entries and old.get("config") == (config or {}):
+        if old is not None and old.get("files") == entries and old.get("config") == config:
             return Published(target, False, old)
 
         manifest = {
@@ -265,7 +266,7 @@ class Lake:
             "dt": dt,
             "uri": target,
             "created_at": dt_mod.datetime.now(dt_mod.UTC).isoformat(timespec="seconds"),
-            "config": config or {},
+            "config": config,
             "files": entries,
             **(extra or {}),
         }

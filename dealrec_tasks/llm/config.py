@@ -1,0 +1,112 @@
+"""Typed settings of the LLM side: tiny model builder, effort score, LoRA fine-tuning, grounded evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dealrec_tasks.config import _Config, _require, opt
+from dealrec_tasks.llm.prompts import INSTRUCTIONS
+
+LORA_PARAM_SETS = ("last_v_lora_B", "last_layer", "all")
+
+
+@dataclass(frozen=True)
+class TinyLLMConfig(_Config):
+    """The embedded default model: a small LLaMA with a BPE tokenizer trained on the catalogue."""
+
+    domain: str = opt("games", "prompt domain (instruction text)")
+    vocab_size: int = opt(4000, "BPE vocabulary size")
+    hidden_size: int = opt(128, "hidden size")
+    intermediate_size: int = opt(256, "MLP size")
+    num_layers: int = opt(2, "decoder layers")
+    num_heads: int = opt(4, "attention heads")
+    max_positions: int = opt(1024, "maximum sequence length")
+    warmup_steps: int = opt(300, "next-token training steps on catalogue prompts (0: random weights)")
+    warmup_seconds: float = opt(180.0, "time limit of the warm-up")
+    warmup_batch: int = opt(16, "warm-up batch size")
+    warmup_lr: float = opt(3e-3, "warm-up learning rate")
+    seed: int = opt(0, "random seed")
+
+    def validate(self) -> None:
+        _require(self.domain in INSTRUCTIONS, f"domain={self.domain!r}: one of {sorted(INSTRUCTIONS)}")
+        _require(self.vocab_size >= 300, f"vocab_size={self.vocab_size}: must be >= 300 (256 bytes + specials)")
+        _require(self.hidden_size % self.num_heads == 0, f"hidden_size={self.hidden_size}: not divisible by num_heads")
+        _require(self.num_layers >= 1, f"num_layers={self.num_layers}: must be >= 1")
+        _require(self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class LoRAConfig(_Config):
+    """The paper's LoRA settings (BIGRec)."""
+
+    r: int = opt(8, "LoRA rank")
+    alpha: int = opt(16, "LoRA alpha")
+    dropout: float = opt(0.05, "LoRA dropout")
+    target_modules: tuple[str, ...] = opt(("q_proj", "v_proj"), "modules that get adapters")
+
+    def validate(self) -> None:
+        _require(self.r >= 1, f"r={self.r}: must be >= 1")
+        _require(0 <= self.dropout < 1, f"dropout={self.dropout}: must be in [0, 1)")
+        _require(len(self.target_modules) > 0, "target_modules: at least one module")
+
+
+@dataclass(frozen=True)
+class EffortConfig(_Config):
+    """Effort score delta_s = ||grad_phi L_LLM(s)||_2 over a set of LoRA parameters phi."""
+
+    params: str = opt("last_v_lora_B", f"which LoRA parameters: {', '.join(LORA_PARAM_SETS)}")
+    batch_size: int = opt(16, "samples per batch (halved on out-of-memory)")
+    cutoff_len: int = opt(512, "maximum prompt + response tokens")
+    shared_prefix: bool = opt(True, "compute the prompt's fixed prefix once (exact; see llm/effort.py)")
+    train_on_inputs: bool = opt(True, "loss over the whole prompt (BIGRec default) or the response only")
+    domain: str = opt("games", "prompt domain")
+    seed: int = opt(0, "seed of the LoRA initialisation")
+
+    def validate(self) -> None:
+        _require(self.params in LORA_PARAM_SETS, f"params={self.params!r}: one of {', '.join(LORA_PARAM_SETS)}")
+        _require(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
+        _require(self.cutoff_len >= 16, f"cutoff_len={self.cutoff_len}: must be >= 16")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(_Config):
+    """LoRA fine-tuning on a coreset (BIGRec settings), with early stopping and resumable checkpoints."""
+
+    lr: float = opt(1e-4, "learning rate (AdamW)")
+    epochs: int = opt(10, "maximum epochs")
+    patience: int = opt(2, "epochs without a better validation loss before stopping")
+    batch_size: int = opt(32, "samples per optimizer step")
+    micro_batch_size: int = opt(8, "samples per forward pass (gradient accumulation up to batch_size)")
+    cutoff_len: int = opt(512, "maximum prompt + response tokens")
+    train_on_inputs: bool = opt(True, "loss over the whole prompt (BIGRec default) or the response only")
+    domain: str = opt("games", "prompt domain")
+    seed: int = opt(0, "seed of LoRA init, data order and dropout")
+
+    def validate(self) -> None:
+        _require(self.lr > 0, f"lr={self.lr}: must be > 0")
+        _require(self.epochs >= 1, f"epochs={self.epochs}: must be >= 1")
+        _require(self.patience >= 1, f"patience={self.patience}: must be >= 1")
+        _require(self.micro_batch_size >= 1, f"micro_batch_size={self.micro_batch_size}: must be >= 1")
+        _require(
+            self.batch_size >= self.micro_batch_size and self.batch_size % self.micro_batch_size == 0,
+            f"batch_size={self.batch_size}: must be a multiple of micro_batch_size={self.micro_batch_size}",
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Config):
+    """Grounded evaluation: generate a title, embed it, rank every catalogue item by L2 distance."""
+
+    num_beams: int = opt(4, "beam search width")
+    max_new_tokens: int = opt(48, "longest generated title in tokens")
+    batch_size: int = opt(16, "prompts per generation batch")
+    embed_batch_size: int = opt(64, "titles per embedding batch")
+    cutoff_len: int = opt(512, "maximum prompt tokens")
+    ks: tuple[int, ...] = opt((10, 20, 50), "cut-offs of Recall@K and NDCG@K")
+    embed_with_base: bool = opt(True, "embed with the base model, adapter disabled (the paper's choice)")
+    domain: str = opt("games", "prompt domain")
+
+    def validate(self) -> None:
+        _require(self.num_beams >= 1, f"num_beams={self.num_beams}: must be >= 1")
+        _require(self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens}: must be >= 1")
+        _require(all(k >= 1 for k in self.ks), f"ks={self.ks}: every K must be >= 1")

@@ -1,0 +1,172 @@
+"""LoRA fine-tuning (BIGRec) on a coreset, with early stopping on validation loss and crash-safe resume.
+
+Checkpoints are written after every epoch (adapter, optimizer, RNG states, history) to a fresh directory and
+published by atomically replacing ``latest.json``; a rerun after a crash resumes from there and, because the data
+order is a function of (seed, epoch) and the RNG states are restored, ends with the same adapter as a run that
+never crashed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dealrec_tasks.llm.config import FinetuneConfig, LoRAConfig
+from dealrec_tasks.llm.effort import attach_lora
+from dealrec_tasks.llm.prompts import EncodedPrompt
+from dealrec_tasks.progress import progress
+
+LATEST = "latest.json"
+BEST = "adapter"
+
+
+def batch_tensors(prompts: Sequence[EncodedPrompt], pad_id: int, train_on_inputs: bool):
+    """Right-padded ids, attention mask and labels (-100 on padding, and on the prompt unless train_on_inputs)."""
+    width = max(len(p.input_ids) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, p in enumerate(prompts):
+        seq = torch.tensor(p.input_ids)
+        ids[i, : len(seq)] = seq
+        mask[i, : len(seq)] = 1
+        start = 0 if train_on_inputs else len(seq) - p.n_response
+        labels[i, start : len(seq)] = seq[start:]
+    return ids, mask, labels
+
+
+def per_sample_loss(model, prompts: Sequence[EncodedPrompt], pad_id: int, train_on_inputs: bool) -> torch.Tensor:
+    """Mean next-token loss of each sample: [B] (a sample's loss never depends on its batch mates)."""
+    device = next(model.parameters()).device
+    ids, mask, labels = (t.to(device) for t in batch_tensors(prompts, pad_id, train_on_inputs))
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # [B, T-1, V]
+    target = labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
+    return ce.sum(1) / (target != -100).sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def mean_loss(model, prompts: Sequence[EncodedPrompt], pad_id: int, train_on_inputs: bool, batch: int) -> float:
+    model.eval()
+    total = 0.0
+    for i in range(0, len(prompts), batch):
+        total += float(per_sample_loss(model, prompts[i : i + batch], pad_id, train_on_inputs).sum())
+    return total / max(len(prompts), 1)
+
+
+def _atomic_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(out: Path, epoch: int, model, optimizer, state: dict) -> Path:
+    ckpt = out / "checkpoints" / f"epoch-{epoch:03d}"
+    tmp = ckpt.with_name(ckpt.name + f".tmp-{uuid.uuid4().hex[:8]}")
+    model.save_pretrained(tmp)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+        tmp / "trainer_state.pt",
+    )
+    if ckpt.exists():
+        shutil.rmtree(ckpt)
+    tmp.rename(ckpt)
+    _atomic_json(out / LATEST, state | {"epoch": epoch, "checkpoint": ckpt.name})
+    for old in (out / "checkpoints").glob("epoch-*"):  # only the latest is needed to resume
+        if old.name != ckpt.name:
+            shutil.rmtree(old, ignore_errors=True)
+    return ckpt
+
+
+def _load_adapter_weights(model, adapter_dir: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(adapter_dir / "adapter_model.safetensors")))
+
+
+def finetune(
+    base_model,
+    pad_id: int,
+    train: Sequence[EncodedPrompt],
+    valid: Sequence[EncodedPrompt],
+    cfg: FinetuneConfig,
+    lora: LoRAConfig,
+    out_dir: str | Path,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train a LoRA adapter on ``train``; the best epoch's adapter (by ``valid`` loss) ends in ``out_dir/adapter``.
+
+    Resumes from ``out_dir/latest.json`` when a previous run was interrupted. Returns the history and metrics.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not train:
+        raise ValueError("finetune: the training set is empty")
+    model = attach_lora(base_model, lora, seed=cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    state = {"history": [], "best_epoch": None, "best_valid_loss": math.inf, "stale": 0, "done": False}
+    start_epoch = 0
+    if (out / LATEST).exists():
+        latest = json.loads((out / LATEST).read_text())
+        if latest.get("config") == cfg.to_dict():
+            ckpt = out / "checkpoints" / latest["checkpoint"]
+            _load_adapter_weights(model, ckpt)
+            trainer = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+            optimizer.load_state_dict(trainer["optimizer"])
+            torch.set_rng_state(trainer["torch_rng"])
+            state = {k: latest[k] for k in state}
+            start_epoch = latest["epoch"] + 1
+    state["resumed_from_epoch"] = start_epoch if start_epoch else None
+    if state["done"]:
+        return state | {"adapter_dir": str(out / BEST)}
+
+    accumulation = cfg.batch_size // cfg.micro_batch_size
+    started = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))
+        steps = math.ceil(len(order) / cfg.batch_size)
+        losses = []
+        for step in progress(range(steps), desc=f"fine-tune epoch {epoch + 1}/{cfg.epochs}", unit="step"):
+            rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            for m in range(accumulation):
+                micro = rows[m * cfg.micro_batch_size : (m + 1) * cfg.micro_batch_size]
+                if len(micro) == 0:
+                    break
+                loss = per_sample_loss(model, [train[i] for i in micro], pad_id, cfg.train_on_inputs)
+                (loss.sum() / len(rows)).backward()  # mean over the optimizer step's samples
+                losses.append(float(loss.detach().mean()))
+            optimizer.step()
+        valid_loss = mean_loss(model, valid, pad_id, cfg.train_on_inputs, cfg.micro_batch_size) if valid else None
+        train_loss = float(np.mean(losses))
+        state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "valid_loss": valid_loss})
+        score = valid_loss if valid_loss is not None else train_loss
+        if score < state["best_valid_loss"]:
+            state.update(best_valid_loss=score, best_epoch=epoch + 1, stale=0)
+            tmp = out / f".{BEST}.tmp-{uuid.uuid4().hex[:8]}"
+            model.save_pretrained(tmp)
+            if (out / BEST).exists():
+                shutil.rmtree(out / BEST)
+            tmp.rename(out / BEST)
+        else:
+            state["stale"] += 1
+        state["done"] = state["stale"] >= cfg.patience or epoch + 1 == cfg.epochs
+        _save_checkpoint(out, epoch, model, optimizer, state | {"config": cfg.to_dict()})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, state)
+        if state["done"]:
+            break
+    state["train_seconds"] = time.perf_counter() - started
+    return state | {"adapter_dir": str(out / BEST)}

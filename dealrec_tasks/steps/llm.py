@@ -1,0 +1,232 @@
+"""LLM steps: tiny model, effort scores (sharded), LoRA fine-tuning on a coreset, grounded evaluation."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from dealrec_tasks.data.samples import TEST, TRAIN, VALID
+from dealrec_tasks.data.schema import ITEMS, SAMPLES, VOCAB
+from dealrec_tasks.errors import InputError
+from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
+from dealrec_tasks.llm.prompts import EncodedPrompt, PromptTemplate, encode
+from dealrec_tasks.progress import progress
+from dealrec_tasks.steps.common import StepResult, merge_shards, shard_partition, shard_rows
+from dealrec_tasks.storage import Lake, join_uri
+
+EFFORT_SHARDS = "effort_shards"
+EFFORT = "effort"
+ADAPTERS = "adapters"
+EVALUATION = "evaluation"
+CORESET = "coreset"
+
+
+def item_titles(lake: Lake, dt: str) -> list[str]:
+    """Titles by item index: ``titles[i - 1]`` is item_idx i (the vocab at ``dt`` joined to the catalogue)."""
+    vocab = lake.read(VOCAB, dt, "items.parquet").to_pylist()
+    catalogue = lake.read(ITEMS, None, "items.parquet")
+    title = dict(zip(catalogue.column("item_id").to_pylist(), catalogue.column("title").to_pylist()))
+    out = [None] * len(vocab)
+    for row in vocab:
+        out[row["item_idx"] - 1] = title.get(row["item_id"])
+    return [t if t is not None else "(unknown title)" for t in out]
+
+
+def encode_rows(
+    rows: list[dict], titles: list[str], tokenizer, template: PromptTemplate, cutoff: int, with_target: bool = True
+) -> list[EncodedPrompt]:
+    """Prompts of sample rows (history item indices -> titles, target title as the response)."""
+    return [
+        encode(
+            tokenizer,
+            template,
+            [titles[i - 1] for i in r["history"]],
+            titles[r["target"] - 1] if with_target else None,
+            cutoff,
+        )
+        for r in progress(rows, desc="encoding prompts", unit="sample")
+    ]
+
+
+def _split(samples: pa.Table, split: str) -> list[dict]:
+    return [r for r in samples.to_pylist() if r["split"] == split]
+
+
+def tiny_llm(lake: Lake, out_dir: str, cfg: TinyLLMConfig, rebuild: bool = False) -> StepResult:
+    """Build (or reuse) the embedded default model from the lake's catalogue titles."""
+    from dealrec_tasks.llm.tiny import build_tiny_llm
+
+    titles = lake.read(ITEMS, None, "items.parquet").column("title").to_pylist()
+    info = build_tiny_llm(out_dir, [t or "" for t in titles], cfg, rebuild=rebuild)
+    counts = {"parameters": info["parameters"], "prefix_tokens": info["prefix_tokens"], "reused": info["reused"]}
+    if "warmup_last_loss" in info:
+        counts["warmup_loss"] = f"{info['warmup_first_loss']:.2f} -> {info['warmup_last_loss']:.2f}"
+    return StepResult("tiny-llm", {"model": str(Path(out_dir).resolve())}, counts, not info["reused"])
+
+
+def effort(
+    lake: Lake, dt: str, model_dir: str, cfg: EffortConfig, lora: LoRAConfig, shard: tuple[int, int] = (0, 1)
+) -> StepResult:
+    """Effort scores of shard i/n of the training samples at ``dt`` -> ``effort_shards/dt=D/shard=i-of-n``."""
+    from dealrec_tasks.llm.effort import EffortScorer, attach_lora
+    from dealrec_tasks.llm.tiny import load
+
+    train = _split(lake.read(SAMPLES, dt, "samples.parquet"), TRAIN)
+    train = train[shard_rows(len(train), shard)]
+    tokenizer, model = load(model_dir)
+    prompts = encode_rows(train, item_titles(lake, dt), tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len)
+    scorer = EffortScorer(attach_lora(model, lora, seed=cfg.seed), tokenizer.pad_token_id, cfg)
+    scores = scorer.score(prompts, desc=f"effort {shard[0]}/{shard[1]}")
+    table = pa.table(
+        {"sample_id": pa.array([r["sample_id"] for r in train], pa.int64()), "effort": pa.array(scores, pa.float64())}
+    )
+    pub = lake.publish(
+        EFFORT_SHARDS,
+        shard_partition(dt, shard),
+        {"effort.parquet": table},
+        config=cfg.to_dict() | {"lora": lora.to_dict(), "model_dir": model_dir},
+        extra={"source": {"samples": lake.partition(SAMPLES, dt)}},
+    )
+    counts = {
+        "samples": len(train),
+        "shared_prefix": scorer.use_prefix,
+        "mean_effort": float(np.mean(scores)) if len(scores) else 0.0,
+    }
+    return StepResult("effort", {"effort": pub.uri}, counts, pub.changed)
+
+
+def merge_effort(lake: Lake, dt: str, n: int) -> StepResult:
+    pub, table = merge_shards(lake, EFFORT_SHARDS, dt, n, "effort.parquet", EFFORT)
+    return StepResult("merge-effort", {"effort": pub.uri}, {"shards": n, "samples": table.num_rows}, pub.changed)
+
+
+def training_rows(lake: Lake, dt: str, from_samples: int, seed: int) -> tuple[list[dict], str]:
+    """The coreset at ``dt`` when published; otherwise (``from_samples`` > 0) that many random training samples."""
+    if lake.manifest(CORESET, dt) is not None:
+        return lake.read(CORESET, dt, "coreset.parquet").to_pylist(), lake.partition(CORESET, dt)
+    if from_samples <= 0:
+        raise InputError(
+            f"{lake.partition(CORESET, dt)}: no published coreset; run `dealrec select` first, "
+            "or pass --from-samples N to fine-tune on N random training samples"
+        )
+    train = _split(lake.read(SAMPLES, dt, "samples.parquet"), TRAIN)
+    pick = np.random.default_rng(seed).choice(len(train), size=min(from_samples, len(train)), replace=False)
+    return [train[i] for i in sorted(pick)], f"{lake.partition(SAMPLES, dt)} (random {len(pick)})"
+
+
+def finetune(
+    lake: Lake,
+    dt: str,
+    model_dir: str,
+    cfg: FinetuneConfig,
+    lora: LoRAConfig,
+    work_dir: str,
+    from_samples: int = 0,
+    max_valid: int = 256,
+) -> StepResult:
+    """LoRA fine-tuning on the coreset at ``dt``; the best adapter is published to ``adapters/dt=D/``.
+
+    ``work_dir`` keeps the per-epoch checkpoints, so a retried task resumes instead of starting over.
+    """
+    from dealrec_tasks.llm import finetune as ft
+    from dealrec_tasks.llm.evaluate import model_fingerprint
+    from dealrec_tasks.llm.tiny import load
+
+    rows, source = training_rows(lake, dt, from_samples, cfg.seed)
+    valid = _split(lake.read(SAMPLES, dt, "samples.parquet"), VALID)
+    if len(valid) > max_valid:
+        valid = [valid[i] for i in sorted(np.random.default_rng(cfg.seed).choice(len(valid), max_valid, False))]
+    tokenizer, model = load(model_dir)
+    titles = item_titles(lake, dt)
+    template = PromptTemplate(cfg.domain)
+    train_p = encode_rows(rows, titles, tokenizer, template, cfg.cutoff_len)
+    valid_p = encode_rows(valid, titles, tokenizer, template, cfg.cutoff_len)
+    work = Path(work_dir) / f"dt={dt}"
+    state = ft.finetune(model, tokenizer.pad_token_id, train_p, valid_p, cfg, lora, work)
+    adapter = Path(state["adapter_dir"])
+    blobs = {p.name: p.read_bytes() for p in adapter.iterdir() if p.is_file()}
+    metrics = {k: state[k] for k in ("history", "best_epoch", "best_valid_loss")}
+    pub = lake.publish(
+        ADAPTERS,
+        dt,
+        {},
+        blobs=blobs,
+        config=cfg.to_dict() | {"lora": lora.to_dict()},
+        extra={
+            "base_model": {"path": str(Path(model_dir).resolve()), "fingerprint": model_fingerprint(model_dir)},
+            "source": {"training": source},
+            "metrics": metrics,
+        },
+    )
+    counts = {
+        "train_samples": len(train_p),
+        "valid_samples": len(valid_p),
+        "epochs": len(state["history"]),
+        "best_epoch": state["best_epoch"],
+        "best_valid_loss": round(state["best_valid_loss"], 4),
+    }
+    if state.get("resumed_from_epoch"):
+        counts["resumed_from_epoch"] = state["resumed_from_epoch"]
+    return StepResult("finetune", {"adapter": pub.uri}, counts, pub.changed)
+
+
+def evaluate(
+    lake: Lake,
+    dt: str,
+    model_dir: str,
+    cfg: EvalConfig,
+    cache_dir: str | None = None,
+    adapter: bool = True,
+    max_users: int = 0,
+    seed: int = 0,
+) -> StepResult:
+    """Grounded evaluation of the adapter at ``dt`` (or of the base model) on the test rows at ``dt``."""
+    import json
+
+    from dealrec_tasks.llm.evaluate import grounded_evaluation
+    from dealrec_tasks.llm.tiny import load
+
+    test = _split(lake.read(SAMPLES, dt, "samples.parquet"), TEST)
+    if not test:
+        raise InputError(f"{lake.partition(SAMPLES, dt)}: no test rows to evaluate on")
+    if max_users and len(test) > max_users:
+        test = [test[i] for i in sorted(np.random.default_rng(seed).choice(len(test), max_users, replace=False))]
+    tokenizer, model = load(model_dir)
+    if adapter:
+        from peft import PeftModel
+
+        manifest = lake.require_manifest(ADAPTERS, dt)
+        local = Path(tempfile.mkdtemp(prefix="adapter-"))
+        for name in manifest["files"]:
+            (local / name).write_bytes(lake.storage.read_bytes(join_uri(lake.partition(ADAPTERS, dt), name)))
+        model = PeftModel.from_pretrained(model, local)
+    titles = item_titles(lake, dt)
+    prompts = encode_rows(test, titles, tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len, with_target=False)
+    targets = [[t - 1 for t in r["targets"]] for r in test]
+    result = grounded_evaluation(model, tokenizer, prompts, targets, titles, cfg, model_dir, cache_dir)
+    metrics = {k: float(v) for k, v in result["metrics"].items()}
+    examples = [
+        {
+            "user_id": r["user_id"],
+            "history": [titles[i - 1] for i in r["history"][-5:]],
+            "generated": g,
+            "targets": [titles[t - 1] for t in r["targets"]],
+        }
+        for r, g in zip(test[:25], result["generated"][:25])
+    ]
+    pub = lake.publish(
+        EVALUATION,
+        dt,
+        {},
+        config=cfg.to_dict() | {"adapter": adapter, "max_users": max_users},
+        blobs={
+            "metrics.json": json.dumps(metrics, indent=2).encode(),
+            "examples.json": json.dumps(examples, indent=2).encode(),
+        },
+        extra={"metrics": metrics, "base_model": str(Path(model_dir).resolve())},
+    )
+    shown = {k: round(v, 4) for k, v in metrics.items() if k in ("recall@20", "ndcg@20", "users")}
+    return StepResult("evaluate", {"evaluation": pub.uri}, shown, pub.changed)

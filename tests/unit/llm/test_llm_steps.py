@@ -1,0 +1,62 @@
+"""LLM steps on a small synthetic lake: sharded effort merges to the unsharded result; fine-tune then evaluate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dealrec_tasks import steps
+from dealrec_tasks.config import IngestConfig, SamplesConfig, SyntheticConfig
+from dealrec_tasks.errors import InputError
+from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig
+from dealrec_tasks.steps import llm as llm_steps
+from dealrec_tasks.storage import Lake
+
+DT = "2026-01-05"
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory) -> Lake:
+    lake = Lake(str(tmp_path_factory.mktemp("lake")))
+    steps.synthetic(lake, SyntheticConfig(users=40, items=120, days=5, events_per_day=60))
+    for dt in steps.pending_days(lake):
+        steps.ingest(lake, dt, IngestConfig())
+    steps.samples(lake, DT, SamplesConfig(max_len=8))
+    return lake
+
+
+def test_sharded_effort_merges_to_the_unsharded_scores(lake, tiny_dir):
+    cfg = EffortConfig(batch_size=4)
+    one = llm_steps.effort(lake, DT, tiny_dir, cfg, LoRAConfig(), (0, 1))
+    with pytest.raises(InputError, match=r"shard\(s\) \[1\] of 2 are not published"):
+        llm_steps.effort(lake, DT, tiny_dir, cfg, LoRAConfig(), (0, 2))
+        llm_steps.merge_effort(lake, DT, 2)
+    llm_steps.effort(lake, DT, tiny_dir, cfg, LoRAConfig(), (1, 2))
+    merged = llm_steps.merge_effort(lake, DT, 2)
+    n_train = lake.read("samples", DT, "samples.parquet").column("split").to_pylist().count("train")
+    assert merged.counts["samples"] == one.counts["samples"] == n_train > 20
+    single = lake.read("effort_shards", f"{DT}/shard=0-of-1", "effort.parquet").to_pydict()
+    both = lake.read("effort", DT, "effort.parquet").to_pydict()
+    order = np.argsort(single["sample_id"])
+    assert both["sample_id"] == list(np.asarray(single["sample_id"])[order])
+    np.testing.assert_allclose(both["effort"], np.asarray(single["effort"])[order], rtol=1e-5)
+    assert not llm_steps.merge_effort(lake, DT, 2).changed  # a retried merge is a no-op
+
+
+def test_finetune_without_coreset_needs_an_explicit_choice(lake, tiny_dir, tmp_path):
+    with pytest.raises(InputError, match="no published coreset"):
+        llm_steps.finetune(lake, DT, tiny_dir, FinetuneConfig(), LoRAConfig(), str(tmp_path))
+
+
+def test_finetune_then_evaluate(lake, tiny_dir, tmp_path):
+    cfg = FinetuneConfig(epochs=2, batch_size=8, micro_batch_size=8)
+    result = llm_steps.finetune(lake, DT, tiny_dir, cfg, LoRAConfig(), str(tmp_path), from_samples=16)
+    manifest = lake.require_manifest("adapters", DT)
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= set(manifest["files"])
+    assert manifest["base_model"]["fingerprint"] and result.counts["train_samples"] == 16
+    # A retry of the same task resumes from the finished checkpoint: nothing is trained or published again.
+    assert not llm_steps.finetune(lake, DT, tiny_dir, cfg, LoRAConfig(), str(tmp_path), from_samples=16).changed
+    ev = llm_steps.evaluate(lake, DT, tiny_dir, EvalConfig(num_beams=2, max_new_tokens=8), str(tmp_path / "c"))
+    metrics = lake.storage.read_json(ev.uris["evaluation"] + "/metrics.json")
+    assert metrics["users"] == ev.counts["users"] > 0
+    assert 0.0 <= metrics["recall@50"] <= 1.0
