@@ -1,0 +1,56 @@
+"""Settings of the influence scores (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dealrec_tasks.config import _Config, _require, opt
+from dealrec_tasks.surrogate.model import BLOCKS
+
+SOLVERS = ("cg", "explicit", "lissa")
+
+
+@dataclass(frozen=True)
+class InfluenceConfig(_Config):
+    """``influence``: I(s) = grad L(s)^T (H + damping I)^-1 v over one Linear block of the surrogate."""
+
+    block: str = opt("attn_out", f"parameter block (its Linear weight): {', '.join(sorted(BLOCKS))}")
+    negatives: int = opt(4096, "K: one fixed, seeded set of negative items shared by every sample")
+    neg_seed: int = opt(0, "seed of the negative set (a score depends only on the sample and this seed)")
+    damping: float = opt(0.25, "damping of (H + damping I); 0.25 is the paper's effective LiSSA damping")
+    solver: str = opt("cg", f"how to solve (H + damping I) x = v: {', '.join(SOLVERS)}")
+    hvp_samples: int = opt(4096, "training samples in the Hessian (seeded subsample; 0 = all)")
+    hvp_seed: int = opt(0, "seed of the Hessian subsample and of LiSSA's draws")
+    cg_tol: float = opt(1e-4, "CG stops when ||residual|| <= cg_tol * ||v||")
+    cg_max_iter: int = opt(200, "CG iteration limit")
+    lissa_depth: int = opt(5000, "LiSSA recursion depth (paper: 5000)")
+    lissa_damp: float = opt(0.01, "LiSSA damping d (paper: 0.01); effective damping is d * scale")
+    lissa_scale: float = opt(25.0, "LiSSA scale (paper: 25)")
+    lissa_batch: int = opt(1, "samples per LiSSA step (paper: 1)")
+    spill: bool = opt(True, "keep per-position (g, a) in temporary files so scoring needs no second pass")
+    batch_size: int = opt(512, "samples per batch in the gradient and scoring passes (bounds memory)")
+    hvp_chunk: int = opt(16384, "positions per chunk in a Hessian-vector product (bounds memory)")
+    dtype: str = opt("float32", "float32 or float64")
+    threads: int = opt(0, "torch intra-op threads; 0 keeps torch's default")
+
+    def validate(self) -> None:
+        _require(self.block in BLOCKS, f"block={self.block!r}: choose one of {sorted(BLOCKS)}")
+        _require(self.negatives >= 1, f"negatives={self.negatives}: must be >= 1")
+        _require(self.damping >= 0, f"damping={self.damping}: must be >= 0")
+        _require(self.solver in SOLVERS, f"solver={self.solver!r}: choose one of {SOLVERS}")
+        _require(self.hvp_samples >= 0, f"hvp_samples={self.hvp_samples}: must be >= 0")
+        _require(self.cg_tol > 0, f"cg_tol={self.cg_tol}: must be > 0")
+        _require(self.cg_max_iter >= 1, f"cg_max_iter={self.cg_max_iter}: must be >= 1")
+        _require(self.lissa_depth >= 1, f"lissa_depth={self.lissa_depth}: must be >= 1")
+        _require(0 <= self.lissa_damp < 1, f"lissa_damp={self.lissa_damp}: must be in [0, 1)")
+        _require(self.lissa_scale > 0, f"lissa_scale={self.lissa_scale}: must be > 0")
+        _require(self.lissa_batch >= 1, f"lissa_batch={self.lissa_batch}: must be >= 1")
+        _require(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
+        _require(self.hvp_chunk >= 1, f"hvp_chunk={self.hvp_chunk}: must be >= 1")
+        _require(self.dtype in ("float32", "float64"), f"dtype={self.dtype!r}: float32 or float64")
+        _require(self.threads >= 0, f"threads={self.threads}: must be >= 0")
+
+    @property
+    def effective_damping(self) -> float:
+        """The damping actually solved with: LiSSA's fixed point is (H + d * scale I)^-1 v."""
+        return self.lissa_damp * self.lissa_scale if self.solver == "lissa" else self.damping

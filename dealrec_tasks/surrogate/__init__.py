@@ -1,0 +1,1 @@
+"""SASRec surrogate: model, batching, training with early stopping, full-ranking evaluation (no IO)."""

@@ -1,0 +1,51 @@
+"""Settings of the SASRec surrogate (paper defaults) and its training loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dealrec_tasks.config import _Config, _require, opt
+
+
+@dataclass(frozen=True)
+class SurrogateConfig(_Config):
+    """``surrogate``: SASRec trained with the paper's loss, early-stopped on validation Recall@K."""
+
+    hidden: int = opt(64, "hidden size (item and position embeddings, attention, feed-forward)")
+    blocks: int = opt(2, "number of transformer blocks")
+    heads: int = opt(2, "attention heads per block")
+    dropout: float = opt(0.5, "dropout rate (embeddings, attention weights, feed-forward)")
+    max_len: int = opt(50, "input positions kept (most recent)")
+    lr: float = opt(1e-3, "Adam learning rate")
+    l2: float = opt(0.0, "Adam weight decay")
+    batch_size: int = opt(500, "training samples per batch")
+    max_epochs: int = opt(200, "upper bound on training epochs")
+    patience: int = opt(5, "stop after this many evaluations without a better validation metric")
+    eval_every: int = opt(1, "evaluate on the validation rows every this many epochs")
+    metric_k: int = opt(20, "early stopping watches validation Recall@metric_k")
+    eval_batch_size: int = opt(1024, "users per batch in full-ranking evaluation")
+    cold_start: bool = opt(False, "ignore the previous day's checkpoint and train from a fresh initialisation")
+    seed: int = opt(0, "seed of initialisation, batch order, negatives and dropout")
+    threads: int = opt(0, "torch intra-op threads; 0 keeps torch's default (the cores given to the process)")
+
+    def validate(self) -> None:
+        _require(self.hidden >= 2, f"hidden={self.hidden}: must be >= 2")
+        _require(self.blocks >= 1, f"blocks={self.blocks}: must be >= 1")
+        _require(self.heads >= 1 and self.hidden % self.heads == 0, f"heads={self.heads}: must divide hidden")
+        _require(0.0 <= self.dropout < 1.0, f"dropout={self.dropout}: must be in [0, 1)")
+        _require(self.max_len >= 1, f"max_len={self.max_len}: must be >= 1")
+        _require(self.lr > 0, f"lr={self.lr}: must be > 0")
+        _require(self.l2 >= 0, f"l2={self.l2}: must be >= 0")
+        _require(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
+        _require(self.max_epochs >= 1, f"max_epochs={self.max_epochs}: must be >= 1")
+        _require(self.patience >= 1, f"patience={self.patience}: must be >= 1")
+        _require(self.eval_every >= 1, f"eval_every={self.eval_every}: must be >= 1")
+        _require(self.metric_k >= 1, f"metric_k={self.metric_k}: must be >= 1")
+        _require(self.eval_batch_size >= 1, f"eval_batch_size={self.eval_batch_size}: must be >= 1")
+        _require(self.threads >= 0, f"threads={self.threads}: must be >= 0")
+
+    @classmethod
+    def tiny(cls, **overrides) -> SurrogateConfig:
+        """A preset for tests: a few weights, a few epochs, no dropout."""
+        values = dict(hidden=8, blocks=2, heads=2, dropout=0.0, max_len=10, batch_size=32, max_epochs=3, patience=2)
+        return cls(**(values | overrides))

@@ -1,0 +1,73 @@
+"""Full-ranking Recall@K and NDCG@K with the user's known items masked (DESIGN.md section 3).
+
+Per user with targets T and 0-based ranks r(t) among all items: Recall@K = |{t: r(t) < K}| / |T| and
+NDCG@K = sum_{t: r(t) < K} 1 / log2(r(t) + 2) / sum_{i < min(|T|, K)} 1 / log2(i + 2), averaged over users.
+A target's rank counts the items scored strictly higher (ties in its favour); masked items score -inf.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dealrec_tasks.surrogate.batching import EvalSet, input_batch, length_batches
+from dealrec_tasks.surrogate.model import SASRec
+
+KS = (10, 20, 50)
+
+
+def metrics_from_ranks(ranks: list[np.ndarray], ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """Mean Recall@K / NDCG@K over users, from each user's 0-based target ranks."""
+    out: dict[str, float] = {}
+    n = len(ranks)
+    for k in ks:
+        ideal = np.cumsum(1.0 / np.log2(np.arange(k) + 2))  # ideal DCG of 1..k relevant items
+        rec = ndcg = 0.0
+        for r in ranks:
+            hit = r[r < k]
+            rec += len(hit) / len(r)
+            ndcg += float((1.0 / np.log2(hit + 2)).sum()) / ideal[min(len(r), k) - 1]
+        out[f"recall@{k}"] = rec / n if n else 0.0
+        out[f"ndcg@{k}"] = float(ndcg / n) if n else 0.0
+    return out
+
+
+@torch.no_grad()
+def rank_targets(model: SASRec, data: EvalSet, batch_size: int = 1024) -> list[np.ndarray]:
+    """0-based rank of every target of every row, over all items with the row's mask applied."""
+    was_training = model.training
+    model.eval()
+    items = model.item_weights()  # [n, H]
+    ranks: list[np.ndarray | None] = [None] * len(data.inputs)
+    for rows in length_batches(data.inputs.lengths, batch_size):
+        h = model(input_batch(data.inputs, rows, model.max_len))[:, -1]  # [B, H] the last position predicts
+        scores = h @ items.T  # [B, n]
+        b = torch.from_numpy(np.repeat(np.arange(len(rows)), data.mask.lengths[rows]))
+        m = torch.from_numpy(np.concatenate([data.mask.row(i) for i in rows]) - 1)
+        scores[b, m] = -torch.inf
+        tb = np.repeat(np.arange(len(rows)), data.targets.lengths[rows])
+        tgt = np.concatenate([data.targets.row(i) for i in rows]) - 1
+        t_scores = scores[torch.from_numpy(tb), torch.from_numpy(tgt)]  # [sum |T|]
+        # Rank = items strictly above the target; computed per row block to bound memory.
+        above = _count_above(scores, torch.from_numpy(tb), t_scores)
+        split = np.cumsum(data.targets.lengths[rows])[:-1]
+        for i, r in zip(rows, np.split(above.numpy(), split)):
+            ranks[i] = r
+    model.train(was_training)
+    return ranks  # type: ignore[return-value]
+
+
+def _count_above(scores: Tensor, row: Tensor, value: Tensor, chunk: int = 256) -> Tensor:
+    out = []
+    for i in range(0, len(row), chunk):
+        s = scores[row[i : i + chunk]]  # [c, n]
+        out.append((s > value[i : i + chunk, None]).sum(-1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def evaluate(model: SASRec, data: EvalSet, batch_size: int = 1024, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """Recall@K / NDCG@K over the rows of ``data`` (every row has at least one target)."""
+    out = metrics_from_ranks(rank_targets(model, data, batch_size), ks)
+    out["users"] = len(data.inputs)
+    return out

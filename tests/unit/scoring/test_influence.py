@@ -1,0 +1,171 @@
+"""Influence scores against naive float64 references on a tiny SASRec (DESIGN.md section 7.7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from torch.func import functional_call
+
+from dealrec_tasks.data.schema import SAMPLES_SCHEMA
+from dealrec_tasks.scoring.config import InfluenceConfig
+from dealrec_tasks.scoring.influence import (
+    BlockProblem,
+    SolveInfo,
+    frozen,
+    influence,
+    lissa,
+    mean_gradient,
+    negative_set,
+    per_sample_grads,
+    reference_grad,
+    reference_hvp,
+    reference_scores,
+    solve,
+)
+from dealrec_tasks.surrogate.batching import train_batch, train_seqs
+from dealrec_tasks.surrogate.config import SurrogateConfig
+from dealrec_tasks.surrogate.model import BLOCKS, SASRec, bce_expected
+
+N_ITEMS = 15
+
+
+def _samples(n_users: int = 24, seed: int = 0, max_len: int = 6) -> pa.Table:
+    """Train rows with empty, short and longer-than-max_len histories."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        seq = rng.integers(1, N_ITEMS + 1, size=int(rng.integers(1, 10))).tolist()
+        rows.append(
+            {
+                "sample_id": int(rng.integers(0, 2**62)),
+                "user_idx": u,
+                "user_id": str(u),
+                "split": "train",
+                "history": seq[:-1][-max_len:],
+                "target": seq[-1],
+                "targets": [seq[-1]],
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA)
+
+
+def _model(seed: int = 0, max_len: int = 6) -> SASRec:
+    torch.manual_seed(seed)
+    model = SASRec(N_ITEMS, SurrogateConfig.tiny(hidden=4, heads=2, max_len=max_len)).double()
+    with torch.no_grad():  # break the symmetry of the zero-initialised biases and LayerNorms
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        model.item_emb.weight[0].zero_()
+    return model.eval()
+
+
+def _cfg(**kw) -> InfluenceConfig:
+    return InfluenceConfig(**({"negatives": 8, "dtype": "float64", "hvp_samples": 0, "cg_tol": 1e-12} | kw))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    seqs = train_seqs(_samples(), N_ITEMS)
+    return _model(), seqs
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+def test_batched_per_sample_grads_equal_a_loop(setup, block):
+    model, seqs = setup
+    neg = negative_set(N_ITEMS, 8, 0)
+    rows = np.arange(len(seqs))
+    with frozen(model):
+        batched = per_sample_grads(BlockProblem(model, block, neg), seqs, rows)
+    loop = torch.stack([reference_grad(model, seqs, np.asarray([r]), block, neg, pad_to=6) for r in rows])
+    torch.testing.assert_close(batched, loop, rtol=1e-10, atol=1e-12)
+
+
+def test_mean_gradient_and_hvp_equal_whole_network_autograd(setup):
+    model, seqs = setup
+    neg = negative_set(N_ITEMS, 8, 0)
+    rows = np.arange(len(seqs))
+    with frozen(model):
+        problem = BlockProblem(model, "attn_out", neg)
+        v, cache = mean_gradient(problem, seqs, batch_size=5, cache_rows=rows)
+        vec = torch.randn_like(v)
+        sw = torch.full((len(rows),), 1.0 / len(rows), dtype=v.dtype)
+        hv = problem.hvp(cache, sw, vec, chunk=7)
+    ref_v = reference_grad(model, seqs, rows, "attn_out", neg) / len(rows)
+    torch.testing.assert_close(v, ref_v, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(hv, reference_hvp(model, seqs, rows, "attn_out", neg, vec), rtol=1e-9, atol=1e-12)
+
+
+def _full_hessian(model: SASRec, seqs, block: str, neg) -> torch.Tensor:
+    """Hessian of the mean loss w.r.t. the block weight, by torch.autograd.functional.hessian."""
+    name = {"attn_out": "attn.out_proj", "ffn_in": "ffn.fc1", "ffn_out": "ffn.fc2"}[block]
+    name = f"blocks.{len(model.blocks) - 1}.{name}.weight"
+    batch = train_batch(seqs, np.arange(len(seqs)), model.max_len)
+    w0 = dict(model.named_parameters())[name].detach()
+
+    def loss(w):
+        params = {k: p.detach() for k, p in model.named_parameters()} | {name: w}
+        h = functional_call(model, params, (batch.inputs,))[batch.real]
+        item_w = params["item_emb.weight"][1 : N_ITEMS + 1]
+        return (bce_expected(h, batch.targets, neg, item_w) * batch.weight).sum() / len(seqs)
+
+    h = torch.autograd.functional.hessian(loss, w0)
+    return h.reshape(w0.numel(), w0.numel())
+
+
+@pytest.mark.parametrize("solver", ["cg", "explicit"])
+def test_solve_matches_explicit_inverse_of_the_full_hessian(setup, solver):
+    model, seqs = setup
+    cfg = _cfg(solver=solver, damping=0.5)
+    sol = solve(model, seqs, cfg)
+    h = _full_hessian(model, seqs, cfg.block, sol.negatives)
+    a = h + cfg.damping * torch.eye(h.shape[0], dtype=h.dtype)
+    expected = torch.linalg.solve(a, sol.v.reshape(-1)).view_as(sol.v)
+    torch.testing.assert_close(sol.u, expected, rtol=1e-8, atol=1e-10)
+    if solver == "cg":
+        assert sol.info.iterations < h.shape[0] + 1
+
+
+def test_lissa_converges_to_the_exact_answer(setup):
+    """LiSSA's recursion with every sample in each step (a deterministic Hessian) reaches the exact solve."""
+    model, seqs = setup
+    n = len(seqs)
+    cfg = _cfg(solver="lissa", lissa_damp=0.1, lissa_scale=5.0, lissa_depth=400)
+    exact = solve(model, seqs, _cfg(solver="explicit", damping=cfg.effective_damping))
+    rows = np.arange(n)
+    info = SolveInfo("lissa", cfg.effective_damping)
+    with frozen(model):
+        problem = BlockProblem(model, cfg.block, exact.negatives)
+        v, cache = mean_gradient(problem, seqs, batch_size=8, cache_rows=rows)
+        draws = torch.from_numpy(np.tile(rows, (cfg.lissa_depth, 1)))  # [depth, n]: all samples every step
+        u = lissa(problem, cache, draws, v, cfg, info)
+    torch.testing.assert_close(u, exact.u, rtol=1e-8, atol=1e-10)
+    assert info.hvps == cfg.lissa_depth
+
+
+def test_lissa_with_the_papers_single_sample_steps_runs(setup):
+    model, seqs = setup
+    sol = solve(model, seqs, _cfg(solver="lissa", lissa_depth=200))
+    assert sol.info.damping == pytest.approx(0.25) and sol.info.hvps == 200
+    assert torch.isfinite(sol.u).all()
+
+
+def test_scores_equal_loop_and_do_not_depend_on_batch_or_shard(setup):
+    model, seqs = setup
+    full = influence(model, seqs, _cfg(batch_size=64))
+    rows = np.arange(len(seqs))
+    loop = reference_scores(model, seqs, rows, "attn_out", full.solution.negatives, full.solution.u, pad_to=6)
+    np.testing.assert_allclose(full.influence, loop, rtol=1e-9, atol=1e-13)
+    small = influence(model, seqs, _cfg(batch_size=3, spill=False))
+    np.testing.assert_allclose(small.influence, full.influence, rtol=1e-9, atol=1e-13)
+    shards = [influence(model, seqs, _cfg(batch_size=4), shard=(i, 3)) for i in range(3)]
+    np.testing.assert_array_equal(np.concatenate([s.sample_id for s in shards]), full.sample_id)
+    np.testing.assert_allclose(np.concatenate([s.influence for s in shards]), full.influence, rtol=1e-9, atol=1e-13)
+
+
+def test_negative_seed_changes_the_set_but_not_its_size():
+    a, b = negative_set(100, 10, 0), negative_set(100, 10, 1)
+    assert len(a) == len(b) == 10 and not torch.equal(a, b)
+    assert torch.equal(negative_set(100, 10, 0), a)
+    assert torch.equal(negative_set(5, 10, 0), torch.arange(1, 6))

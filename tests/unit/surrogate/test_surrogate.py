@@ -1,0 +1,147 @@
+"""SASRec surrogate: batching, padding invariance, warm start, metrics, training (tiny, float64)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from dealrec_tasks.data.schema import SAMPLES_SCHEMA
+from dealrec_tasks.surrogate.batching import eval_set, input_batch, length_batches, train_batch, train_seqs
+from dealrec_tasks.surrogate.config import SurrogateConfig
+from dealrec_tasks.surrogate.evaluate import evaluate, metrics_from_ranks, rank_targets
+from dealrec_tasks.surrogate.model import SASRec, expand_state_dict
+from dealrec_tasks.surrogate.train import build_model, sample_negatives, train
+
+N = 12
+
+
+def _row(sid, user, split, history, targets):
+    return {
+        "sample_id": sid,
+        "user_idx": user,
+        "user_id": str(user),
+        "split": split,
+        "history": history,
+        "target": targets[0],
+        "targets": targets,
+    }
+
+
+def _table(rows) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA)
+
+
+def test_train_batch_adds_bos_truncates_and_packs():
+    t = _table([_row(2, 0, "train", [3, 4, 5, 6], [7]), _row(1, 1, "train", [], [9])])
+    seqs = train_seqs(t, N)
+    assert seqs.sample_id.tolist() == [1, 2]  # ordered by sample_id
+    b = train_batch(seqs, np.array([0, 1]), max_len=3)
+    bos = N + 1
+    assert b.inputs.tolist() == [[0, 0, bos], [4, 5, 6]]  # [BOS, 3, 4, 5, 6] keeps its last 3
+    assert b.targets.tolist() == [9, 5, 6, 7]
+    assert b.sample.tolist() == [0, 1, 1, 1]
+    assert b.weight.tolist() == pytest.approx([1, 1 / 3, 1 / 3, 1 / 3])
+    assert input_batch(seqs, np.array([1]), 3).tolist() == [[5, 6, 7]]
+
+
+def test_length_batches_cover_every_row_once():
+    lengths = np.array([5, 1, 3, 3, 2, 8, 1])
+    fixed = length_batches(lengths, 3)
+    assert [lengths[b].tolist() for b in fixed] == [[1, 1, 2], [3, 3, 5], [8]]
+    shuffled = length_batches(lengths, 3, np.random.default_rng(0))
+    assert sorted(np.concatenate(shuffled).tolist()) == list(range(7))
+
+
+def _model(**kw) -> SASRec:
+    torch.manual_seed(0)
+    return SASRec(N, SurrogateConfig.tiny(**kw)).double().eval()
+
+
+def test_outputs_do_not_depend_on_padding():
+    model = _model()
+    alone = model(torch.tensor([[N + 1, 3, 4]]))  # [1, 3, H]
+    padded = model(torch.tensor([[0, 0, 0, N + 1, 3, 4], [N + 1, 1, 2, 3, 4, 5]]))
+    torch.testing.assert_close(padded[0, 3:], alone[0], rtol=1e-12, atol=1e-12)
+
+
+def test_warm_start_keeps_known_items_and_bos():
+    old = _model()
+    state = old.state_dict()
+    torch.manual_seed(1)
+    grown = SASRec(N + 3, SurrogateConfig.tiny()).double()
+    fresh_new_rows = grown.item_emb.weight[N + 1 : N + 4].detach().clone()
+    grown.load_state_dict(expand_state_dict(state, grown))
+    w = grown.item_emb.weight.detach()
+    torch.testing.assert_close(w[: N + 1], state["item_emb.weight"][: N + 1])
+    torch.testing.assert_close(w[N + 4], state["item_emb.weight"][N + 1])  # BOS moved to the new end
+    torch.testing.assert_close(w[N + 1 : N + 4], fresh_new_rows)
+    with pytest.raises(ValueError, match="append-only"):
+        expand_state_dict(grown.state_dict(), old)
+
+
+def test_metrics_follow_the_formulas():
+    ranks = [np.array([0]), np.array([3, 30]), np.array([100])]
+    m = metrics_from_ranks(ranks, ks=(10,))
+    assert m["recall@10"] == pytest.approx((1 + 0.5 + 0) / 3)
+    ndcg_user2 = (1 / math.log2(5)) / (1 + 1 / math.log2(3))
+    assert m["ndcg@10"] == pytest.approx((1 + ndcg_user2 + 0) / 3)
+
+
+def test_ranking_masks_known_items():
+    model = _model()
+    rows = [
+        _row(1, 0, "train", [1, 2], [3]),
+        _row(2, 0, "valid", [1, 2, 3], [4]),
+        _row(3, 0, "test", [1, 2, 3, 4], [5, 6]),
+    ]
+    data = eval_set(_table(rows), "test", N)
+    assert data.mask.row(0).tolist() == [1, 2, 3, 4]
+    with torch.no_grad():
+        scores = model(torch.tensor([[N + 1, 1, 2, 3, 4]]))[0, -1] @ model.item_weights().T
+    scores[torch.tensor([0, 1, 2, 3])] = -torch.inf
+    expected = [int((scores > scores[t - 1]).sum()) for t in (5, 6)]
+    assert rank_targets(model, data)[0].tolist() == expected
+
+
+def test_negatives_never_hit_the_positive():
+    pos = torch.randint(1, N + 1, (5000,))
+    neg = sample_negatives(pos, N, torch.Generator().manual_seed(0))
+    assert bool((neg != pos).all()) and int(neg.min()) >= 1 and int(neg.max()) <= N
+
+
+def _synthetic(n_users=60, seed=0) -> pa.Table:
+    """Users walk a cycle of items, so the next item is learnable."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        start, length = int(rng.integers(1, N + 1)), int(rng.integers(2, 9))
+        seq = [((start + i - 1) % N) + 1 for i in range(length + 2)]
+        rows.append(_row(3 * u, u, "train", seq[: length - 1], [seq[length - 1]]))
+        rows.append(_row(3 * u + 1, u, "valid", seq[:length], [seq[length]]))
+        rows.append(_row(3 * u + 2, u, "test", seq[: length + 1], [seq[length + 1]]))
+    return _table(rows)
+
+
+def test_training_learns_and_stops_early():
+    t = _synthetic()
+    seqs, valid, test = train_seqs(t, N), eval_set(t, "valid", N), eval_set(t, "test", N)
+    cfg = SurrogateConfig.tiny(hidden=16, max_epochs=40, patience=3, lr=1e-2, batch_size=16)
+    res = train(seqs, valid, N, cfg)
+    assert res.epochs < cfg.max_epochs  # stopped early
+    assert res.best_epoch == res.epochs - cfg.patience
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert evaluate(res.model, test, ks=(5,))["recall@5"] > 0.5  # random would be ~5/N
+    again = train(seqs, valid, N, cfg)  # seeded
+    assert again.best_metric == res.best_metric and again.epochs == res.epochs
+    warm = train(seqs, valid, N, cfg, init_state=res.model.state_dict())
+    assert warm.warm_start and warm.best_epoch <= res.best_epoch
+
+
+def test_build_model_is_seeded():
+    a, b = build_model(N, SurrogateConfig.tiny()), build_model(N, SurrogateConfig.tiny())
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k
