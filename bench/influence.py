@@ -102,6 +102,13 @@ def main() -> int:
     started = time.perf_counter()
     load = {"start": os.getloadavg()}
 
+    if Lake(args.lake).manifest("datasets/games/samples") is None:  # first run: import the release
+        from dealrec_tasks import steps
+        from dealrec_tasks.config import ImportConfig, SamplesConfig
+
+        games = ROOT.parent / "shared" / "data" / "games"
+        steps.import_dealrec(str(games), Lake(args.lake), ImportConfig(dataset="games"))
+        steps.samples_from_dataset(Lake(args.lake), "games", SamplesConfig())
     samples = Lake(args.lake).read("datasets/games/samples", None, "samples.parquet")
     n_items = int(Lake(args.lake).read("datasets/games", None, "item_vocab").num_rows)
     seqs = train_seqs(samples, n_items)

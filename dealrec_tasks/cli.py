@@ -23,8 +23,8 @@ from dealrec_tasks.errors import DealrecError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
 from dealrec_tasks.progress import progress
 from dealrec_tasks.scoring.config import InfluenceConfig
+from dealrec_tasks.sharding import parse_shard
 from dealrec_tasks.steps import llm as llm_steps
-from dealrec_tasks.steps.common import parse_shard
 from dealrec_tasks.storage import Lake, Storage
 from dealrec_tasks.surrogate.config import SurrogateConfig
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -15,3 +16,9 @@ def progress(iterable: Iterable[T], desc: str, unit: str = "it", total: int | No
     """tqdm with our defaults; ``DEALREC_PROGRESS=0`` silences it (logs of schedulers)."""
     disable = os.environ.get("DEALREC_PROGRESS", "1") == "0"
     return iter(tqdm(iterable, desc=desc, unit=unit, total=total, disable=disable, leave=False, dynamic_ncols=True))
+
+
+def report(line: str) -> None:
+    """A progress line for steps whose unit of progress is not a loop we own (epochs with metrics)."""
+    if os.environ.get("DEALREC_PROGRESS", "1") != "0":
+        print(line, file=sys.stderr, flush=True)

@@ -17,6 +17,9 @@ class InfluenceConfig(_Config):
     block: str = opt("attn_out", f"parameter block (its Linear weight): {', '.join(sorted(BLOCKS))}")
     negatives: int = opt(4096, "K: one fixed, seeded set of negative items shared by every sample")
     neg_seed: int = opt(0, "seed of the negative set (a score depends only on the sample and this seed)")
+    negative_sampling: str = opt(
+        "stratified", "how the K negatives are drawn: stratified (systematic over items by popularity) or uniform"
+    )
     damping: float = opt(0.25, "damping of (H + damping I); 0.25 is the paper's effective LiSSA damping")
     solver: str = opt("cg", f"how to solve (H + damping I) x = v: {', '.join(SOLVERS)}")
     hvp_samples: int = opt(4096, "training samples in the Hessian (seeded subsample; 0 = all)")
@@ -36,6 +39,10 @@ class InfluenceConfig(_Config):
     def validate(self) -> None:
         _require(self.block in BLOCKS, f"block={self.block!r}: choose one of {sorted(BLOCKS)}")
         _require(self.negatives >= 1, f"negatives={self.negatives}: must be >= 1")
+        _require(
+            self.negative_sampling in ("stratified", "uniform"),
+            f"negative_sampling={self.negative_sampling!r}: stratified or uniform",
+        )
         _require(self.damping >= 0, f"damping={self.damping}: must be >= 0")
         _require(self.solver in SOLVERS, f"solver={self.solver!r}: choose one of {SOLVERS}")
         _require(self.hvp_samples >= 0, f"hvp_samples={self.hvp_samples}: must be >= 0")

@@ -30,49 +30,46 @@ class StepResult:
         return f"{self.step}: {counts}{state} -> {main}"
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` (0-based i) -> (i, n); the error names the parameter."""
-    from dealrec_tasks.errors import ConfigError
+def merge_shards(
+    lake,
+    parts: list[str],
+    name: str,
+    out_dataset: str,
+    out_dt: str | None,
+    expected_rows: int,
+    extra: dict | None = None,
+    key: str = "sample_id",
+):
+    """Concatenate the published shard partitions ``parts`` (each holding ``name``) into one partition.
 
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ConfigError(f"shard={text!r}: expected i/n, e.g. 0/4") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise ConfigError(f"shard={text!r}: need 0 <= i < n")
-    return i, n
-
-
-def shard_rows(n_rows: int, shard: tuple[int, int]) -> slice:
-    """Contiguous slice of rows for shard i of n; the n slices cover every row exactly once."""
-    i, n = shard
-    bounds = [n_rows * k // n for k in range(n + 1)]
-    return slice(bounds[i], bounds[i + 1])
-
-
-def shard_partition(dt: str, shard: tuple[int, int]) -> str:
-    """The partition key of one shard's output: ``dt=D/shard=i-of-n``."""
-    return f"{dt}/shard={shard[0]}-of-{shard[1]}"
-
-
-def merge_shards(lake, dataset: str, dt: str, n: int, name: str, out_dataset: str, key: str = "sample_id"):
-    """Concatenate the n published shards of ``dataset`` at ``dt`` into ``out_dataset/dt=D/name``.
-
-    Refuses when a shard is missing (names it) or when shards overlap, so a partial merge is never published.
+    Refuses, naming the problem, when a shard is missing, when shards were made with different configs, or when
+    they do not hold ``expected_rows`` distinct ``key`` values: a partial or mixed merge is never published.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from dealrec_tasks.errors import InputError
 
-    missing = [i for i in range(n) if lake.manifest(dataset, shard_partition(dt, (i, n))) is None]
+    manifests = [lake.manifest(p) for p in parts]
+    missing = [i for i, m in enumerate(manifests) if m is None]
     if missing:
-        raise InputError(f"{lake.partition(dataset, dt)}: shard(s) {missing} of {n} are not published yet")
-    parts = [lake.read(dataset, shard_partition(dt, (i, n)), name) for i in range(n)]
-    table = pa.concat_tables(parts)
+        raise InputError(f"{lake.partition(parts[0])}: shard(s) {missing} of {len(parts)} are not published yet")
+    if any(m["config"] != manifests[0]["config"] for m in manifests):
+        raise InputError(f"{lake.partition(parts[0])}: shards were made with different configs or models")
+    table = pa.concat_tables([lake.read(p, None, name) for p in parts])
     table = table.take(pc.sort_indices(table, [(key, "ascending")]))
-    if len(pc.unique(table.column(key))) != table.num_rows:
-        raise InputError(f"{lake.partition(dataset, dt)}: shards overlap (duplicate {key})")
-    sources = [lake.partition(dataset, shard_partition(dt, (i, n))) for i in range(n)]
-    pub = lake.publish(out_dataset, dt, {name: table}, extra={"source": {"shards": sources}})
+    distinct = len(pc.unique(table.column(key)))
+    if distinct != table.num_rows or table.num_rows != expected_rows:
+        raise InputError(
+            f"{lake.partition(parts[0])}: shards hold {table.num_rows} rows ({distinct} distinct), "
+            f"expected {expected_rows} distinct samples"
+        )
+    sources = [lake.partition(p) for p in parts]
+    pub = lake.publish(
+        out_dataset,
+        out_dt,
+        {name: table},
+        config=manifests[0]["config"],
+        extra={"source": {"shards": sources}, "counts": {"samples": table.num_rows}} | (extra or {}),
+    )
     return pub, table

@@ -3,7 +3,7 @@
 Layout (daily; an imported dataset puts the same under ``datasets/<name>/``):
 - ``influence/dt=D/solve/``: v, u = (H + damping I)^-1 v and the negative set (optional: a worker without it
   computes the same solve itself, deterministically, from every training row);
-- ``influence/dt=D/shard=i-of-n/``: ``scores.parquet`` (sample_id, influence) of shard i;
+- ``influence/dt=D/shard=i-of-n/``: ``influence.parquet`` (sample_id, influence) of shard i;
 - ``scores_influence/dt=D/``: the merged ``influence.parquet``, written once every shard is there.
 """
 
@@ -13,14 +13,14 @@ import io
 import json
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import torch
 
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.scoring.config import InfluenceConfig
-from dealrec_tasks.scoring.influence import influence, score_rows, shard_rows, solve, to_dtype
-from dealrec_tasks.steps.common import StepResult
+from dealrec_tasks.scoring.influence import influence, score_rows, solve, to_dtype
+from dealrec_tasks.sharding import shard_name, shard_rows
+from dealrec_tasks.steps.common import StepResult, merge_shards
 from dealrec_tasks.steps.surrogate import MODEL_FILE, SURROGATE, Source, load_model, read_samples, source
 from dealrec_tasks.storage import Lake, join_uri, sha256
 from dealrec_tasks.surrogate.batching import train_seqs
@@ -99,9 +99,9 @@ def score_influence(
         notes.append(f"influence shard {i}/{n}: no matching published solve, solved locally ({res.solution.info})")
     table = pa.table({"sample_id": seqs.sample_id[rows], "influence": scores}, schema=SCORES_SCHEMA)
     pub = lake.publish(
-        _part(src, f"shard={i}-of-{n}"),
+        _part(src, shard_name(shard)),
         None,
-        {"scores.parquet": table},
+        {"influence.parquet": table},
         config=cfg.to_dict() | identity,
         extra={"shard": [i, n], "timings": timings, "counts": {"rows": len(rows), "train_samples": len(seqs)}},
     )
@@ -112,26 +112,16 @@ def score_influence(
 def merge_influence(lake: Lake, dt: str | None, n: int, *, dataset: str | None = None) -> StepResult:
     """Concatenate the n shards (same config and surrogate, every training row exactly once) and publish."""
     src = source(dt, dataset)
-    tables, configs = [], []
-    for i in range(n):
-        part = _part(src, f"shard={i}-of-{n}")
-        manifest = lake.manifest(part)
-        if manifest is None:
-            raise InputError(f"{lake.partition(part)}: shard {i} of {n} is not published yet")
-        configs.append(manifest["config"])
-        tables.append(lake.read(part, None, "scores.parquet"))
-    if any(c != configs[0] for c in configs):
-        raise InputError(f"influence {src.label}: shards were scored with different configs or surrogates")
-    merged = pa.concat_tables(tables)
-    ids = merged.column("sample_id").to_numpy()
-    expected = lake.manifest(_part(src, f"shard=0-of-{n}"))["counts"]["train_samples"]  # type: ignore[index]
-    if len(np.unique(ids)) != len(ids) or len(ids) != expected:
-        raise InputError(f"influence {src.label}: shards hold {len(ids)} rows, expected {expected} distinct samples")
-    pub = lake.publish(
+    parts = [_part(src, shard_name((i, n))) for i in range(n)]
+    first = lake.manifest(parts[0])
+    expected = first["counts"]["train_samples"] if first else 0
+    pub, table = merge_shards(
+        lake,
+        parts,
+        "influence.parquet",
         src.path(SCORES_INFLUENCE),
         src.dt,
-        {"influence.parquet": merged},
-        config=configs[0],
-        extra={"counts": {"samples": len(ids)}, "source": {"shards": n, "surrogate": src.path(SURROGATE)}},
+        expected,
+        extra={"surrogate": lake.partition(src.path(SURROGATE), src.dt)},
     )
-    return StepResult("merge-influence", {"scores": pub.uri}, {"samples": len(ids), "shards": n}, pub.changed)
+    return StepResult("merge-influence", {"scores": pub.uri}, {"samples": table.num_rows, "shards": n}, pub.changed)

@@ -14,11 +14,12 @@ from dealrec_tasks.errors import InputError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
 from dealrec_tasks.llm.prompts import EncodedPrompt, PromptTemplate, encode
 from dealrec_tasks.progress import progress
-from dealrec_tasks.steps.common import StepResult, merge_shards, shard_partition, shard_rows
+from dealrec_tasks.sharding import shard_name, shard_rows
+from dealrec_tasks.steps.common import StepResult, merge_shards
 from dealrec_tasks.storage import Lake, join_uri
 
-EFFORT_SHARDS = "effort_shards"
-EFFORT = "effort"
+EFFORT = "effort"  # effort/dt=D/shard=i-of-n/effort.parquet, one partition per shard
+SCORES_EFFORT = "scores_effort"  # the merged scores of a day
 ADAPTERS = "adapters"
 EVALUATION = "evaluation"
 CORESET = "coreset"
@@ -70,36 +71,45 @@ def tiny_llm(lake: Lake, out_dir: str, cfg: TinyLLMConfig, rebuild: bool = False
 def effort(
     lake: Lake, dt: str, model_dir: str, cfg: EffortConfig, lora: LoRAConfig, shard: tuple[int, int] = (0, 1)
 ) -> StepResult:
-    """Effort scores of shard i/n of the training samples at ``dt`` -> ``effort_shards/dt=D/shard=i-of-n``."""
+    """Effort scores of shard i/n of the training samples at ``dt`` -> ``effort/dt=D/shard=i-of-n/``."""
     from dealrec_tasks.llm.effort import EffortScorer, attach_lora
     from dealrec_tasks.llm.tiny import load
 
     train = _split(lake.read(SAMPLES, dt, "samples.parquet"), TRAIN)
-    train = train[shard_rows(len(train), shard)]
+    n_train = len(train)
+    train = [train[i] for i in shard_rows(n_train, shard)]
     tokenizer, model = load(model_dir)
     prompts = encode_rows(train, item_titles(lake, dt), tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len)
     scorer = EffortScorer(attach_lora(model, lora, seed=cfg.seed), tokenizer.pad_token_id, cfg)
     scores = scorer.score(prompts, desc=f"effort {shard[0]}/{shard[1]}")
     table = pa.table(
-        {"sample_id": pa.array([r["sample_id"] for r in train], pa.int64()), "effort": pa.array(scores, pa.float64())}
+        {
+            "sample_id": pa.array([r["sample_id"] for r in train], pa.int64()),
+            "effort": pa.array(scores, pa.float64()),
+        }
     )
     pub = lake.publish(
-        EFFORT_SHARDS,
-        shard_partition(dt, shard),
+        _effort_part(dt, shard),
+        None,
         {"effort.parquet": table},
         config=cfg.to_dict() | {"lora": lora.to_dict(), "model_dir": model_dir},
-        extra={"source": {"samples": lake.partition(SAMPLES, dt)}},
+        extra={"source": {"samples": lake.partition(SAMPLES, dt)}, "counts": {"train_samples": n_train}},
     )
-    counts = {
-        "samples": len(train),
-        "shared_prefix": scorer.use_prefix,
-        "mean_effort": float(np.mean(scores)) if len(scores) else 0.0,
-    }
+    mean = float(np.mean(scores)) if len(scores) else 0.0
+    counts = {"samples": len(train), "shared_prefix": scorer.use_prefix, "mean_effort": round(mean, 6)}
     return StepResult("effort", {"effort": pub.uri}, counts, pub.changed)
 
 
+def _effort_part(dt: str, shard: tuple[int, int]) -> str:
+    return f"{EFFORT}/dt={dt}/{shard_name(shard)}"
+
+
 def merge_effort(lake: Lake, dt: str, n: int) -> StepResult:
-    pub, table = merge_shards(lake, EFFORT_SHARDS, dt, n, "effort.parquet", EFFORT)
+    """One ``scores_effort/dt=D/effort.parquet`` from the n shards (every training sample exactly once)."""
+    parts = [_effort_part(dt, (i, n)) for i in range(n)]
+    first = lake.manifest(parts[0])
+    expected = first["counts"]["train_samples"] if first else 0
+    pub, table = merge_shards(lake, parts, "effort.parquet", SCORES_EFFORT, dt, expected)
     return StepResult("merge-effort", {"effort": pub.uri}, {"shards": n, "samples": table.num_rows}, pub.changed)
 
 

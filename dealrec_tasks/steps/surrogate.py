@@ -14,6 +14,7 @@ import torch
 from dealrec_tasks.config import parse_dt
 from dealrec_tasks.data.schema import DATASETS, SAMPLES, VOCAB
 from dealrec_tasks.errors import InputError
+from dealrec_tasks.progress import report
 from dealrec_tasks.steps.common import StepResult
 from dealrec_tasks.storage import Lake, join_uri, sha256
 from dealrec_tasks.surrogate.batching import eval_set, train_seqs
@@ -117,9 +118,9 @@ def train_surrogate(lake: Lake, dt: str | None, cfg: SurrogateConfig, *, dataset
         init, prev, why = _previous(lake, dt, cfg)
     notes = [f"surrogate {src.label}: {why}"]
 
-    def log(row: dict[str, Any]) -> None:
+    def log(row: dict[str, Any]) -> None:  # progress per epoch, as it happens
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if "50" not in k}
-        notes.append(f"epoch {shown}")
+        report(f"surrogate {src.label}: epoch {shown}")
 
     result = train(seqs, valid, n_items, cfg, init_state=init, on_epoch=log)
     test_metrics = evaluate(result.model, test, cfg.eval_batch_size) if len(test.inputs) else {}

@@ -11,26 +11,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dealrec_tasks.metrics import metrics_from_ranks
 from dealrec_tasks.surrogate.batching import EvalSet, input_batch, length_batches
 from dealrec_tasks.surrogate.model import SASRec
 
 KS = (10, 20, 50)
-
-
-def metrics_from_ranks(ranks: list[np.ndarray], ks: tuple[int, ...] = KS) -> dict[str, float]:
-    """Mean Recall@K / NDCG@K over users, from each user's 0-based target ranks."""
-    out: dict[str, float] = {}
-    n = len(ranks)
-    for k in ks:
-        ideal = np.cumsum(1.0 / np.log2(np.arange(k) + 2))  # ideal DCG of 1..k relevant items
-        rec = ndcg = 0.0
-        for r in ranks:
-            hit = r[r < k]
-            rec += len(hit) / len(r)
-            ndcg += float((1.0 / np.log2(hit + 2)).sum()) / ideal[min(len(r), k) - 1]
-        out[f"recall@{k}"] = rec / n if n else 0.0
-        out[f"ndcg@{k}"] = float(ndcg / n) if n else 0.0
-    return out
 
 
 @torch.no_grad()
@@ -68,6 +53,4 @@ def _count_above(scores: Tensor, row: Tensor, value: Tensor, chunk: int = 256) -
 
 def evaluate(model: SASRec, data: EvalSet, batch_size: int = 1024, ks: tuple[int, ...] = KS) -> dict[str, float]:
     """Recall@K / NDCG@K over the rows of ``data`` (every row has at least one target)."""
-    out = metrics_from_ranks(rank_targets(model, data, batch_size), ks)
-    out["users"] = len(data.inputs)
-    return out
+    return metrics_from_ranks(rank_targets(model, data, batch_size), ks)

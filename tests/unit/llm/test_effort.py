@@ -64,3 +64,21 @@ def test_prefix_sharing_rules():
     assert prefix_sharing_supported([last_v, last_v.replace("v_proj", "q_proj")])
     assert not prefix_sharing_supported([last_v, last_v.replace("layers.3", "layers.2")])
     assert not prefix_sharing_supported([last_v.replace("v_proj", "k_proj")])
+
+
+def test_out_of_memory_halves_the_batch_and_carries_on(setup, monkeypatch):
+    tok, peft_model, prompts = setup
+    scorer = EffortScorer(peft_model, tok.pad_token_id, EffortConfig(batch_size=8))
+    expected = scorer.score(prompts)
+    real = scorer._score_batch
+    sizes = []
+
+    def small_memory(batch):  # an accelerator that only fits 2 samples at a time
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return real(batch)
+
+    monkeypatch.setattr(scorer, "_score_batch", small_memory)
+    np.testing.assert_allclose(scorer.score(prompts), expected, rtol=1e-6)
+    assert sizes[:3] == [8, 4, 2] and max(sizes[3:]) <= 2

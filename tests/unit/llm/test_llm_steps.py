@@ -28,15 +28,15 @@ def lake(tmp_path_factory) -> Lake:
 def test_sharded_effort_merges_to_the_unsharded_scores(lake, tiny_dir):
     cfg = EffortConfig(batch_size=4)
     one = llm_steps.effort(lake, DT, tiny_dir, cfg, LoRAConfig(), (0, 1))
+    llm_steps.effort(lake, DT, tiny_dir, cfg, LoRAConfig(), (0, 2))
     with pytest.raises(InputError, match=r"shard\(s\) \[1\] of 2 are not published"):
-        llm_steps.effort(lake, DT, tiny_dir, cfg, LoRAConfig(), (0, 2))
         llm_steps.merge_effort(lake, DT, 2)
     llm_steps.effort(lake, DT, tiny_dir, cfg, LoRAConfig(), (1, 2))
     merged = llm_steps.merge_effort(lake, DT, 2)
     n_train = lake.read("samples", DT, "samples.parquet").column("split").to_pylist().count("train")
     assert merged.counts["samples"] == one.counts["samples"] == n_train > 20
-    single = lake.read("effort_shards", f"{DT}/shard=0-of-1", "effort.parquet").to_pydict()
-    both = lake.read("effort", DT, "effort.parquet").to_pydict()
+    single = lake.read(f"effort/dt={DT}/shard=0-of-1", None, "effort.parquet").to_pydict()
+    both = lake.read("scores_effort", DT, "effort.parquet").to_pydict()
     order = np.argsort(single["sample_id"])
     assert both["sample_id"] == list(np.asarray(single["sample_id"])[order])
     np.testing.assert_allclose(both["effort"], np.asarray(single["effort"])[order], rtol=1e-5)

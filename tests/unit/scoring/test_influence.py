@@ -169,3 +169,25 @@ def test_negative_seed_changes_the_set_but_not_its_size():
     assert len(a) == len(b) == 10 and not torch.equal(a, b)
     assert torch.equal(negative_set(100, 10, 0), a)
     assert torch.equal(negative_set(5, 10, 0), torch.arange(1, 6))
+
+
+def test_stratified_negatives_are_distinct_seeded_and_cover_head_and_tail():
+    import numpy as np
+
+    from dealrec_tasks.scoring.influence import negative_set
+
+    popularity = np.random.default_rng(0).pareto(1.2, size=1000)
+    a = negative_set(1000, 100, seed=0, popularity=popularity).numpy()
+    b = negative_set(1000, 100, seed=1, popularity=popularity).numpy()
+    assert len(np.unique(a)) == 100 and a.min() >= 1 and a.max() <= 1000
+    assert np.array_equal(a, negative_set(1000, 100, seed=0, popularity=popularity).numpy())
+    assert not np.array_equal(a, b)
+    rank = np.empty(1000, dtype=int)
+    rank[np.argsort(-popularity, kind="stable")] = np.arange(1000)
+    # Exactly one pick in every block of 10 popularity ranks: the head and the tail are both represented.
+    assert np.array_equal(np.bincount(rank[a - 1] // 10, minlength=100), np.ones(100, dtype=int))
+    # Every item is equally likely to be picked (unbiased mean): inclusion frequency over many seeds.
+    hits = np.zeros(1000)
+    for seed in range(300):
+        hits[negative_set(1000, 100, seed=seed, popularity=popularity).numpy() - 1] += 1
+    assert abs(hits.mean() / 300 - 0.1) < 1e-9 and hits.max() / 300 < 0.25

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from dealrec_tasks.data.schema import SAMPLES_SCHEMA
+from dealrec_tasks.metrics import metrics_from_ranks
 from dealrec_tasks.surrogate.batching import eval_set, input_batch, length_batches, train_batch, train_seqs
 from dealrec_tasks.surrogate.config import SurrogateConfig
-from dealrec_tasks.surrogate.evaluate import evaluate, metrics_from_ranks, rank_targets
+from dealrec_tasks.surrogate.evaluate import evaluate, rank_targets
 from dealrec_tasks.surrogate.model import SASRec, expand_state_dict
 from dealrec_tasks.surrogate.train import build_model, sample_negatives, train
 
