@@ -100,6 +100,7 @@ def main() -> None:
     ax.barh(names, [result["samples_per_second"][k] for k in names], color=["tab:gray", "tab:blue", "tab:green"])
     for i, k in enumerate(names):
         ax.text(result["samples_per_second"][k], i, f" {result['speedup_vs_batch1'][k]:.2f}x", va="center")
+    ax.set_xlim(0, 1.18 * max(result["samples_per_second"].values()))
     ax.set_xlabel("samples / s (higher is better)")
     ax.set_title(f"Effort score on {args.prompts} Games prompts, tiny LLaMA, CPU ({torch.get_num_threads()} threads)")
     fig.tight_layout()

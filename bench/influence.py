@@ -141,7 +141,7 @@ def main() -> int:
     print(f"negative seeds 0 vs 1: Spearman {rho_seeds:.4f}", flush=True)
 
     # -- float64 reference of the same definition -------------------------------------------------------------
-    f64cfg = InfluenceConfig(dtype="float64", hvp_samples=0, cg_tol=args.f64_tol)
+    f64cfg = InfluenceConfig(dtype="float64", hvp_samples=0, hvp_negatives=0, cg_tol=args.f64_tol)
     t0 = time.perf_counter()
     ref64 = influence(model, seqs, f64cfg)
     t_f64 = time.perf_counter() - t0

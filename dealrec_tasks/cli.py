@@ -23,6 +23,7 @@ from dealrec_tasks.errors import DealrecError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
 from dealrec_tasks.progress import progress
 from dealrec_tasks.scoring.config import InfluenceConfig
+from dealrec_tasks.selection import SelectConfig
 from dealrec_tasks.sharding import parse_shard
 from dealrec_tasks.steps import llm as llm_steps
 from dealrec_tasks.storage import Lake, Storage
@@ -172,6 +173,14 @@ def cmd_merge_influence(args: argparse.Namespace) -> list[steps.StepResult]:
     return [merge_influence(_lake(args), dt, args.shards, dataset=dataset)]
 
 
+def cmd_select(args: argparse.Namespace) -> list[steps.StepResult]:
+    from dealrec_tasks.steps.select import select
+
+    if args.ratio is not None and args.n == SelectConfig.n:  # --ratio replaces the default n
+        args.n = None
+    return [select(_lake(args), args.dt, _config(SelectConfig, args))]
+
+
 @dataclass(frozen=True)
 class Command:
     """A subcommand: its function, the configs whose fields become options, and its own arguments."""
@@ -280,6 +289,12 @@ COMMANDS: dict[str, Command] = {
         "merge the influence shards of a day into scores_influence/",
         (),
         (DT, DATASET, arg("--shards", type=int, required=True, help="number of shards to merge")),
+    ),
+    "select": Command(
+        cmd_select,
+        "pick the day's coreset (DEALRec or a baseline strategy) -> coreset/dt=D/",
+        (SelectConfig,),
+        (DT_REQUIRED,),
     ),
     "demo": Command(cmd_demo, "run the main job on embedded defaults (synthetic data, local lake)"),
 }

@@ -13,6 +13,14 @@ SEQUENCES = "sequences"  # cumulative per-user sequences, per dt
 SAMPLES = "samples"  # one training sample per user + evaluation rows, per dt
 REJECTS = "rejects"  # quarantined log rows with a reason, per dt
 DATASETS = "datasets"  # imported benchmark datasets (paper release format)
+SURROGATE = "surrogate"  # SASRec checkpoint + metrics, per dt
+INFLUENCE = "influence"  # influence/dt=D/solve/ and influence/dt=D/shard=i-of-n/
+SCORES_INFLUENCE = "scores_influence"  # merged influence scores, per dt
+EFFORT = "effort"  # effort/dt=D/shard=i-of-n/
+SCORES_EFFORT = "scores_effort"  # merged effort scores, per dt
+CORESET = "coreset"  # the selected samples, per dt
+ADAPTERS = "adapters"  # the fine-tuned LoRA adapter, per dt
+EVALUATION = "evaluation"  # grounded evaluation metrics, per dt
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "ts")
 

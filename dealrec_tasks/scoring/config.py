@@ -17,6 +17,7 @@ class InfluenceConfig(_Config):
     block: str = opt("attn_out", f"parameter block (its Linear weight): {', '.join(sorted(BLOCKS))}")
     negatives: int = opt(4096, "K: one fixed, seeded set of negative items shared by every sample")
     neg_seed: int = opt(0, "seed of the negative set (a score depends only on the sample and this seed)")
+    exact_head: int = opt(0, "with stratified sampling: the most popular items always in the set, weighted")
     negative_sampling: str = opt(
         "stratified", "how the K negatives are drawn: stratified (systematic over items by popularity) or uniform"
     )
@@ -24,6 +25,7 @@ class InfluenceConfig(_Config):
     solver: str = opt("cg", f"how to solve (H + damping I) x = v: {', '.join(SOLVERS)}")
     hvp_samples: int = opt(4096, "training samples in the Hessian (seeded subsample; 0 = all)")
     hvp_seed: int = opt(0, "seed of the Hessian subsample and of LiSSA's draws")
+    hvp_negatives: int = opt(1024, "negatives in the Hessian's loss (0 = the same K as the scores)")
     cg_tol: float = opt(1e-4, "CG stops when ||residual|| <= cg_tol * ||v||")
     cg_max_iter: int = opt(200, "CG iteration limit")
     lissa_depth: int = opt(5000, "LiSSA recursion depth (paper: 5000)")
@@ -39,6 +41,7 @@ class InfluenceConfig(_Config):
     def validate(self) -> None:
         _require(self.block in BLOCKS, f"block={self.block!r}: choose one of {sorted(BLOCKS)}")
         _require(self.negatives >= 1, f"negatives={self.negatives}: must be >= 1")
+        _require(self.exact_head >= 0, f"exact_head={self.exact_head}: must be >= 0 (at most negatives - 1 are used)")
         _require(
             self.negative_sampling in ("stratified", "uniform"),
             f"negative_sampling={self.negative_sampling!r}: stratified or uniform",
@@ -46,6 +49,7 @@ class InfluenceConfig(_Config):
         _require(self.damping >= 0, f"damping={self.damping}: must be >= 0")
         _require(self.solver in SOLVERS, f"solver={self.solver!r}: choose one of {SOLVERS}")
         _require(self.hvp_samples >= 0, f"hvp_samples={self.hvp_samples}: must be >= 0")
+        _require(self.hvp_negatives >= 0, f"hvp_negatives={self.hvp_negatives}: must be >= 0")
         _require(self.cg_tol > 0, f"cg_tol={self.cg_tol}: must be > 0")
         _require(self.cg_max_iter >= 1, f"cg_max_iter={self.cg_max_iter}: must be >= 1")
         _require(self.lissa_depth >= 1, f"lissa_depth={self.lissa_depth}: must be >= 1")

@@ -45,19 +45,23 @@ from dealrec_tasks.progress import progress
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.sharding import shard_rows
 from dealrec_tasks.surrogate.batching import Batch, Seqs, length_batches, n_positions, train_batch
-from dealrec_tasks.surrogate.model import SASRec, bce_expected
+from dealrec_tasks.surrogate.model import Negatives, SASRec, WeightedNegatives, bce_expected, bce_expected_grad
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def negative_set(n_items: int, k: int, seed: int, popularity: np.ndarray | None = None) -> Tensor:
-    """K distinct items, each included with the same probability K/n_items, so the mean over the set is an
-    unbiased estimate of the uniform expectation over the catalogue (all items when K >= n_items).
+def negative_set(
+    n_items: int, k: int, seed: int, popularity: np.ndarray | None = None, exact_head: int = 0
+) -> Negatives:
+    """K distinct negative items whose (weighted) mean estimates the uniform expectation over the catalogue
+    without bias (all items when K >= n_items).
 
-    With ``popularity`` [n_items] the draw is systematic over the items sorted by popularity (a seeded offset,
-    then every n_items/K-th item): a stratified sample that always covers the head and the tail of the
-    catalogue alike. Item scores follow popularity closely, so this estimate varies much less from seed to
-    seed than a simple random draw of the same size. Without it, a simple random draw.
+    - no ``popularity``: a simple random draw, plain mean;
+    - ``popularity`` [n_items]: systematic over the items sorted by popularity (a seeded offset, then every
+      n/K-th item), so the head and the tail are always covered alike; plain mean (equal inclusion);
+    - and ``exact_head`` M > 0: the M most popular items always (weight 1), the rest systematic over the tail
+      with Horvitz-Thompson weights. Item scores, and with them the loss's terms, are largest for popular
+      items, so computing those exactly removes most of the seed-to-seed variance.
     """
     if k >= n_items:
         return torch.arange(1, n_items + 1)
@@ -65,10 +69,18 @@ def negative_set(n_items: int, k: int, seed: int, popularity: np.ndarray | None 
         gen = torch.Generator().manual_seed(seed)
         return (torch.randperm(n_items, generator=gen)[:k] + 1).sort().values
     order = np.argsort(-np.asarray(popularity, dtype=np.float64), kind="stable")  # most popular first
-    step = n_items / k
+    head = min(max(exact_head, 0), k - 1)
+    tail, k_tail = order[head:], k - head
+    step = len(tail) / k_tail
     offset = np.random.default_rng(seed).uniform(0.0, step)
-    picks = np.floor(offset + step * np.arange(k)).astype(np.int64)  # distinct: step > 1
-    return torch.from_numpy(np.sort(order[picks] + 1))
+    picks = tail[np.floor(offset + step * np.arange(k_tail)).astype(np.int64)]  # distinct: step > 1
+    if head == 0:
+        return torch.from_numpy(np.sort(picks + 1))
+    items = np.concatenate([order[:head], picks]) + 1
+    inverse_p = np.concatenate([np.ones(head), np.full(k_tail, step)])  # 1 / inclusion probability
+    sort = np.argsort(items)
+    weights = torch.from_numpy(inverse_p[sort] / (n_items - 1))
+    return WeightedNegatives(torch.from_numpy(items[sort]), weights, 1.0 / (n_items - 1))
 
 
 def item_popularity(seqs: Seqs, n_items: int) -> np.ndarray:
@@ -119,7 +131,7 @@ class Positions:
 class BlockProblem:
     """The scoring loss of a trained surrogate seen as a function of one Linear block's weight."""
 
-    def __init__(self, model: SASRec, block: str, negatives: Tensor):
+    def __init__(self, model: SASRec, block: str, negatives: Negatives):
         self.model = model
         self.block = block
         self.layer = model.block_linear(block)
@@ -146,10 +158,15 @@ class BlockProblem:
         return bce_expected(h, p.targets, self.negatives, self.model.item_weights())
 
     def output_grads(self, p: Positions) -> Tensor:
-        """g [N, out] = d(sum_s L(s))/dz: position t's part of its own sample's gradient."""
+        """g [N, out] = d(sum_s L(s))/dz: position t's part of its own sample's gradient.
+
+        The head's gradient dL/dh comes in closed form (``bce_expected_grad``); autograd only runs the small
+        position-wise tail between z and h.
+        """
         z = F.linear(p.a, self.weight, self.layer.bias).requires_grad_(True)
-        loss = (self.losses(z, p) * p.inv_len).sum()
-        (g,) = torch.autograd.grad(loss, z)
+        h = self.tail(z, p.r)  # [N, H]
+        dh = bce_expected_grad(h.detach(), p.targets, self.negatives, self.model.item_weights())  # [N, H]
+        (g,) = torch.autograd.grad(h, z, grad_outputs=dh * p.inv_len[:, None])
         return g
 
     def hvp(self, p: Positions, sample_weight: Tensor, vec: Tensor, chunk: int) -> Tensor:
@@ -371,7 +388,7 @@ class Solution:
     u: Tensor  # [out, in]
     info: SolveInfo
     timings: dict[str, float]
-    negatives: Tensor  # [K]
+    negatives: Negatives  # [K]
 
 
 def solve(model: SASRec, seqs: Seqs, cfg: InfluenceConfig, spill: Spill | None = None) -> Solution:
@@ -379,7 +396,7 @@ def solve(model: SASRec, seqs: Seqs, cfg: InfluenceConfig, spill: Spill | None =
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     popularity = item_popularity(seqs, model.n_items) if cfg.negative_sampling == "stratified" else None
-    negatives = negative_set(model.n_items, cfg.negatives, cfg.neg_seed, popularity)
+    negatives = negative_set(model.n_items, cfg.negatives, cfg.neg_seed, popularity, cfg.exact_head)
     n = len(seqs)
     rng = np.random.default_rng(cfg.hvp_seed)
     if cfg.solver == "lissa":
@@ -397,6 +414,12 @@ def solve(model: SASRec, seqs: Seqs, cfg: InfluenceConfig, spill: Spill | None =
         assert cache is not None
         info = SolveInfo(cfg.solver, cfg.effective_damping, hvp_samples=len(cache_rows))
         t0 = time.perf_counter()
+        if cfg.hvp_negatives and cfg.hvp_negatives < len(negatives):
+            # The Hessian's expectation over negatives on a smaller stratified set: H is small next to the
+            # damping, so its estimate moves u little, while the head's cost is linear in the set's size.
+            head = cfg.exact_head * cfg.hvp_negatives // cfg.negatives
+            hvp_negs = negative_set(model.n_items, cfg.hvp_negatives, cfg.neg_seed, popularity, head)
+            problem = BlockProblem(model, cfg.block, hvp_negs)
         if cfg.solver == "lissa":
             u = lissa(problem, cache, draws, v, cfg, info)
         else:
@@ -423,7 +446,7 @@ def solve(model: SASRec, seqs: Seqs, cfg: InfluenceConfig, spill: Spill | None =
 # Pass 2: scores
 # ---------------------------------------------------------------------------------------------------------
 def score_rows(
-    model: SASRec, seqs: Seqs, u: Tensor, negatives: Tensor, cfg: InfluenceConfig, rows: np.ndarray | None = None
+    model: SASRec, seqs: Seqs, u: Tensor, negatives: Negatives, cfg: InfluenceConfig, rows: np.ndarray | None = None
 ) -> np.ndarray:
     """I(s) = sum_t g_t^T U a_t for ``rows`` (default all), in the order of ``rows``. Memory: one batch."""
     rows = np.arange(len(seqs)) if rows is None else np.asarray(rows)
@@ -487,7 +510,7 @@ def influence(model: SASRec, seqs: Seqs, cfg: InfluenceConfig, shard: tuple[int,
 # ---------------------------------------------------------------------------------------------------------
 # Naive reference of the paper's procedure (tests, benchmark): whole network, one sample at a time
 # ---------------------------------------------------------------------------------------------------------
-def _sample_loss(model: SASRec, seqs: Seqs, rows: np.ndarray, negatives: Tensor, pad_to: int | None) -> Tensor:
+def _sample_loss(model: SASRec, seqs: Seqs, rows: np.ndarray, negatives: Negatives, pad_to: int | None) -> Tensor:
     """sum over ``rows`` of L(s), through the whole network (inputs left-padded to ``pad_to`` if given)."""
     batch = train_batch(seqs, rows, model.max_len)
     x = batch.inputs
@@ -499,7 +522,7 @@ def _sample_loss(model: SASRec, seqs: Seqs, rows: np.ndarray, negatives: Tensor,
 
 
 def reference_grad(
-    model: SASRec, seqs: Seqs, rows: np.ndarray, block: str, negatives: Tensor, pad_to: int | None = None
+    model: SASRec, seqs: Seqs, rows: np.ndarray, block: str, negatives: Negatives, pad_to: int | None = None
 ) -> Tensor:
     """grad_W of sum_{rows} L(s) by plain autograd through the whole network."""
     w = model.block_linear(block).weight
@@ -508,7 +531,13 @@ def reference_grad(
 
 
 def reference_hvp(
-    model: SASRec, seqs: Seqs, rows: np.ndarray, block: str, negatives: Tensor, vec: Tensor, pad_to: int | None = None
+    model: SASRec,
+    seqs: Seqs,
+    rows: np.ndarray,
+    block: str,
+    negatives: Negatives,
+    vec: Tensor,
+    pad_to: int | None = None,
 ) -> Tensor:
     """(d^2 / dW^2 of mean_{rows} L(s)) vec by double backward through the whole network."""
     w = model.block_linear(block).weight
@@ -518,7 +547,7 @@ def reference_hvp(
 
 
 def reference_scores(
-    model: SASRec, seqs: Seqs, rows: np.ndarray, block: str, negatives: Tensor, u: Tensor, pad_to: int | None = None
+    model: SASRec, seqs: Seqs, rows: np.ndarray, block: str, negatives: Negatives, u: Tensor, pad_to: int | None = None
 ) -> np.ndarray:
     """One sample at a time: its gradient through the whole network, dotted with u (the paper's loop)."""
     out = np.zeros(len(rows))

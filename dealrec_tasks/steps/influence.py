@@ -16,17 +16,17 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from dealrec_tasks.data.schema import INFLUENCE, SCORES_INFLUENCE, SURROGATE
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.scoring.influence import influence, score_rows, solve, to_dtype
 from dealrec_tasks.sharding import shard_name, shard_rows
 from dealrec_tasks.steps.common import StepResult, merge_shards
-from dealrec_tasks.steps.surrogate import MODEL_FILE, SURROGATE, Source, load_model, read_samples, source
+from dealrec_tasks.steps.surrogate import MODEL_FILE, Source, load_model, read_samples, source
 from dealrec_tasks.storage import Lake, join_uri, sha256
 from dealrec_tasks.surrogate.batching import train_seqs
+from dealrec_tasks.surrogate.model import negatives_from_payload
 
-INFLUENCE = "influence"
-SCORES_INFLUENCE = "scores_influence"
 SCORES_SCHEMA = pa.schema([("sample_id", pa.int64()), ("influence", pa.float64())])
 
 
@@ -51,7 +51,8 @@ def solve_influence(lake: Lake, dt: str | None, cfg: InfluenceConfig, *, dataset
     model, seqs, identity = _inputs(lake, src)
     sol = solve(to_dtype(model, cfg), seqs, cfg)
     buf = io.BytesIO()
-    torch.save({"v": sol.v, "u": sol.u, "negatives": sol.negatives}, buf)
+    negatives = sol.negatives.to_payload() if hasattr(sol.negatives, "to_payload") else {"negatives": sol.negatives}
+    torch.save({"v": sol.v, "u": sol.u, **negatives}, buf)
     info = {"solve": sol.info.to_dict(), "timings": sol.timings}
     pub = lake.publish(
         _part(src, "solve"),
@@ -91,7 +92,7 @@ def score_influence(
     pre = _published_solve(lake, src, cfg, identity)
     notes = []
     if pre is not None:
-        scores = score_rows(to_dtype(model, cfg), seqs, pre["u"], pre["negatives"], cfg, rows)
+        scores = score_rows(to_dtype(model, cfg), seqs, pre["u"], negatives_from_payload(pre), cfg, rows)
         timings: dict[str, Any] = {"used_published_solve": True}
     else:
         res = influence(model, seqs, cfg, shard)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from dealrec_tasks.data.samples import TEST, TRAIN, VALID
-from dealrec_tasks.data.schema import ITEMS, SAMPLES, VOCAB
+from dealrec_tasks.data.schema import ADAPTERS, CORESET, EFFORT, EVALUATION, ITEMS, SAMPLES, SCORES_EFFORT, VOCAB
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
 from dealrec_tasks.llm.prompts import EncodedPrompt, PromptTemplate, encode
@@ -17,12 +17,6 @@ from dealrec_tasks.progress import progress
 from dealrec_tasks.sharding import shard_name, shard_rows
 from dealrec_tasks.steps.common import StepResult, merge_shards
 from dealrec_tasks.storage import Lake, join_uri
-
-EFFORT = "effort"  # effort/dt=D/shard=i-of-n/effort.parquet, one partition per shard
-SCORES_EFFORT = "scores_effort"  # the merged scores of a day
-ADAPTERS = "adapters"
-EVALUATION = "evaluation"
-CORESET = "coreset"
 
 
 def item_titles(lake: Lake, dt: str) -> list[str]:

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import torch
 
 from dealrec_tasks.config import parse_dt
-from dealrec_tasks.data.schema import DATASETS, SAMPLES, VOCAB
+from dealrec_tasks.data.schema import DATASETS, SAMPLES, SURROGATE, VOCAB
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.progress import report
 from dealrec_tasks.steps.common import StepResult
@@ -23,7 +23,6 @@ from dealrec_tasks.surrogate.evaluate import evaluate
 from dealrec_tasks.surrogate.model import SASRec
 from dealrec_tasks.surrogate.train import train
 
-SURROGATE = "surrogate"
 MODEL_FILE = "model.pt"
 ARCH_FIELDS = ("hidden", "blocks", "heads", "max_len")
 

@@ -204,18 +204,75 @@ def bce_sampled(h: Tensor, pos: Tensor, neg: Tensor, item_w: Tensor) -> Tensor:
     return F.softplus(-s_pos) + F.softplus(s_neg)
 
 
-def bce_expected(h: Tensor, pos: Tensor, negatives: Tensor, item_w: Tensor) -> Tensor:
+@dataclass(frozen=True)
+class WeightedNegatives:
+    """A fixed negative set with Horvitz-Thompson weights: sum_j weights_j f(items_j) - pos_weight f(pos)
+    estimates the mean of f over the items other than the positive, without bias, for any inclusion scheme
+    (items that are always included weigh 1/(n-1), sampled ones 1/(p_j (n-1)))."""
+
+    items: Tensor  # [K] item indices 1..n
+    weights: Tensor  # [K]
+    pos_weight: float  # 1 / (n - 1)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def to_payload(self) -> dict[str, Tensor]:
+        return {"negatives": self.items, "negative_weights": self.weights, "pos_weight": torch.tensor(self.pos_weight)}
+
+
+Negatives = Tensor | WeightedNegatives
+
+
+def negatives_from_payload(payload: dict[str, Tensor]) -> Negatives:
+    if "negative_weights" in payload:
+        return WeightedNegatives(payload["negatives"], payload["negative_weights"], float(payload["pos_weight"]))
+    return payload["negatives"]
+
+
+def bce_expected(h: Tensor, pos: Tensor, negatives: Negatives, item_w: Tensor) -> Tensor:
     """Per-position loss [N] with the expectation over negatives, estimated on one fixed set ``negatives`` [K].
 
-    The positive is left out of the average where it belongs to the set, so every position averages over the
-    items other than its target. With the set fixed (seeded), the loss of a sample depends only on the sample.
+    A plain set [K]: the mean over it, the positive left out where it belongs to the set, so every position
+    averages over the items other than its target. A ``WeightedNegatives``: its unbiased weighted estimate.
+    With the set fixed (seeded), the loss of a sample depends only on the sample.
     """
     s_pos = (h * item_w[pos - 1]).sum(-1)  # [N]
+    if isinstance(negatives, WeightedNegatives):
+        s_neg = h @ item_w[negatives.items - 1].T  # [N, K]
+        neg = F.softplus(s_neg) @ negatives.weights.to(h.dtype) - negatives.pos_weight * F.softplus(s_pos)
+        return F.softplus(-s_pos) + neg
     s_neg = h @ item_w[negatives - 1].T  # [N, K]
     # Leaving the positive out by subtraction avoids an [N, K] mask (the head dominates the scoring time).
     in_set = torch.isin(pos, negatives).to(h.dtype)  # [N]
     neg_sum = F.softplus(s_neg).sum(-1) - in_set * F.softplus(s_pos)  # [N]
     return F.softplus(-s_pos) + neg_sum / (len(negatives) - in_set)
+
+
+def bce_expected_grad(h: Tensor, pos: Tensor, negatives: Negatives, item_w: Tensor, chunk: int = 8192) -> Tensor:
+    """d bce_expected / dh [N, H], in closed form: no softplus, no autograd graph over the [N, K] scores.
+
+    -sigmoid(-s_pos) e_pos + (sum_j sigmoid(s_j) e_j - [pos in set] sigmoid(s_pos) e_pos) / (K - [pos in set]).
+    The pass that collects per-sample gradients spends almost all its time on the K negatives; this is
+    about twice as fast as differentiating ``bce_expected``, and equal to it (tested).
+    """
+    weighted = isinstance(negatives, WeightedNegatives)
+    e_neg = item_w[(negatives.items if weighted else negatives) - 1]  # [K, H]
+    out = torch.empty_like(h)
+    for i in range(0, len(h), chunk):
+        hc, pc = h[i : i + chunk], pos[i : i + chunk]
+        e_pos = item_w[pc - 1]  # [c, H]
+        s_pos = (hc * e_pos).sum(-1)  # [c]
+        if weighted:
+            neg = torch.sigmoid_(hc @ e_neg.T).mul_(negatives.weights.to(h.dtype)) @ e_neg  # [c, H]
+            neg = neg - (negatives.pos_weight * torch.sigmoid(s_pos))[:, None] * e_pos
+            out[i : i + chunk] = neg - torch.sigmoid(-s_pos)[:, None] * e_pos
+            continue
+        in_set = torch.isin(pc, negatives).to(h.dtype)  # [c]
+        neg = torch.sigmoid_(hc @ e_neg.T) @ e_neg  # [c, H]
+        neg = (neg - (in_set * torch.sigmoid(s_pos))[:, None] * e_pos) / (len(negatives) - in_set)[:, None]
+        out[i : i + chunk] = neg - torch.sigmoid(-s_pos)[:, None] * e_pos
+    return out
 
 
 def expand_state_dict(state: dict[str, Tensor], model: SASRec) -> dict[str, Tensor]:

@@ -52,6 +52,6 @@ def test_surrogate_cold_then_warm_and_influence_shards(lake):
     three = lake.read("scores_influence", d4, "influence.parquet").to_pandas()
     assert merged_one.counts["samples"] == len(three)
     np.testing.assert_array_equal(one.sample_id, three.sample_id)
-    np.testing.assert_allclose(one.influence, three.influence, rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(one.influence, three.influence, rtol=1e-6, atol=1e-9)  # float32: BLAS blocking
     with pytest.raises(InputError, match="not published"):
         merge_influence(lake, d4, 2)

@@ -146,3 +146,39 @@ def test_build_model_is_seeded():
     a, b = build_model(N, SurrogateConfig.tiny()), build_model(N, SurrogateConfig.tiny())
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
+
+
+def test_closed_form_head_gradient_equals_autograd():
+    from dealrec_tasks.surrogate.model import bce_expected, bce_expected_grad
+
+    gen = torch.Generator().manual_seed(0)
+    item_w = torch.randn(30, 6, generator=gen, dtype=torch.float64)
+    h = torch.randn(40, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    pos = torch.randint(1, 31, (40,), generator=gen)
+    negatives = torch.tensor([2, 3, 5, 8, 13, 21, 29])  # some positives fall inside the set
+    (expected,) = torch.autograd.grad(bce_expected(h, pos, negatives, item_w).sum(), h)
+    torch.testing.assert_close(bce_expected_grad(h.detach(), pos, negatives, item_w, chunk=7), expected)
+
+
+def test_weighted_negatives_gradient_and_unbiasedness():
+    import numpy as np
+
+    from dealrec_tasks.scoring.influence import negative_set
+    from dealrec_tasks.surrogate.model import WeightedNegatives, bce_expected, bce_expected_grad
+
+    gen = torch.Generator().manual_seed(1)
+    n = 60
+    item_w = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    h = torch.randn(25, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    pos = torch.randint(1, n + 1, (25,), generator=gen)
+    popularity = np.random.default_rng(0).pareto(1.0, size=n)
+    negs = negative_set(n, 20, seed=3, popularity=popularity, exact_head=6)
+    assert isinstance(negs, WeightedNegatives) and len(negs) == 20
+    (expected,) = torch.autograd.grad(bce_expected(h, pos, negs, item_w).sum(), h)
+    torch.testing.assert_close(bce_expected_grad(h.detach(), pos, negs, item_w, chunk=4), expected)
+    # Averaged over seeds, the weighted estimate equals the exact mean over all items other than the positive.
+    exact = bce_expected(h, pos, torch.arange(1, n + 1), item_w).detach()
+    mean = torch.stack(
+        [bce_expected(h, pos, negative_set(n, 20, s, popularity, 6), item_w).detach() for s in range(2000)]
+    ).mean(0)
+    torch.testing.assert_close(mean, exact, rtol=2e-2, atol=0)
