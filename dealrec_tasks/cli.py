@@ -101,14 +101,21 @@ def cmd_samples(args: argparse.Namespace) -> list[steps.StepResult]:
 
 
 def cmd_demo(args: argparse.Namespace) -> list[steps.StepResult]:
-    """The main job on embedded defaults: synthetic logs -> daily ingest -> samples for the last day."""
+    """The main job on embedded defaults; results are printed as each step finishes."""
+    from dealrec_tasks.steps.pipeline import DemoConfig, demo
+
     lake = _lake(args)
-    synth = steps.synthetic(lake, SyntheticConfig(bad_rows=25))
-    results = [synth]
-    for dt in progress(steps.log_days(lake), desc="ingesting days", unit="day"):  # ingested days are no-ops
-        results.append(steps.ingest(lake, dt, IngestConfig()))
-    results.append(steps.samples(lake, synth.counts["last_dt"], SamplesConfig()))
-    return results
+    dt = demo(lake, args.model, args.work_dir, DemoConfig(), lambda r: _print(r, args.json))
+    if not args.json:
+        print(
+            f"\nDone for dt={dt}. Look at:\n"
+            f"  coreset      {lake.partition('coreset', dt)}/coreset.parquet (+ report.png, _manifest.json)\n"
+            f"  rejects      {lake.partition('rejects', dt)}/rejects.parquet\n"
+            f"  adapter      {lake.partition('adapters', dt)}/ (base model: {args.model})\n"
+            f"  evaluation   {lake.partition('evaluation', dt)}/metrics.json, examples.json\n"
+            f"  surrogate    {lake.partition('surrogate', dt)}/metrics.json"
+        )
+    return []
 
 
 def cmd_tiny_llm(args: argparse.Namespace) -> list[steps.StepResult]:
@@ -296,7 +303,12 @@ COMMANDS: dict[str, Command] = {
         (SelectConfig,),
         (DT_REQUIRED,),
     ),
-    "demo": Command(cmd_demo, "run the main job on embedded defaults (synthetic data, local lake)"),
+    "demo": Command(
+        cmd_demo,
+        "run the whole pipeline on embedded defaults (synthetic data, local lake, tiny LLM)",
+        (),
+        (MODEL, arg("--work-dir", default="var/work", help="checkpoints and caches (default %(default)s)")),
+    ),
 }
 
 

@@ -22,17 +22,47 @@ def run(*args: str, lake: Path) -> tuple[int, str, str]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def test_demo_runs_the_data_steps(tmp_path):
-    code, out, err = run("demo", lake=tmp_path / "lake")
-    assert code == 0, err
-    assert "synthetic: days 7" in out
-    assert out.count("ingest:") == 7
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    """The README's first command, end to end on embedded defaults (a few minutes)."""
+    lake = tmp_path / "lake"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dealrec_tasks.cli",
+            "--lake",
+            str(lake),
+            "demo",
+            "--model",
+            str(tmp_path / "tiny"),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "synthetic: days 7" in out and out.count("ingest:") == 7
     assert "rejected 25" in out  # the demo's producer sends some bad rows every day
-    assert "samples: train 2,000" in out
-    assert (tmp_path / "lake/samples/dt=2026-01-07/_manifest.json").exists()
-    # Running it again changes nothing.
-    code, out, _ = run("demo", lake=tmp_path / "lake")
-    assert code == 0 and out.count("(unchanged, no-op)") == 9
+    for step in (
+        "samples:",
+        "surrogate:",
+        "influence-solve:",
+        "merge-influence:",
+        "tiny-llm:",
+        "merge-effort:",
+        "select:",
+        "finetune:",
+        "evaluate:",
+    ):
+        assert step in out, step
+    dt = "2026-01-07"
+    for partition in ("coreset", "adapters", "evaluation", "scores_influence", "scores_effort"):
+        assert (lake / partition / f"dt={dt}" / "_manifest.json").exists(), partition
+    assert (lake / "coreset" / f"dt={dt}" / "report.png").stat().st_size > 10_000
+    assert "Done for dt=2026-01-07" in out
 
 
 def test_bad_parameters_exit_2_with_a_clear_message(tmp_path, capsys):
