@@ -211,7 +211,7 @@ def evaluate(
     prompts = encode_rows(test, titles, tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len, with_target=False)
     targets = [[t - 1 for t in r["targets"]] for r in test]
     result = grounded_evaluation(model, tokenizer, prompts, targets, titles, cfg, model_dir, cache_dir)
-    metrics = {k: float(v) for k, v in result["metrics"].items()}
+    metrics = {k: int(v) if k == "users" else float(v) for k, v in result["metrics"].items()}
     examples = [
         {
             "user_id": r["user_id"],

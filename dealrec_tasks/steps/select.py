@@ -204,7 +204,9 @@ def select(lake: Lake, dt: str, cfg: SelectConfig) -> StepResult:
     )
     summary = counts | {"strategy": strategy}
     if sel.groups is not None:
-        summary[f"{sel.groups.kind}s_used"] = int((sel.groups.budgets > 0).sum())
+        summary[{"stratum": "strata_used", "cluster": "clusters_used"}[sel.groups.kind]] = int(
+            (sel.groups.budgets > 0).sum()
+        )
         if sel.groups.kind == "stratum":
             summary["pruned"] = sel.groups.pruned
     summary["items_covered"] = f"{coverage['items']['coreset']} (random {coverage['items']['random']})"
