@@ -71,3 +71,16 @@ def local_lake(tmp_path) -> Lake:
 
 def needs_games():
     return pytest.mark.skipif(not (GAMES / "sequential_train.txt").exists(), reason=f"{GAMES} not present")
+
+
+def synthetic_lake(root, dt: str, max_len: int, **synthetic) -> Lake:
+    """A small lake for step tests: synthetic logs ingested day by day, samples at ``dt``."""
+    from dealrec_tasks import steps
+    from dealrec_tasks.config import IngestConfig, SamplesConfig, SyntheticConfig
+
+    lake = Lake(str(root))
+    steps.synthetic(lake, SyntheticConfig(**synthetic))
+    for day in steps.pending_days(lake):
+        steps.ingest(lake, day, IngestConfig())
+    steps.samples(lake, dt, SamplesConfig(max_len=max_len))
+    return lake

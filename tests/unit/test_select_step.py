@@ -6,9 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dealrec_tasks import steps
 from dealrec_tasks.cli import main
-from dealrec_tasks.config import IngestConfig, SamplesConfig, SyntheticConfig
 from dealrec_tasks.errors import ConfigError, PartitionNotFound
 from dealrec_tasks.selection import STRATEGIES, SelectConfig
 from dealrec_tasks.steps import llm as llm_steps
@@ -16,6 +14,7 @@ from dealrec_tasks.steps import select as select_steps
 from dealrec_tasks.steps.select import select
 from dealrec_tasks.storage import MANIFEST, Lake, join_uri
 from dealrec_tasks.surrogate.config import SurrogateConfig
+from tests.conftest import synthetic_lake
 
 DT = "2026-01-04"
 CORE = ("samples", "vocab", "items")
@@ -25,11 +24,7 @@ STANDARD = {"manifest_version", "dataset", "dt", "uri", "created_at", "config", 
 @pytest.fixture(scope="module")
 def source_lake(tmp_path_factory) -> Lake:
     """Synthetic logs -> samples -> a tiny surrogate, plus synthetic score tables (fast, no LLM)."""
-    lake = Lake(str(tmp_path_factory.mktemp("lake")))
-    steps.synthetic(lake, SyntheticConfig(users=150, items=60, days=4, events_per_day=300))
-    for dt in steps.pending_days(lake):
-        steps.ingest(lake, dt, IngestConfig())
-    steps.samples(lake, DT, SamplesConfig(max_len=10))
+    lake = synthetic_lake(tmp_path_factory.mktemp("lake"), DT, 10, users=150, items=60, days=4, events_per_day=300)
     from dealrec_tasks.steps.surrogate import train_surrogate
 
     train_surrogate(lake, DT, SurrogateConfig.tiny(hidden=8, max_epochs=2, patience=1))

@@ -5,24 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dealrec_tasks import steps
-from dealrec_tasks.config import IngestConfig, SamplesConfig, SyntheticConfig
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig
 from dealrec_tasks.steps import llm as llm_steps
 from dealrec_tasks.storage import Lake
+from tests.conftest import synthetic_lake
 
 DT = "2026-01-05"
 
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory) -> Lake:
-    lake = Lake(str(tmp_path_factory.mktemp("lake")))
-    steps.synthetic(lake, SyntheticConfig(users=40, items=120, days=5, events_per_day=60))
-    for dt in steps.pending_days(lake):
-        steps.ingest(lake, dt, IngestConfig())
-    steps.samples(lake, DT, SamplesConfig(max_len=8))
-    return lake
+    return synthetic_lake(tmp_path_factory.mktemp("lake"), DT, 8, users=40, items=120, days=5, events_per_day=60)
 
 
 def test_sharded_effort_merges_to_the_unsharded_scores(lake, tiny_dir):
