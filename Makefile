@@ -5,13 +5,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LAKE ?= var/lake
+# torch 2.13.0+cpu is a local wheel on these machines; say where even if PIP_FIND_LINKS is not set.
+PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 .PHONY: demo test lint lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q $(PIP_FLAGS) -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
@@ -28,7 +30,7 @@ test: $(STAMP) lint
 
 # Re-resolve the pinned set after editing pyproject.toml's dependencies.
 lock: $(STAMP)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q $(PIP_FLAGS) -e '.[test]'
 	$(PY) -m pip freeze --exclude-editable > requirements.lock
 
 clean:
