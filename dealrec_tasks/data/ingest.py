@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dealrec_tasks.data.arrow import list_lengths
 from dealrec_tasks.data.schema import (
     INTERACTION_COLUMNS,
     ITEM_VOCAB_SCHEMA,
@@ -307,7 +308,7 @@ def append_to_sequences(
     order), and rebuild the list columns from offsets.
     """
     if prev is not None and prev.num_rows:
-        lengths = pc_list_lengths(prev.column("items"))
+        lengths = list_lengths(prev.column("items"))
         old_users = np.repeat(prev.column("user_idx").to_numpy(), lengths)
         old_items = prev.column("items").combine_chunks().flatten().to_numpy()
         old_ts = prev.column("ts").combine_chunks().flatten().cast(pa.int64()).to_numpy()
@@ -330,9 +331,3 @@ def append_to_sequences(
         },
         schema=SEQUENCES_SCHEMA,
     )
-
-
-def pc_list_lengths(col: pa.ChunkedArray) -> np.ndarray:
-    import pyarrow.compute as pc
-
-    return pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -13,8 +13,8 @@ import datetime as dt_mod
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from dealrec_tasks.data.arrow import flat_values, list_lengths
 from dealrec_tasks.data.schema import INTERACTIONS_SCHEMA
 
 DAY_US = 86_400_000_000
@@ -38,8 +38,8 @@ def replay_days(sequences: pa.Table, item_vocab: pa.Table, days: int, start: str
         ("test", np.full(n_users, train_days + 1), np.full(n_users, train_days + 2)),
     ):
         col = sequences.column(kind)
-        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
-        items = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        lengths = list_lengths(col)
+        items = flat_values(col)
         user = np.repeat(np.arange(n_users), lengths)
         pos = np.arange(len(items)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         span = (hi_day - lo_day)[user] * DAY_US

@@ -12,20 +12,11 @@ import hashlib
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from dealrec_tasks.data.arrow import flat_values, list_lengths
 from dealrec_tasks.data.schema import IDX, SAMPLES_SCHEMA, SPLIT_SEQUENCES_SCHEMA
 
 TRAIN, VALID, TEST = "train", "valid", "test"
-
-
-def _list_lengths(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _flat(col: pa.ChunkedArray) -> np.ndarray:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    return arr.flatten().to_numpy(zero_copy_only=False)
 
 
 def _lists_from_mask(lengths: np.ndarray, values: np.ndarray, keep: np.ndarray) -> pa.ListArray:
@@ -44,9 +35,9 @@ def time_split(sequences: pa.Table, dt: str, valid_days: int, test_days: int) ->
     end = np.datetime64(dt_mod.date.fromisoformat(dt) + dt_mod.timedelta(days=1), "us")
     test_start = end - np.timedelta64(test_days, "D")
     valid_start = test_start - np.timedelta64(valid_days, "D")
-    lengths = _list_lengths(sequences.column("items"))
-    items = _flat(sequences.column("items"))
-    ts = _flat(sequences.column("ts").cast(pa.list_(pa.timestamp("us")))).astype("datetime64[us]")
+    lengths = list_lengths(sequences.column("items"))
+    items = flat_values(sequences.column("items"))
+    ts = flat_values(sequences.column("ts").cast(pa.list_(pa.timestamp("us")))).astype("datetime64[us]")
     in_day = ts < end
     return pa.table(
         {

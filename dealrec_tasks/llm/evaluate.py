@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -129,14 +128,3 @@ def grounded_evaluation(
     metrics = ranking_metrics(topk, targets, cfg.ks)
     exact = float(np.mean([g == titles[t[0]] for g, t in zip(generated, targets) if t])) if targets else 0.0
     return {"metrics": metrics | {"exact_title_match": exact}, "generated": generated, "topk": topk}
-
-
-def dump_examples(
-    path: Path, prompts_text: Sequence[str], generated: Sequence[str], target_titles: Sequence[str], n: int = 20
-) -> None:
-    """A few (history, generated, target) triples for a person to read."""
-    rows = [
-        {"prompt_tail": p[-200:], "generated": g, "target": t}
-        for p, g, t in zip(prompts_text[:n], generated[:n], target_titles[:n])
-    ]
-    path.write_text(json.dumps(rows, indent=2))

@@ -18,6 +18,7 @@ from dealrec_tasks.data import ingest as ingest_mod
 from dealrec_tasks.data import replay as replay_mod
 from dealrec_tasks.data import samples as samples_mod
 from dealrec_tasks.data import synthetic as synthetic_mod
+from dealrec_tasks.data.arrow import list_lengths
 from dealrec_tasks.data.schema import (
     DATASETS,
     INTERACTIONS,
@@ -183,7 +184,7 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
         "new_users": new_users,
         "items": items.num_rows,
         "new_items": new_items,
-        "interactions_total": int(sum(ingest_mod.pc_list_lengths(sequences.column("items")))),
+        "interactions_total": int(sum(list_lengths(sequences.column("items")))),
     }
     notes = []
     if not files:
