@@ -1,0 +1,455 @@
+"""Tracking steps: what the lake holds for a day -> MLflow runs, a registered model version, the champion alias.
+
+Every function is idempotent: a retry of the same orchestrator run finds its MLflow run and model version by
+tags (dt, orchestrator run id, digest of the inputs) instead of creating a second one. Nothing is registered
+before its run is complete, and the decision to promote is recorded before the alias moves.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dealrec_tasks.config import parse_dt
+from dealrec_tasks.data.schema import (
+    ADAPTERS,
+    CORESET,
+    EVALUATION,
+    SAMPLES,
+    SCORES_EFFORT,
+    SCORES_INFLUENCE,
+    SURROGATE,
+)
+from dealrec_tasks.errors import ConfigError, InputError
+from dealrec_tasks.steps.common import StepResult
+from dealrec_tasks.storage import MANIFEST, Lake, join_uri, sha256
+from dealrec_tasks.tracking.config import TrackingConfig
+
+PRUNING, FINETUNE = "pruning", "finetune"
+# Evaluation settings that do not change which users are scored nor how: left out of the comparability key.
+_EVAL_SET_IGNORES = ("batch_size", "embed_batch_size")
+
+
+def _check_run_id(orchestrator_run_id: str) -> None:
+    if not orchestrator_run_id or not orchestrator_run_id.strip():
+        raise ConfigError("orchestrator_run_id='': give the orchestrator's run id (it makes retries idempotent)")
+
+
+def _manifest_bytes(lake: Lake, dataset: str, dt: str | None) -> bytes:
+    lake.require_manifest(dataset, dt)  # the clear "not published, run X" error
+    return lake.storage.read_bytes(join_uri(lake.partition(dataset, dt), MANIFEST))
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return {}
+    q = np.quantile(values, [0.1, 0.5, 0.9])
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "p10": float(q[0]),
+        "p50": float(q[1]),
+        "p90": float(q[2]),
+    }
+
+
+def _column(lake: Lake, dataset: str, dt: str, file: str, column: str) -> np.ndarray:
+    table = lake.read(dataset, dt, file)
+    return table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pruning run
+# ---------------------------------------------------------------------------------------------------------
+def log_pruning(lake: Lake, dt: str, cfg: TrackingConfig, orchestrator_run_id: str) -> StepResult:
+    """The coreset of ``dt`` as an MLflow run: selection/scoring/surrogate configs as params; counts, coverage,
+    score statistics and surrogate metrics as metrics; report.png and the coreset manifest as artifacts."""
+    from dealrec_tasks.tracking.client import Tracking
+    from dealrec_tasks.tracking.runs import RunContent, log_run
+
+    parse_dt(dt)
+    _check_run_id(orchestrator_run_id)
+    raw = _manifest_bytes(lake, CORESET, dt)
+    manifest = json.loads(raw)
+    coreset_uri = lake.partition(CORESET, dt)
+
+    def content(_run_id: str) -> RunContent:
+        c = RunContent()
+        c.add_params("select", {k: v for k, v in manifest["config"].items() if k != "source_sha256"})
+        counts = manifest.get("counts", {})
+        c.add_metric("candidates", counts.get("candidates"))
+        c.add_metric("selected", counts.get("selected"))
+        groups = counts.get("groups") or {}
+        if groups:
+            c.add_metric("pruned", groups.get("pruned"))
+            c.add_metric("groups_used", int(np.count_nonzero(groups.get("budgets") or [])))
+            c.add_metric("groups", len(groups.get("budgets") or []))
+        for key in ("items", "target_items"):
+            c.add_metrics(f"coverage.{key}", manifest.get("coverage", {}).get(key, {}))
+        table = lake.read(CORESET, dt, "coreset.parquet")
+        for col in ("influence", "effort", "overall", "score"):
+            values = table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+            c.add_metrics(f"coreset.{col}", _stats(values))
+        for dataset, file, col in (
+            (SCORES_INFLUENCE, "influence.parquet", "influence"),
+            (SCORES_EFFORT, "effort.parquet", "effort"),
+        ):
+            scores_manifest = lake.manifest(dataset, dt)
+            if scores_manifest is not None:
+                c.add_params(col, scores_manifest.get("config", {}))
+                c.add_metrics(f"scores.{col}", _stats(_column(lake, dataset, dt, file, col)))
+                c.tags[f"{col}_uri"] = lake.partition(dataset, dt)
+        surrogate = lake.manifest(SURROGATE, dt)
+        if surrogate is not None:
+            c.add_params("surrogate", surrogate.get("config", {}))
+            c.add_metrics("surrogate", surrogate.get("counts", {}))
+            uri = join_uri(lake.partition(SURROGATE, dt), "metrics.json")
+            if "metrics.json" in surrogate.get("files", {}):
+                metrics = lake.storage.read_json(uri)
+                for row in metrics.get("history", []):
+                    step = int(row.get("epoch", 0))
+                    c.add_metrics("surrogate.epoch", {k: v for k, v in row.items() if k != "epoch"}, step)
+                c.artifacts["surrogate/metrics.json"] = lake.storage.read_bytes(uri)
+        c.artifacts["coreset/_manifest.json"] = raw
+        if "report.png" in manifest.get("files", {}):
+            c.artifacts["coreset/report.png"] = lake.storage.read_bytes(join_uri(coreset_uri, "report.png"))
+        c.tags.update(
+            {
+                "coreset_uri": coreset_uri,
+                "strategy": str(manifest.get("strategy", manifest["config"].get("strategy", ""))),
+                "mlflow.note.content": f"Coreset selection of dt={dt}: {coreset_uri}",
+            }
+        )
+        return c
+
+    tr = Tracking(cfg)
+    tr.ping()
+    run_id, changed = log_run(tr, PRUNING, dt, orchestrator_run_id, sha256(raw), f"pruning dt={dt}", content)
+    counts = {"run_id": run_id, "selected": manifest.get("counts", {}).get("selected")}
+    return StepResult("track-pruning", {"run": tr.run_link(run_id), "coreset": coreset_uri}, counts, changed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fine-tuning run + model version
+# ---------------------------------------------------------------------------------------------------------
+def evaluation_set_id(lake: Lake, dt: str, evaluation: dict[str, Any]) -> str:
+    """Who was evaluated and how: the evaluation config (less batch sizes) + the exact samples table it read.
+
+    Two versions are comparable when these are equal: same test users and targets, same generation settings.
+    """
+    samples = lake.require_manifest(SAMPLES, dt)
+    key = {
+        "config": {k: v for k, v in evaluation.get("config", {}).items() if k not in _EVAL_SET_IGNORES},
+        "samples_sha256": samples["files"]["samples.parquet"]["sha256"],
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pruning_run(tr, dt: str, coreset_digest: str | None):
+    """The pruning run of the same coreset (same dt and manifest digest), else the latest one of ``dt``."""
+    from dealrec_tasks.tracking.client import TAG_DIGEST, TAG_DT, TAG_KIND, quote
+
+    base = f"tags.{TAG_KIND} = '{PRUNING}' and tags.{TAG_DT} = {quote(dt, 'dt')}"
+    filters = [base + f" and tags.{TAG_DIGEST} = {quote(coreset_digest, 'digest')}"] if coreset_digest else []
+    for flt in filters + [base]:
+        finished = [r for r in tr.search_runs(flt) if r.info.status == "FINISHED"]
+        if finished:
+            return finished[0]
+    return None
+
+
+def register(
+    lake: Lake,
+    dt: str,
+    model_dir: str,
+    cfg: TrackingConfig,
+    orchestrator_run_id: str,
+    *,
+    check_fingerprint: bool = True,
+) -> StepResult:
+    """Log the fine-tuning run of ``dt`` (linked as a child of its pruning run) and register its model version.
+
+    The model is a pyfunc holding only the adapter; it loads the base model from ``model_dir`` (recorded with
+    its fingerprint). The version is tagged dt / orchestrator_run_id / coreset_uri / input_digest, the
+    evaluation metrics (``eval.ndcg_at_20`` ...) and ``eval_set`` (which users, which settings).
+    """
+    from dealrec_tasks.llm.evaluate import model_fingerprint
+    from dealrec_tasks.tracking import registry as reg
+    from dealrec_tasks.tracking.client import TAG_DIGEST, TAG_DT, TAG_ORCHESTRATOR_RUN, Tracking
+    from dealrec_tasks.tracking.model import MODEL_ARTIFACT_PATH, save_adapter_model
+    from dealrec_tasks.tracking.runs import RunContent, log_run
+
+    parse_dt(dt)
+    _check_run_id(orchestrator_run_id)
+    adapter_raw = _manifest_bytes(lake, ADAPTERS, dt)
+    eval_raw = _manifest_bytes(lake, EVALUATION, dt)
+    adapter, evaluation = json.loads(adapter_raw), json.loads(eval_raw)
+    if not evaluation.get("config", {}).get("adapter", True):
+        raise InputError(
+            f"{lake.partition(EVALUATION, dt)}: evaluates the base model (adapter=false), not the adapter; "
+            f"run `dealrec evaluate --dt {dt}` without --base-only before registering"
+        )
+    base_dir = Path(model_dir).resolve()
+    trained_on = adapter.get("base_model", {})
+    if not (base_dir / "config.json").exists():
+        raise InputError(f"model_dir={model_dir!r}: no Hugging Face model there (config.json missing)")
+    fingerprint = model_fingerprint(base_dir)
+    if check_fingerprint and trained_on.get("fingerprint") and trained_on["fingerprint"] != fingerprint:
+        raise InputError(
+            f"model_dir={model_dir!r}: fingerprint {fingerprint} differs from {trained_on['fingerprint']}, the base "
+            f"model the adapter of dt={dt} was trained on ({trained_on.get('path')})"
+        )
+    metrics = {k: v for k, v in evaluation.get("metrics", {}).items() if isinstance(v, (int, float))}
+    if cfg.metric not in metrics:
+        raise InputError(
+            f"{lake.partition(EVALUATION, dt)}: no {cfg.metric!r} in its metrics ({sorted(metrics)}); "
+            "set metric to one of them"
+        )
+    eval_set = evaluation_set_id(lake, dt, evaluation)
+    coreset_uri = str(adapter.get("source", {}).get("training", ""))
+    coreset_digest = None
+    if lake.manifest(CORESET, dt) is not None and coreset_uri == lake.partition(CORESET, dt):
+        coreset_digest = sha256(_manifest_bytes(lake, CORESET, dt))
+    digest = hashlib.sha256(adapter_raw + b"\x00" + eval_raw).hexdigest()
+    eval_cfg = evaluation.get("config", {})
+
+    tr = Tracking(cfg)
+    tr.ping()
+    pruning = _pruning_run(tr, dt, coreset_digest)
+    pruning_id = pruning.info.run_id if pruning is not None else "none"
+
+    with tempfile.TemporaryDirectory(prefix="dealrec-register-") as tmp:
+
+        def content(_run_id: str) -> RunContent:
+            local = Path(tmp, "adapter")
+            local.mkdir()
+            for name in adapter["files"]:
+                uri = join_uri(lake.partition(ADAPTERS, dt), name)
+                data = lake.storage.read_bytes(uri)
+                if sha256(data) != adapter["files"][name]["sha256"]:
+                    raise InputError(f"{uri}: checksum differs from the manifest; republish the adapter")
+                (local / name).write_bytes(data)
+            model_config = {
+                "base_model": str(base_dir),
+                "base_model_fingerprint": fingerprint,
+                "check_fingerprint": True,
+                "domain": adapter["config"].get("domain", "games"),
+                "cutoff_len": int(eval_cfg.get("cutoff_len", adapter["config"].get("cutoff_len", 512))),
+                "num_beams": int(eval_cfg.get("num_beams", 4)),
+                "max_new_tokens": int(eval_cfg.get("max_new_tokens", 48)),
+                "batch_size": int(eval_cfg.get("batch_size", 16)),
+                "dt": dt,
+            }
+            c = RunContent()
+            c.dirs[MODEL_ARTIFACT_PATH] = save_adapter_model(Path(tmp), local, model_config)
+            config = dict(adapter.get("config", {}))
+            c.add_params("lora", config.pop("lora", {}))
+            c.add_params("finetune", config)
+            c.add_params("eval", eval_cfg)
+            c.params.update(
+                {
+                    "base_model.path": str(base_dir),
+                    "base_model.fingerprint": fingerprint,
+                    "coreset_uri": coreset_uri,
+                    "dt": dt,
+                }
+            )
+            history = adapter.get("metrics", {}).get("history", [])
+            for row in history:
+                c.add_metrics("", {k: v for k, v in row.items() if k != "epoch"}, int(row.get("epoch", 0)))
+            for key in ("best_epoch", "best_valid_loss"):
+                c.add_metric(key, adapter.get("metrics", {}).get(key))
+            c.add_metrics("eval", metrics)
+            for name in ("metrics.json", "examples.json"):
+                if name in evaluation.get("files", {}):
+                    uri = join_uri(lake.partition(EVALUATION, dt), name)
+                    c.artifacts[f"evaluation/{name}"] = lake.storage.read_bytes(uri)
+            c.artifacts["evaluation/_manifest.json"] = eval_raw
+            c.artifacts["adapter/_manifest.json"] = adapter_raw
+            c.tags.update(
+                {
+                    "coreset_uri": coreset_uri,
+                    "pruning_run_id": pruning_id,
+                    reg.EVAL_SET_TAG: eval_set,
+                    "base_model_fingerprint": fingerprint,
+                    "mlflow.note.content": f"LoRA fine-tuning of dt={dt} on {coreset_uri}, base {base_dir}",
+                }
+            )
+            if pruning is not None:
+                c.tags["mlflow.parentRunId"] = pruning_id  # the pruning run shows this run nested under it
+            return c
+
+        run_id, run_changed = log_run(tr, FINETUNE, dt, orchestrator_run_id, digest, f"finetune dt={dt}", content)
+
+    name = cfg.model_name
+    identity = {TAG_DT: dt, TAG_ORCHESTRATOR_RUN: orchestrator_run_id, TAG_DIGEST: digest}
+    reg.ensure_registered_model(tr, name)
+    found = reg.search_versions(tr, name, identity)
+    changed = run_changed
+    if found:
+        mv = found[0]
+    else:
+        run = tr.call("get run", tr.client.get_run, run_id)
+        tags = identity | {
+            "coreset_uri": coreset_uri,
+            "run_id": run_id,
+            "pruning_run_id": pruning_id,
+            reg.EVAL_SET_TAG: eval_set,
+            "eval_users": str(metrics.get("users", "")),
+            "base_model": str(base_dir),
+            "base_model_fingerprint": fingerprint,
+            **{reg.eval_tag(k): repr(float(v)) for k, v in metrics.items()},
+        }
+
+        def again():
+            hit = reg.search_versions(tr, name, identity)
+            return hit[0] if hit else None
+
+        mv = tr.call(
+            "create model version",
+            tr.client.create_model_version,
+            name,
+            f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}",
+            run_id=run_id,
+            tags=tags,
+            description=f"BIGRec LoRA adapter of dt={dt}, fine-tuned on {coreset_uri}",
+            before_retry=again,
+        )
+        changed = True
+    version = int(mv.version)
+    counts = {
+        "version": version,
+        "run_id": run_id,
+        "pruning_run_id": pruning_id,
+        cfg.metric: round(float(metrics[cfg.metric]), 6),
+    }
+    uris = {"model": f"models:/{name}/{version}", "run": tr.run_link(run_id)}
+    notes = [] if pruning is not None else [f"register dt={dt}: no pruning run logged for this day; not linked"]
+    return StepResult("register", uris, counts, changed, notes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Aliases
+# ---------------------------------------------------------------------------------------------------------
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "unknown"
+
+
+def promote_if_better(cfg: TrackingConfig, version: int, *, require_comparable: bool = False) -> StepResult:
+    """``version`` gets ``challenger``; it becomes ``champion`` when it is the first, or beats the champion on
+    ``cfg.metric`` by more than ``cfg.margin``. The decision and both numbers are written as version tags."""
+    from dealrec_tasks.tracking import registry as reg
+    from dealrec_tasks.tracking.client import Tracking
+
+    tr = Tracking(cfg)
+    tr.ping()
+    name = cfg.model_name
+    mv = reg.get_version(tr, name, version)
+    reg.set_alias(tr, name, reg.CHALLENGER, version)
+    uris = {"model": f"models:/{name}/{version}"}
+
+    recorded = mv.tags.get("promotion.decision")
+    if recorded is not None:  # a retry: the decision stands; finish applying it if the first try could not
+        changed = False
+        if recorded == "champion" and mv.tags.get("promotion.applied") != "true":
+            reg.move_champion(tr, name, version, {"champion.reason": "automatic: " + mv.tags["promotion.reason"]})
+            reg.set_tags(tr, name, version, {"promotion.applied": "true"})
+            changed = True
+        counts = _decision_counts(reg, tr, name, version, mv.tags)
+        return StepResult("promote-if-better", uris, counts, changed)
+
+    challenger = reg.metric_of(mv, cfg.metric)
+    if challenger is None:
+        have = sorted(k for k in mv.tags if k.startswith("eval."))
+        raise InputError(
+            f"{name} version {version}: no tag {reg.eval_tag(cfg.metric)} (has {have}); "
+            "register versions with `dealrec register`, or set metric to one it has"
+        )
+    current = reg.alias_version(tr, name, reg.CHAMPION)
+    champion_value = None
+    comparable: bool | None = None
+    if current is not None and int(current.version) == version:
+        decision = reg.Decision(True, "already champion")
+        champion_value = challenger
+        comparable = True
+    elif current is not None and reg.metric_of(current, cfg.metric) is None:
+        decision = reg.Decision(False, f"champion {current.version} has no {cfg.metric}; promote by hand")
+    else:
+        if current is not None:
+            champion_value = reg.metric_of(current, cfg.metric)
+            comparable = current.tags.get(reg.EVAL_SET_TAG) == mv.tags.get(reg.EVAL_SET_TAG)
+        decision = reg.decide(challenger, champion_value, cfg.margin, comparable, require_comparable, cfg.metric)
+    tags = {
+        "promotion.metric": cfg.metric,
+        "promotion.margin": repr(cfg.margin),
+        "promotion.challenger_value": repr(challenger),
+        "promotion.champion_value": "none" if champion_value is None else repr(champion_value),
+        "promotion.champion_version": "none" if current is None else current.version,
+        "promotion.comparable": "n/a" if comparable is None else str(comparable).lower(),
+        "promotion.reason": decision.reason,
+        "promotion.decided_at": reg.now(),
+        "promotion.decision": decision.name,  # last: its presence means the whole decision is recorded
+    }
+    reg.set_tags(tr, name, version, tags)
+    if decision.promote:
+        reg.move_champion(tr, name, version, {"champion.reason": "automatic: " + decision.reason})
+    reg.set_tags(tr, name, version, {"promotion.applied": "true"})
+    return StepResult("promote-if-better", uris, _decision_counts(reg, tr, name, version, tags), True)
+
+
+def _decision_counts(reg, tr, name: str, version: int, tags: dict[str, str]) -> dict[str, Any]:
+    champion = reg.alias_version(tr, name, reg.CHAMPION)
+    return {
+        "decision": tags["promotion.decision"],
+        "version": version,
+        "champion": int(champion.version) if champion is not None else None,
+        "metric": tags["promotion.metric"],
+        "challenger_value": tags["promotion.challenger_value"],
+        "champion_value": tags["promotion.champion_value"],
+        "comparable": tags["promotion.comparable"],
+    }
+
+
+def promote(cfg: TrackingConfig, version: int, reason: str) -> StepResult:
+    """By hand: ``champion`` -> ``version``, with the reason and who did it as version tags."""
+    from dealrec_tasks.tracking import registry as reg
+    from dealrec_tasks.tracking.client import Tracking
+
+    if not reason or not reason.strip():
+        raise ConfigError("reason='': say why (it is stored as a tag on the version)")
+    tr = Tracking(cfg)
+    tr.ping()
+    name = cfg.model_name
+    reg.get_version(tr, name, version)
+    current = reg.alias_version(tr, name, reg.CHAMPION)
+    uris = {"model": f"models:/{name}@{reg.CHAMPION}"}
+    if current is not None and int(current.version) == int(version):
+        return StepResult("promote", uris, {"champion": int(version), "previous": int(version)}, False)
+    previous = reg.move_champion(
+        tr, name, int(version), {"champion.reason": f"by hand: {reason}", "champion.by": _who()}
+    )
+    return StepResult("promote", uris, {"champion": int(version), "previous": previous}, True)
+
+
+def rollback(cfg: TrackingConfig, reason: str) -> StepResult:
+    """By hand: ``champion`` back to the version that held it before (undo of the last move)."""
+    from dealrec_tasks.tracking import registry as reg
+    from dealrec_tasks.tracking.client import Tracking
+
+    tr = Tracking(cfg)
+    tr.ping()
+    name = cfg.model_name
+    frm, to = reg.rollback_champion(tr, name, f"{reason} (by {_who()})" if reason.strip() else reason)
+    return StepResult("rollback", {"model": f"models:/{name}@{reg.CHAMPION}"}, {"champion": to, "rolled_back": frm})

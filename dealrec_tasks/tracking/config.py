@@ -1,0 +1,81 @@
+"""Where MLflow lives and how the registry decides: one validated config shared by every tracking step."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from dealrec_tasks.config import _Config, _require, opt
+
+DEFAULT_TRACKING_URI = "sqlite:///var/mlflow.db"
+# A registered model name lands in URIs (models:/<name>@champion) and in filter strings: keep it plain.
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,255}$")
+_METRIC_RE = re.compile(r"^(recall|ndcg)@[1-9][0-9]*$")
+_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql")
+
+
+@dataclass(frozen=True)
+class TrackingConfig(_Config):
+    """MLflow tracking + registry settings (embedded SQLite by default, an ``mlflow server`` in the full stack)."""
+
+    tracking_uri: str = opt("", f"MLflow tracking URI ('' -> $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
+    experiment: str = opt("dealrec", "MLflow experiment of the pruning and fine-tuning runs")
+    model_name: str = opt("dealrec-bigrec", "registered model name")
+    metric: str = opt("ndcg@20", "evaluation metric compared for promotion (higher is better), e.g. recall@10")
+    margin: float = opt(
+        0.0,
+        "the challenger must beat the champion by more than this (negative: accept a fresher model at most "
+        "|margin| worse)",
+    )
+    retries: int = opt(3, "tries of each MLflow call when the tracking server is unreachable")
+    retry_wait_s: float = opt(2.0, "seconds between tries (doubled each time)")
+    request_timeout_s: int = opt(60, "HTTP timeout of one MLflow request")
+    artifact_location: str = opt(
+        "", "artifact root of a new experiment ('' -> <dir of the sqlite db>/mlartifacts, or the server's default)"
+    )
+
+    def validate(self) -> None:
+        if self.tracking_uri:
+            scheme = urlparse(self.tracking_uri).scheme.split("+")[0]
+            _require(
+                scheme in _SCHEMES,
+                f"tracking_uri={self.tracking_uri!r}: unsupported scheme {scheme!r} (use {', '.join(_SCHEMES)})",
+            )
+        _require(bool(self.experiment.strip()), "experiment='': an MLflow experiment name is required")
+        _require(
+            bool(_MODEL_NAME_RE.match(self.model_name)),
+            f"model_name={self.model_name!r}: a registered model name is required ([A-Za-z0-9_.-], letter or digit "
+            "first)",
+        )
+        _require(bool(_METRIC_RE.match(self.metric)), f"metric={self.metric!r}: expected recall@K or ndcg@K")
+        _require(-1.0 < self.margin < 1.0, f"margin={self.margin}: must be in (-1, 1) (metrics are in [0, 1])")
+        _require(self.retries >= 1, f"retries={self.retries}: must be >= 1")
+        _require(self.retry_wait_s >= 0, f"retry_wait_s={self.retry_wait_s}: must be >= 0")
+        _require(self.request_timeout_s >= 1, f"request_timeout_s={self.request_timeout_s}: must be >= 1")
+
+    def resolved_uri(self) -> str:
+        """The tracking URI actually used: the field, else $MLFLOW_TRACKING_URI, else the embedded SQLite file.
+
+        A relative SQLite path is made absolute, so a task that changes directory still writes the same file.
+        """
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+        return uri
+
+    def sqlite_path(self) -> Path | None:
+        uri = self.resolved_uri()
+        return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+    def resolved_artifact_location(self) -> str | None:
+        """Where a new experiment keeps artifacts: the field, beside the SQLite file, or the server's choice."""
+        if self.artifact_location:
+            return self.artifact_location
+        db = self.sqlite_path()
+        return (db.parent / "mlartifacts").as_uri() if db is not None else None
+
+    def is_remote(self) -> bool:
+        return urlparse(self.resolved_uri()).scheme in ("http", "https")
