@@ -28,6 +28,7 @@ from dealrec_tasks.sharding import parse_shard
 from dealrec_tasks.steps import llm as llm_steps
 from dealrec_tasks.storage import Lake, Storage
 from dealrec_tasks.surrogate.config import SurrogateConfig
+from dealrec_tasks.tracking.config import TrackingConfig
 
 DEFAULT_LAKE = "var/lake"
 
@@ -188,6 +189,34 @@ def cmd_select(args: argparse.Namespace) -> list[steps.StepResult]:
     return [select(_lake(args), args.dt, _config(SelectConfig, args))]
 
 
+def cmd_track_pruning(args: argparse.Namespace) -> list[steps.StepResult]:
+    from dealrec_tasks.steps.tracking import log_pruning
+
+    return [log_pruning(_lake(args), args.dt, _config(TrackingConfig, args), args.orchestrator_run_id)]
+
+
+def cmd_register(args: argparse.Namespace) -> list[steps.StepResult]:
+    from dealrec_tasks.steps.tracking import promote_if_better, register
+
+    cfg = _config(TrackingConfig, args)
+    result = register(_lake(args), args.dt, args.model, cfg, args.orchestrator_run_id)
+    if not args.promote:
+        return [result]
+    return [result, promote_if_better(cfg, result.counts["version"])]
+
+
+def cmd_promote(args: argparse.Namespace) -> list[steps.StepResult]:
+    from dealrec_tasks.steps.tracking import promote
+
+    return [promote(_config(TrackingConfig, args), args.version, args.reason)]
+
+
+def cmd_rollback(args: argparse.Namespace) -> list[steps.StepResult]:
+    from dealrec_tasks.steps.tracking import rollback
+
+    return [rollback(_config(TrackingConfig, args), args.reason)]
+
+
 @dataclass(frozen=True)
 class Command:
     """A subcommand: its function, the configs whose fields become options, and its own arguments."""
@@ -207,6 +236,12 @@ DT = arg("--dt", help="partition day YYYY-MM-DD")
 DT_REQUIRED = arg("--dt", required=True, help="partition day YYYY-MM-DD")
 DATASET = arg("--dataset", help="an imported dataset (datasets/<name>/) instead of a day")
 MODEL = arg("--model", default=DEFAULT_MODEL, help="local Hugging Face causal LM directory (default %(default)s)")
+ORCHESTRATOR_RUN = arg(
+    "--orchestrator-run-id",
+    default="manual",
+    help="run id of the orchestrator (a retry with the same id finds its MLflow run instead of adding one)",
+)
+REASON = arg("--reason", required=True, help="why (stored as a tag on the model versions)")
 
 COMMANDS: dict[str, Command] = {
     "import-dealrec": Command(
@@ -302,6 +337,40 @@ COMMANDS: dict[str, Command] = {
         "pick the day's coreset (DEALRec or a baseline strategy) -> coreset/dt=D/",
         (SelectConfig,),
         (DT_REQUIRED,),
+    ),
+    "track-pruning": Command(
+        cmd_track_pruning,
+        "log the day's coreset selection as an MLflow run (params, metrics, report, manifest)",
+        (TrackingConfig,),
+        (DT_REQUIRED, ORCHESTRATOR_RUN),
+    ),
+    "register": Command(
+        cmd_register,
+        "log the day's fine-tuning run, register its adapter as a model version, promote it if it is better",
+        (TrackingConfig,),
+        (
+            DT_REQUIRED,
+            MODEL,
+            ORCHESTRATOR_RUN,
+            arg(
+                "--promote",
+                action=argparse.BooleanOptionalAction,
+                default=True,
+                help="give the version 'challenger' and make it 'champion' when it beats the champion",
+            ),
+        ),
+    ),
+    "promote": Command(
+        cmd_promote,
+        "by hand: make a model version the champion",
+        (TrackingConfig,),
+        (arg("--version", type=int, required=True, help="model version to make champion"), REASON),
+    ),
+    "rollback": Command(
+        cmd_rollback,
+        "by hand: champion back to the version that held it before",
+        (TrackingConfig,),
+        (REASON,),
     ),
     "demo": Command(
         cmd_demo,
