@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from dealrec_tasks.config import IngestConfig, SamplesConfig, SyntheticConfig
+from dealrec_tasks.errors import ConfigError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.selection import SelectConfig
@@ -28,6 +30,30 @@ class DemoConfig:
     coreset_ratio: float = 0.05
     finetune_epochs: int = 2
     eval_users: int = 200
+
+
+def ingest_until(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
+    """Ingest, in order, every day with logs that is not ingested yet up to ``dt``, then ``dt`` itself (a no-op when
+    it is ingested and unchanged). The vocab is append-only and cumulative, so a daily run that finds earlier days
+    missing catches up instead of failing. Returns the last day's result, with the days it went through."""
+    days = [d for d in data.pending_days(lake) if d < dt] + [dt]
+    results = [data.ingest(lake, d, cfg) for d in days]
+    last = results[-1]
+    counts = {"days_ingested": len(days), "first_dt": days[0]} | last.counts
+    notes = [n for r in results for n in r.notes]
+    return StepResult("ingest", last.uris, counts, any(r.changed for r in results), notes)
+
+
+def base_model_dir(lake: Lake, base_model: str, tiny_dir: str, tiny_cfg: TinyLLMConfig) -> str:
+    """The LLM directory the LLM steps load: ``base_model`` when given (a local Hugging Face directory), else the
+    embedded tiny LLM in ``tiny_dir``, built from the lake's catalogue on first use and reused afterwards."""
+    if base_model:
+        if not (Path(base_model) / "config.json").is_file():
+            raise ConfigError(f"base_model={base_model!r}: not a local Hugging Face model directory (no config.json)")
+        return str(Path(base_model).resolve())
+    built = llm.tiny_llm(lake, tiny_dir, tiny_cfg)
+    print(built.summary())
+    return built.uris["model"]
 
 
 def demo(lake: Lake, model_dir: str, work_dir: str, cfg: DemoConfig, report: Callable[[StepResult], None]) -> str:

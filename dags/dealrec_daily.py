@@ -1,0 +1,158 @@
+"""
+### dealrec_daily: score a day's training samples and publish its coreset
+
+Every day after midnight UTC, for the day that just ended (`dt`):
+
+1. **ingest** every day with logs not ingested yet, up to `dt`, in order (bad rows quarantined to `rejects/`);
+2. **samples** (one per user, split by time) -> **surrogate** (SASRec, warm-started from the previous day);
+3. **influence** (solve once, then `shards` parallel GPU tasks, merged) and **effort** on the LLM (`shards`
+   parallel GPU tasks on `base_model`, merged);
+4. **select** the coverage-enhanced coreset (`n` or `ratio`, `lambda`, `k`, `hard_prune`, `strategy`);
+5. **log_pruning** to MLflow and emit the `dealrec_coreset` asset, which starts `dealrec_finetune`.
+
+Trigger it by hand with **dt** set to (re)build a given day. Every task writes atomically, keyed by `dt`: a
+retry or a second run with the same inputs changes nothing. Lake, models and MLflow come from the environment
+(`DEALREC_LAKE`, `DEALREC_MODEL_DIR`, `MLFLOW_TRACKING_URI`; see `plugins/dealrec_airflow.py`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dealrec_airflow as dx
+from airflow.sdk import dag, get_current_context, task
+
+GPU = {"queue": "gpu", "pool": "gpu"}
+
+
+@dag(
+    dag_id="dealrec_daily",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=dx.default_args(),
+    params=dx.daily_params(),
+    tags=[*dx.TAGS, "daily", "pruning"],
+    doc_md=__doc__,
+)
+def dealrec_daily():
+    @task(execution_timeout=timedelta(minutes=5))
+    def plan() -> str:
+        """The day this run is for."""
+        dt = dx.daily_dt(get_current_context())
+        print(f"dealrec_daily: dt={dt}, lake={dx.lake_root()}")
+        return dt
+
+    @task(execution_timeout=timedelta(minutes=5))
+    def shards(params=None) -> list[list[int]]:
+        """What the influence and effort tasks are mapped over: ``[[0, n], [1, n], ...]``."""
+        return dx.shards(params["shards"])
+
+    @task(execution_timeout=timedelta(hours=1))
+    def ingest(dt: str) -> dict:
+        from dealrec_tasks.config import IngestConfig
+        from dealrec_tasks.steps.pipeline import ingest_until
+
+        return dx.result(ingest_until(dx.lake(), dt, IngestConfig()))
+
+    @task(execution_timeout=timedelta(hours=1))
+    def samples(dt: str) -> dict:
+        from dealrec_tasks.config import SamplesConfig
+        from dealrec_tasks.steps.data import samples
+
+        return dx.result(samples(dx.lake(), dt, SamplesConfig()))
+
+    @task(execution_timeout=timedelta(hours=4))
+    def surrogate(dt: str, params=None) -> dict:
+        from dealrec_tasks.steps.surrogate import train_surrogate
+        from dealrec_tasks.surrogate.config import SurrogateConfig
+
+        return dx.result(train_surrogate(dx.lake(), dt, SurrogateConfig(max_epochs=params["surrogate_max_epochs"])))
+
+    @task(**GPU, execution_timeout=timedelta(hours=2))
+    def influence_solve(dt: str) -> dict:
+        from dealrec_tasks.scoring.config import InfluenceConfig
+        from dealrec_tasks.steps.influence import solve_influence
+
+        return dx.result(solve_influence(dx.lake(), dt, InfluenceConfig()))
+
+    @task(**GPU, execution_timeout=timedelta(hours=2))
+    def influence(dt: str, shard: list[int]) -> dict:
+        from dealrec_tasks.scoring.config import InfluenceConfig
+        from dealrec_tasks.steps.influence import score_influence
+
+        return dx.result(score_influence(dx.lake(), dt, InfluenceConfig(), (shard[0], shard[1])))
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def merge_influence(dt: str, shards: list[list[int]]) -> dict:
+        from dealrec_tasks.steps.influence import merge_influence
+
+        return dx.result(merge_influence(dx.lake(), dt, len(shards)))
+
+    @task(**GPU, execution_timeout=timedelta(hours=1))
+    def base_model(params=None) -> str:
+        """The LLM directory on the GPU worker: the ``base_model`` Param, or the embedded tiny LLM (built once)."""
+        from dealrec_tasks.steps.pipeline import base_model_dir
+
+        return base_model_dir(dx.lake(), params["base_model"], dx.tiny_llm_dir(), dx.tiny_llm_config())
+
+    @task(**GPU, execution_timeout=timedelta(hours=6))
+    def effort(dt: str, model_dir: str, shard: list[int]) -> dict:
+        from dealrec_tasks.llm.config import EffortConfig, LoRAConfig
+        from dealrec_tasks.steps.llm import effort
+
+        return dx.result(effort(dx.lake(), dt, model_dir, EffortConfig(), LoRAConfig(), (shard[0], shard[1])))
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def merge_effort(dt: str, shards: list[list[int]]) -> dict:
+        from dealrec_tasks.steps.llm import merge_effort
+
+        return dx.result(merge_effort(dx.lake(), dt, len(shards)))
+
+    @task(execution_timeout=timedelta(hours=1))
+    def select(dt: str, params=None) -> dict:
+        from dealrec_tasks.selection import SelectConfig
+        from dealrec_tasks.steps.select import select
+
+        size = {"n": None, "ratio": params["ratio"]} if params["ratio"] is not None else {"n": params["n"]}
+        cfg = SelectConfig(
+            strategy=params["strategy"],
+            lam=params["lambda"],
+            k=params["k"],
+            hard_prune=params["hard_prune"],
+            **size,
+        )
+        return dx.result(select(dx.lake(), dt, cfg))
+
+    @task(outlets=[dx.CORESET], execution_timeout=timedelta(minutes=30))
+    def log_pruning(dt: str, coreset: dict, outlet_events=None) -> dict:
+        """Record the coreset in MLflow, then announce it: the asset event carries the day and the URI."""
+        from dealrec_tasks.steps.tracking import log_pruning
+
+        out = dx.result(log_pruning(dx.lake(), dt, dx.tracking(), dx.run_key(get_current_context(), dt)))
+        outlet_events[dx.CORESET].extra = {"dt": dt, "coreset": coreset["uris"]["coreset"]}
+        return out
+
+    dt, parts = plan(), shards()
+    day = samples(dt)
+    ingest(dt) >> day
+
+    trained = surrogate(dt)
+    solved = influence_solve(dt)
+    scored_i = influence.partial(dt=dt).expand(shard=parts)
+    merged_i = merge_influence(dt, parts)
+    day >> trained >> solved >> scored_i >> merged_i
+
+    model = base_model()
+    scored_e = effort.partial(dt=dt, model_dir=model).expand(shard=parts)
+    merged_e = merge_effort(dt, parts)
+    day >> model
+    scored_e >> merged_e
+
+    coreset = select(dt)
+    [merged_i, merged_e] >> coreset
+    log_pruning(dt, coreset)
+
+
+dealrec_daily()

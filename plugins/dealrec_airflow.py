@@ -1,0 +1,282 @@
+"""The Airflow side of the DAGs in a few helpers: where things live, which day a run is for, Params, retries.
+
+DAG files import this module (Airflow puts ``plugins/`` on ``sys.path``) and stay wiring only. Nothing here
+imports torch, pandas or transformers: ``dealrec_tasks`` is imported inside the functions a task calls.
+
+Locations come from the environment, so the same DAGs run on the embedded defaults (a local lake, SQLite MLflow)
+and on the full stack (S3, an MLflow server):
+
+- ``DEALREC_LAKE``: lake root, a path or ``file://`` / ``s3://`` URI (default ``<repo>/var/lake``);
+- ``DEALREC_MODEL_DIR``: models folder; the embedded tiny LLM is built there once, in ``tiny-llm/``
+  (default ``<repo>/var/models``);
+- ``DEALREC_WORK_DIR``: fine-tuning checkpoints and embedding caches (default ``<repo>/var/work``);
+- ``MLFLOW_TRACKING_URI``: MLflow (default ``sqlite:///<repo>/var/mlflow.db``);
+- ``DEALREC_TINY_LLM_WARMUP_S``: warm-up time limit of the embedded tiny LLM (default: its config's);
+- S3 credentials: the Airflow connection ``dealrec_s3`` (``DEALREC_S3_CONN_ID``) when it exists (login, password,
+  extra ``endpoint_url`` and ``region_name``), else the usual ``AWS_*`` / ``DEALREC_S3_ENDPOINT_URL`` variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, Param
+from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+
+if TYPE_CHECKING:
+    from dealrec_tasks.steps.common import StepResult
+    from dealrec_tasks.storage import Lake
+    from dealrec_tasks.tracking.config import TrackingConfig
+
+REPO = Path(__file__).resolve().parents[1]
+VAR = REPO / "var"
+
+#: The published coreset of a day: ``dealrec_daily`` emits it (extra: dt, uri), ``dealrec_finetune`` runs on it.
+CORESET = Asset(name="dealrec_coreset", uri="dealrec://coreset", group="dealrec")
+
+OWNER = "dealrec"
+TAGS = ["dealrec"]
+
+# Bad parameters and out-of-order days do not get better by retrying: fail at once, with the library's message.
+_NO_RETRY = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(
+            exception=["dealrec_tasks.errors.ConfigError", "dealrec_tasks.errors.OrderError"],
+            action=RetryAction.FAIL,
+            reason="a parameter or the order of days is wrong; a retry would fail the same way",
+        )
+    ]
+)
+
+
+def default_args(retries: int = 2) -> dict[str, Any]:
+    """Every task: retries with exponential backoff (1, 2, 4 ... minutes, at most 30), a default timeout."""
+    return {
+        "owner": OWNER,
+        "retries": retries,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+        "retry_policy": _NO_RETRY,
+        "execution_timeout": timedelta(hours=1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Locations
+# ---------------------------------------------------------------------------------------------------------
+def _env_path(name: str, default: Path) -> str:
+    value = os.environ.get(name) or str(default)
+    return value if "://" in value else str(Path(value).resolve())
+
+
+def lake_root() -> str:
+    return _env_path("DEALREC_LAKE", VAR / "lake")
+
+
+def models_dir() -> str:
+    return _env_path("DEALREC_MODEL_DIR", VAR / "models")
+
+
+def tiny_llm_dir() -> str:
+    return str(Path(models_dir()) / "tiny-llm")
+
+
+def work_dir() -> str:
+    return _env_path("DEALREC_WORK_DIR", VAR / "work")
+
+
+def s3_config():
+    """S3 settings from the Airflow connection ``dealrec_s3`` when it is defined, else from the environment."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from dealrec_tasks.config import S3Config
+
+    try:
+        conn = Connection.get(os.environ.get("DEALREC_S3_CONN_ID", "dealrec_s3"))
+    except AirflowNotFoundException:
+        return S3Config.from_env()
+    extra = conn.extra_dejson
+    env = S3Config.from_env()
+    return S3Config(
+        endpoint_url=extra.get("endpoint_url") or env.endpoint_url,
+        region=extra.get("region_name") or env.region,
+        access_key=conn.login or env.access_key,
+        secret_key=conn.password or env.secret_key,
+    )
+
+
+def lake() -> Lake:
+    from dealrec_tasks.storage import Lake, Storage
+
+    root = lake_root()
+    return Lake(root, Storage(s3_config() if root.startswith("s3://") else None))
+
+
+def tracking(**overrides: Any) -> TrackingConfig:
+    from dealrec_tasks.tracking.config import TrackingConfig
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{VAR / 'mlflow.db'}"
+    return TrackingConfig(tracking_uri=uri, **overrides)
+
+
+def tiny_llm_config():
+    """The embedded model's config; its warm-up time may be shortened through the environment (tests, demo)."""
+    from dealrec_tasks.llm.config import TinyLLMConfig
+
+    seconds = os.environ.get("DEALREC_TINY_LLM_WARMUP_S")
+    return TinyLLMConfig(warmup_seconds=float(seconds)) if seconds else TinyLLMConfig()
+
+
+def result(step: StepResult) -> dict[str, Any]:
+    """What a task returns to XCom: the step's URIs and counts (small, JSON only; never data)."""
+    print(step.summary())
+    return json.loads(json.dumps(step.to_dict(), default=str))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Which day a run is for (never the wall clock)
+# ---------------------------------------------------------------------------------------------------------
+def _day(value: datetime | date | str) -> str:
+    return value.isoformat()[:10] if not isinstance(value, str) else value[:10]
+
+
+def daily_dt(context: dict[str, Any]) -> str:
+    """The ``dt`` Param; else, for a scheduled run, the day that just ended (the data interval's start, or the
+    day before the run's logical date when the timetable gives no interval); else the logical date's day."""
+    from dealrec_tasks.errors import ConfigError
+
+    if context["params"].get("dt"):
+        return context["params"]["dt"]
+    dag_run = context["dag_run"]
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    logical = context.get("logical_date")
+    if getattr(dag_run.run_type, "value", dag_run.run_type) == "scheduled":
+        if start is not None and end is not None and end > start:
+            return _day(start)
+        if logical is not None:
+            return _day(logical - timedelta(days=1))
+    if logical is not None:
+        return _day(logical)
+    raise ConfigError(f"dt: run {dag_run.run_id} has no logical date; trigger it with the dt Param (YYYY-MM-DD)")
+
+
+def finetune_dt(context: dict[str, Any], lake: Lake) -> str:
+    """The ``dt`` Param; else the newest day among the triggering coreset events; else the newest published
+    coreset (``airflow dags test`` and manual runs have no triggering event)."""
+    from dealrec_tasks.data.schema import CORESET as CORESET_DATASET
+    from dealrec_tasks.errors import InputError
+
+    if context["params"].get("dt"):
+        return context["params"]["dt"]
+    events = context.get("triggering_asset_events") or {}
+    days = [e.extra["dt"] for evs in events.values() for e in evs if (e.extra or {}).get("dt")]
+    if days:
+        return max(days)
+    published = lake.partitions(CORESET_DATASET)
+    if not published:
+        raise InputError(f"{lake.uri(CORESET_DATASET)}: no published coreset to fine-tune on; run dealrec_daily")
+    return published[-1]
+
+
+def run_key(context: dict[str, Any], dt: str) -> str:
+    """The orchestrator run id given to MLflow: the DAG and the day, not Airflow's run id.
+
+    MLflow finds a run or model version by (day, this key, digest of the inputs). A retry, a cleared task or a
+    second manual run for the same day with unchanged inputs thus finds what the first one logged instead of
+    duplicating it, while changed inputs (another digest) still get their own run and version.
+    """
+    return f"{context['dag'].dag_id}/dt={dt}"
+
+
+def shards(n: int) -> list[list[int]]:
+    """``[[0, n], [1, n], ...]``: what the sharded tasks are mapped over."""
+    return [[i, n] for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Params of the trigger form (JSON schema: the form refuses invalid values)
+# ---------------------------------------------------------------------------------------------------------
+def _dt_param(what: str) -> Param:
+    return Param(
+        None,
+        type=["null", "string"],
+        format="date",
+        title="Day (dt)",
+        description=f"Partition day YYYY-MM-DD. Empty: {what}.",
+    )
+
+
+def _base_model_param() -> Param:
+    return Param(
+        "",
+        type="string",
+        title="Base model",
+        description="Local Hugging Face causal LM directory on the GPU workers (LLaMA, Qwen, Mistral). "
+        "Empty: the embedded tiny LLM, built once under DEALREC_MODEL_DIR.",
+    )
+
+
+def daily_params() -> dict[str, Param]:
+    from dealrec_tasks.selection import STRATEGIES
+
+    return {
+        "dt": _dt_param("the day the scheduled run covers, or the logical date's day"),
+        "n": Param(1024, type="integer", minimum=1, title="Coreset size n", description="Samples kept (paper: 1024)."),
+        "ratio": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            maximum=1,
+            title="Coreset ratio",
+            description="Fraction of the training samples to keep; when set it replaces n.",
+        ),
+        "lambda": Param(
+            0.3, type="number", minimum=0, title="lambda", description="Weight of the effort score (paper: 0.3 Games)."
+        ),
+        "k": Param(50, type="integer", minimum=1, title="Strata k", description="Equal-width score strata."),
+        "hard_prune": Param(
+            0.1,
+            type="number",
+            minimum=0,
+            exclusiveMaximum=1,
+            title="Hard prune",
+            description="Fraction of the highest-scored samples dropped before the strata.",
+        ),
+        "strategy": Param("dealrec", enum=list(STRATEGIES), title="Strategy", description="Selection strategy."),
+        "base_model": _base_model_param(),
+        "shards": Param(
+            2,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            title="Shards",
+            description="Influence and effort scoring run as this many parallel GPU tasks.",
+        ),
+        "surrogate_max_epochs": Param(
+            200, type="integer", minimum=1, title="Surrogate epochs", description="Upper bound (early stopping)."
+        ),
+    }
+
+
+def finetune_params() -> dict[str, Param]:
+    return {
+        "dt": _dt_param("the day of the triggering coreset, or the newest published coreset"),
+        "base_model": _base_model_param(),
+        "epochs": Param(10, type="integer", minimum=1, title="Epochs", description="LoRA epochs (early stopping)."),
+        "eval_users": Param(
+            0, type="integer", minimum=0, title="Evaluation users", description="Test users evaluated (0: all)."
+        ),
+        "margin": Param(
+            0.0,
+            type="number",
+            minimum=0,
+            title="Promotion margin",
+            description="The new version becomes champion only if it beats the champion's ndcg@20 by more.",
+        ),
+    }
