@@ -275,8 +275,10 @@ def finetune_params() -> dict[str, Param]:
         "margin": Param(
             0.0,
             type="number",
-            minimum=0,
+            exclusiveMinimum=-1,
+            exclusiveMaximum=1,
             title="Promotion margin",
-            description="The new version becomes champion only if it beats the champion's ndcg@20 by more.",
+            description="The new version becomes champion only if it beats the champion's ndcg@20 by more than "
+            "this (negative: accept a fresher model at most |margin| worse).",
         ),
     }

@@ -1,0 +1,177 @@
+"""The DAGs as Airflow parses them: no import error, nothing heavy at parse time, the agreed shape and Params."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import dealrec_airflow as dx
+import pytest
+
+from tests.dags.conftest import DAGS, airflow_env
+
+HEAVY = ("torch", "transformers", "peft", "pandas", "mlflow", "sklearn")
+GPU_TASKS = {"influence_solve", "influence", "base_model", "effort"}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    return bag
+
+
+@pytest.fixture(scope="module")
+def daily(dagbag):
+    return dagbag.dags["dealrec_daily"]
+
+
+@pytest.fixture(scope="module")
+def finetune(dagbag):
+    return dagbag.dags["dealrec_finetune"]
+
+
+def test_parsing_in_a_fresh_interpreter_imports_no_heavy_library(tmp_path):
+    code = (
+        "import json, sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(DAGS)!r})\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
+        "print(json.dumps({'errors': bag.import_errors, 'dags': sorted(bag.dags), 'heavy': heavy}))\n"
+    )
+    env = os.environ | airflow_env(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"errors": {}, "dags": ["dealrec_daily", "dealrec_finetune"], "heavy": []}
+
+
+def test_daily_dag_shape(daily):
+    assert daily.schedule == "@daily"
+    assert daily.catchup is False and daily.max_active_runs == 1
+    assert daily.doc_md and "dealrec" in daily.tags and daily.owner == "dealrec"
+    up = {t.task_id: set(t.upstream_task_ids) for t in daily.tasks}
+    assert up["ingest"] == {"plan"}
+    assert up["samples"] == {"plan", "ingest"}
+    assert up["surrogate"] == {"plan", "samples"}
+    assert up["influence_solve"] == {"plan", "surrogate"}
+    assert up["influence"] == {"plan", "shards", "influence_solve"}
+    assert up["merge_influence"] == {"plan", "shards", "influence"}
+    assert up["base_model"] == {"samples"}
+    assert up["effort"] == {"plan", "shards", "base_model"}
+    assert up["merge_effort"] == {"plan", "shards", "effort"}
+    assert up["select"] == {"plan", "merge_influence", "merge_effort"}
+    assert up["log_pruning"] == {"plan", "select"}
+    # The scoring tasks are mapped over the shards task's list (dynamic task mapping).
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    assert {t.task_id for t in daily.tasks if isinstance(t, MappedOperator)} == {"influence", "effort"}
+    # The coreset asset is emitted once lineage is recorded, and it is what the fine-tuning DAG runs on.
+    assert daily.get_task("log_pruning").outlets == [dx.CORESET]
+    assert dx.CORESET.uri == "dealrec://coreset/"
+
+
+def test_finetune_dag_shape(finetune):
+    assert finetune.max_active_runs == 1 and finetune.doc_md and finetune.owner == "dealrec"
+    assert list(finetune.timetable.asset_condition.objects) == [dx.CORESET]
+    up = {t.task_id: set(t.upstream_task_ids) for t in finetune.tasks}
+    assert up == {
+        "plan": set(),
+        "base_model": set(),
+        "finetune": {"plan", "base_model"},
+        "evaluate": {"plan", "base_model", "finetune"},
+        "register": {"plan", "base_model", "evaluate"},
+        "promote": {"register"},
+    }
+
+
+@pytest.mark.parametrize("dag_id", ["dealrec_daily", "dealrec_finetune"])
+def test_queues_pools_retries_timeouts(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    gpu = GPU_TASKS | ({"finetune", "evaluate"} if dag_id == "dealrec_finetune" else set())
+    for t in dag.tasks:
+        where = (t.queue, t.pool)
+        assert where == (("gpu", "gpu") if t.task_id in gpu else ("default", "default_pool")), t.task_id
+        assert t.retries >= 2 and t.retry_exponential_backoff > 1, t.task_id
+        assert t.max_retry_delay is not None and t.retry_policy is not None, t.task_id
+        assert timedelta(0) < t.execution_timeout <= timedelta(hours=12), t.task_id
+
+
+def test_retry_policy_fails_fast_on_errors_a_retry_cannot_fix(daily):
+    from airflow.sdk.definitions.retry_policy import RetryAction
+
+    from dealrec_tasks.errors import ConfigError, InputError, OrderError
+
+    policy = daily.get_task("ingest").retry_policy
+    decide = lambda exc: policy.evaluate(exc, 1, 3).action  # noqa: E731
+    assert decide(ConfigError("k=0")) == RetryAction.FAIL
+    assert decide(OrderError("dt")) == RetryAction.FAIL
+    assert decide(InputError("not yet published")) == RetryAction.DEFAULT
+    assert decide(OSError("S3 timeout")) == RetryAction.DEFAULT
+
+
+def test_params_defaults_are_valid_and_strategy_enum_is_the_librarys(daily, finetune):
+    from dealrec_tasks.selection import STRATEGIES
+
+    daily.params.validate()
+    finetune.params.validate()
+    assert set(daily.params) >= {"dt", "n", "ratio", "lambda", "k", "hard_prune", "strategy", "base_model", "shards"}
+    assert set(finetune.params) >= {"dt", "base_model", "epochs", "eval_users", "margin"}
+    assert daily.params.get_param("strategy").schema["enum"] == list(STRATEGIES)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("dt", "2026-13-01"),
+        ("dt", "yesterday"),
+        ("dt", "01/02/2026"),
+        ("n", 0),
+        ("n", 2.5),
+        ("ratio", 0),
+        ("ratio", 1.5),
+        ("lambda", -0.1),
+        ("k", 0),
+        ("hard_prune", 1.0),
+        ("hard_prune", -0.1),
+        ("strategy", "best"),
+        ("base_model", 7),
+        ("shards", 0),
+        ("shards", 65),
+        ("surrogate_max_epochs", 0),
+    ],
+)
+def test_daily_params_refuse_bad_values(daily, key, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(daily.params)
+    with pytest.raises(ParamValidationError, match=key):
+        params[key] = value
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("dt", "2026-02-30"), ("epochs", 0), ("eval_users", -1), ("margin", -1.5), ("margin", 1.0), ("base_model", None)],
+)
+def test_finetune_params_refuse_bad_values(finetune, key, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = copy.deepcopy(finetune.params)
+    with pytest.raises(ParamValidationError, match=key):
+        params[key] = value
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("dt", "2026-01-07"), ("dt", None), ("ratio", 0.05), ("ratio", None), ("strategy", "random"), ("shards", 64)],
+)
+def test_daily_params_accept_good_values(daily, key, value):
+    params = copy.deepcopy(daily.params)
+    params[key] = value
+    assert params[key] == value

@@ -1,0 +1,127 @@
+"""What the DAG tasks rely on: the day a run is for, locations from the environment, catch-up ingest, base model."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import dealrec_airflow as dx
+import pytest
+
+from dealrec_tasks.config import IngestConfig, SyntheticConfig
+from dealrec_tasks.errors import ConfigError, InputError, OrderError
+from dealrec_tasks.llm.config import TinyLLMConfig
+from dealrec_tasks.steps import data
+from dealrec_tasks.steps.pipeline import base_model_dir, ingest_until
+from dealrec_tasks.storage import Lake
+
+
+def at(day: int, hour: int = 0) -> datetime:
+    return datetime(2026, 1, day, hour, tzinfo=UTC)
+
+
+def context(run_type="manual", logical=None, start=None, end=None, dt=None, events=None) -> dict:
+    """The keys of an Airflow task context that the helpers read."""
+    return {
+        "params": {"dt": dt},
+        "dag_run": SimpleNamespace(run_type=run_type, run_id=f"{run_type}__x"),
+        "dag": SimpleNamespace(dag_id="dealrec_daily"),
+        "logical_date": logical,
+        "data_interval_start": start,
+        "data_interval_end": end,
+        "triggering_asset_events": events or {},
+    }
+
+
+@pytest.mark.parametrize(
+    ("ctx", "expected"),
+    [
+        # A scheduled run at midnight covers the day that just ended, whichever cron timetable Airflow uses.
+        (context("scheduled", at(8), at(8), at(8)), "2026-01-07"),  # CronTriggerTimetable: a point in time
+        (context("scheduled", at(7), at(7), at(8)), "2026-01-07"),  # CronDataIntervalTimetable: [07, 08)
+        # Manual runs and `airflow dags test DAG DATE`: the logical date's day; the dt Param wins over all.
+        (context("manual", at(7, 15), at(7, 15), at(7, 15)), "2026-01-07"),
+        (context("manual", at(7), dt="2026-01-03"), "2026-01-03"),
+        (context("scheduled", at(8), at(7), at(8), dt="2026-01-05"), "2026-01-05"),
+        (context("asset_triggered", None), None),
+    ],
+)
+def test_daily_dt(ctx, expected):
+    if expected is None:
+        with pytest.raises(ConfigError, match="dt: run asset_triggered__x has no logical date"):
+            dx.daily_dt(ctx)
+    else:
+        assert dx.daily_dt(ctx) == expected
+
+
+def test_finetune_dt_from_param_event_or_newest_coreset(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    with pytest.raises(InputError, match="no published coreset to fine-tune on"):
+        dx.finetune_dt(context(), lake)
+    for day in ("2026-01-02", "2026-01-04"):
+        lake.publish("coreset", day, {}, blobs={"x": b"x"})
+    assert dx.finetune_dt(context(), lake) == "2026-01-04"  # `airflow dags test`: no triggering event
+    event = lambda dt: SimpleNamespace(extra={"dt": dt, "coreset": "..."})  # noqa: E731
+    events = {dx.CORESET: [event("2026-01-02"), event("2026-01-03")]}
+    assert dx.finetune_dt(context(events=events), lake) == "2026-01-03"
+    assert dx.finetune_dt(context(dt="2026-01-01", events=events), lake) == "2026-01-01"
+
+
+def test_run_key_and_shards():
+    assert dx.run_key(context(), "2026-01-07") == "dealrec_daily/dt=2026-01-07"
+    assert dx.shards(3) == [[0, 3], [1, 3], [2, 3]]
+
+
+def test_locations_come_from_the_environment(monkeypatch, tmp_path):
+    for name in ("DEALREC_LAKE", "DEALREC_MODEL_DIR", "DEALREC_WORK_DIR", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    assert dx.lake_root() == str(dx.REPO / "var" / "lake")
+    assert dx.tiny_llm_dir() == str(dx.REPO / "var" / "models" / "tiny-llm")
+    assert dx.tracking().resolved_uri() == f"sqlite:///{dx.REPO / 'var' / 'mlflow.db'}"
+    monkeypatch.setenv("DEALREC_LAKE", "s3://bucket/lake")
+    monkeypatch.setenv("DEALREC_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("DEALREC_WORK_DIR", "relative/work")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("DEALREC_TINY_LLM_WARMUP_S", "7")
+    assert dx.lake().root == "s3://bucket/lake"
+    assert dx.tiny_llm_dir() == str(tmp_path / "models" / "tiny-llm")
+    assert dx.work_dir().endswith("/relative/work") and dx.work_dir().startswith("/")
+    assert dx.tracking(margin=0.01).tracking_uri == "http://mlflow:5000"
+    assert dx.tiny_llm_config().warmup_seconds == 7.0
+
+
+def test_s3_settings_from_an_airflow_connection_else_the_environment(monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_DEALREC_S3", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9999")
+    assert (dx.s3_config().access_key, dx.s3_config().endpoint_url) == ("env-key", "http://127.0.0.1:9999")
+    conn = {"conn_type": "aws", "login": "conn-key", "password": "conn-secret", "extra": {"region_name": "eu-west-1"}}
+    monkeypatch.setenv("AIRFLOW_CONN_DEALREC_S3", json.dumps(conn))
+    s3 = dx.s3_config()
+    assert (s3.access_key, s3.secret_key, s3.region) == ("conn-key", "conn-secret", "eu-west-1")
+    assert s3.endpoint_url == "http://127.0.0.1:9999"  # not in the connection: the environment's
+
+
+def test_ingest_until_catches_up_in_order_and_is_idempotent(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    data.synthetic(lake, SyntheticConfig(users=60, items=30, days=4, events_per_day=80))
+    first = ingest_until(lake, "2026-01-02", IngestConfig())
+    assert first.counts["days_ingested"] == 2 and first.counts["first_dt"] == "2026-01-01" and first.changed
+    assert lake.partitions("sequences") == ["2026-01-01", "2026-01-02"]
+    again = ingest_until(lake, "2026-01-02", IngestConfig())
+    assert again.counts["days_ingested"] == 1 and not again.changed
+    last = ingest_until(lake, "2026-01-04", IngestConfig())
+    assert last.counts["days_ingested"] == 2 and lake.partitions("sequences")[-1] == "2026-01-04"
+    with pytest.raises(OrderError):
+        ingest_until(lake, "2025-12-31", IngestConfig())
+
+
+def test_base_model_dir(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    with pytest.raises(ConfigError, match="base_model='/nowhere': not a local Hugging Face model directory"):
+        base_model_dir(lake, "/nowhere", str(tmp_path / "tiny"), TinyLLMConfig())
+    given = tmp_path / "hf"
+    given.mkdir()
+    (given / "config.json").write_text("{}")
+    assert base_model_dir(lake, str(given), str(tmp_path / "tiny"), TinyLLMConfig()) == str(given)
