@@ -160,16 +160,42 @@ def load_pyfunc(model_uri: str, tracking_uri: str, base_model: str | None = None
     folder) as a pyfunc; ``base_model`` overrides the recorded base model directory."""
     import mlflow.artifacts
 
+    from dealrec_tasks.tracking.client import Tracking
+    from dealrec_tasks.tracking.config import TrackingConfig
+
     local = model_uri
     if "://" in model_uri or model_uri.startswith(("models:", "runs:")):
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri,
+        tr = Tracking(TrackingConfig(tracking_uri=tracking_uri))
+        source = resolve_model_uri(tr, model_uri)
+        local = tr.call(
+            f"download {source}",
+            mlflow.artifacts.download_artifacts,
+            artifact_uri=source,
             dst_path=dst or tempfile.mkdtemp(prefix="dealrec-model-"),
-            tracking_uri=tracking_uri,
-            registry_uri=tracking_uri,
+            tracking_uri=tr.uri,
         )
     overrides = {"base_model": str(Path(base_model).resolve())} if base_model else None
     return mlflow.pyfunc.load_model(local, model_config=overrides)
+
+
+def resolve_model_uri(tr, model_uri: str) -> str:
+    """``models:/name/3`` or ``models:/name@alias`` -> the version's artifact location, looked up in ``tr``'s
+    registry (MLflow's own resolution of models:/ falls back to the process-wide registry URI)."""
+    from dealrec_tasks.tracking import registry as reg
+
+    if not model_uri.startswith("models:/"):
+        return model_uri
+    rest = model_uri[len("models:/") :]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        mv = reg.alias_version(tr, name, alias)
+        if mv is None:
+            reg.require_registered_model(tr, name)
+            raise InputError(f"{model_uri}: registered model {name!r} has no alias {alias!r}")
+    else:
+        name, _, version = rest.rpartition("/")
+        mv = reg.get_version(tr, name, version)
+    return mv.source
 
 
 def load_torch_model(model_uri: str, tracking_uri: str, base_model: str | None = None):
