@@ -347,7 +347,7 @@ def _who() -> str:
         return "unknown"
 
 
-def promote_if_better(cfg: TrackingConfig, version: int, *, require_comparable: bool = False) -> StepResult:
+def promote_if_better(cfg: TrackingConfig, version: int) -> StepResult:
     """``version`` gets ``challenger``; it becomes ``champion`` when it is the first, or beats the champion on
     ``cfg.metric`` by more than ``cfg.margin``. The decision and both numbers are written as version tags."""
     from dealrec_tasks.tracking import registry as reg
@@ -390,7 +390,7 @@ def promote_if_better(cfg: TrackingConfig, version: int, *, require_comparable: 
         if current is not None:
             champion_value = reg.metric_of(current, cfg.metric)
             comparable = current.tags.get(reg.EVAL_SET_TAG) == mv.tags.get(reg.EVAL_SET_TAG)
-        decision = reg.decide(challenger, champion_value, cfg.margin, comparable, require_comparable, cfg.metric)
+        decision = reg.decide(challenger, champion_value, cfg.margin, comparable, cfg.require_comparable, cfg.metric)
     tags = {
         "promotion.metric": cfg.metric,
         "promotion.margin": repr(cfg.margin),

@@ -30,6 +30,10 @@ class TrackingConfig(_Config):
         "the challenger must beat the champion by more than this (negative: accept a fresher model at most "
         "|margin| worse)",
     )
+    require_comparable: bool = opt(
+        False,
+        "promote only over a champion evaluated on the same users and settings (else: compare, caveat in the tags)",
+    )
     retries: int = opt(3, "tries of each MLflow call when the tracking server is unreachable")
     retry_wait_s: float = opt(2.0, "seconds between tries (doubled each time)")
     request_timeout_s: int = opt(60, "HTTP timeout of one MLflow request")

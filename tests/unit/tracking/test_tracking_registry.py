@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import socket
 
 import pytest
@@ -158,3 +159,25 @@ def test_config_validation_names_the_parameter(monkeypatch, tmp_path):
     assert TrackingConfig().resolved_artifact_location() is None
     with pytest.raises(ConfigError, match="orchestrator_run_id"):
         steps.log_pruning(None, "2026-01-01", TrackingConfig(), " ")  # type: ignore[arg-type]
+
+
+def test_versions_evaluated_differently_are_flagged_not_comparable(tracked, cfg, tmp_path):
+    """A champion evaluated on other users or settings: compared with a caveat, or refused when required."""
+    from dealrec_tasks.llm.config import EvalConfig
+    from dealrec_tasks.steps import llm
+    from dealrec_tasks.storage import Lake
+
+    v1 = steps.register(tracked.lake, tracked.dt, tracked.model_dir, cfg, "run__1").counts["version"]
+    steps.promote_if_better(cfg, v1)
+    shutil.copytree(tracked.root / "lake", tmp_path / "lake")
+    other = Lake(str(tmp_path / "lake"))
+    llm.evaluate(other, tracked.dt, tracked.model_dir, EvalConfig(num_beams=1, max_new_tokens=4), max_users=10)
+    strict = dataclasses.replace(cfg, require_comparable=True)
+    v2 = steps.register(other, tracked.dt, tracked.model_dir, strict, "run__2").counts["version"]
+    decided = steps.promote_if_better(strict, v2)
+    assert decided.counts["decision"] == "kept" and decided.counts["comparable"] == "false"
+    tags = _client(cfg).get_model_version(cfg.model_name, str(v2)).tags
+    assert tags["promotion.reason"].startswith("not comparable") and tags["promotion.comparable"] == "false"
+    champion_tags = _client(cfg).get_model_version(cfg.model_name, str(v1)).tags
+    assert tags["eval_set"] != champion_tags["eval_set"]
+    assert _champion(cfg) == v1
