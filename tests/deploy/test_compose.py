@@ -360,9 +360,11 @@ def test_gpu_worker_reserves_an_nvidia_gpu_and_has_its_own_celery_hostname():
     argv = as_argv(gpu["command"])
     assert argv[argv.index("--celery-hostname") + 1].startswith("gpu@")
     assert "gpu@" in " ".join(as_argv(gpu["healthcheck"]["test"])), "the health check must ping the gpu@ node"
-    mounts = [str(v) for v in gpu["volumes"]]
-    assert any(m.endswith(":/models/base:ro") for m in mounts), "the base model directory is mounted read-only"
-    for svc in ("airflow-worker", "airflow-worker-gpu"):  # the tiny LLM built by one is read by the other
+    # The LLM tasks run on the gpu worker, but `register` (default queue) fingerprints the same base model
+    # directory, and the tiny LLM built by one worker is read by the other: both mount the same paths.
+    for svc in ("airflow-worker", "airflow-worker-gpu"):
+        mounts = [str(v) for v in services()[svc]["volumes"]]
+        assert any(m.endswith(":/models/base:ro") for m in mounts), f"{svc}: base model not mounted read-only"
         assert any(str(v).startswith("models:") for v in services()[svc]["volumes"]), svc
         assert any(str(v).startswith("work:") for v in services()[svc]["volumes"]), svc
 
