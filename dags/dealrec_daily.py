@@ -65,10 +65,11 @@ def dealrec_daily():
 
     @task(execution_timeout=timedelta(hours=4))
     def surrogate(dt: str, params=None) -> dict:
-        from dealrec_tasks.steps.surrogate import train_surrogate
+        from dealrec_tasks.steps.pipeline import train_surrogate_once
         from dealrec_tasks.surrogate.config import SurrogateConfig
 
-        return dx.result(train_surrogate(dx.lake(), dt, SurrogateConfig(max_epochs=params["surrogate_max_epochs"])))
+        cfg = SurrogateConfig(max_epochs=params["surrogate_max_epochs"])
+        return dx.result(train_surrogate_once(dx.lake(), dt, cfg))
 
     @task(**GPU, execution_timeout=timedelta(hours=2))
     def influence_solve(dt: str) -> dict:

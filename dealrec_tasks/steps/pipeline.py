@@ -6,6 +6,7 @@ see the pipeline work end to end without any service.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,30 @@ def ingest_until(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
     counts = {"days_ingested": len(days), "first_dt": days[0]} | last.counts
     notes = [n for r in results for n in r.notes]
     return StepResult("ingest", last.uris, counts, any(r.changed for r in results), notes)
+
+
+def train_surrogate_once(lake: Lake, dt: str, cfg: SurrogateConfig) -> StepResult:
+    """``train_surrogate``, unless ``dt``'s surrogate is already published with ``cfg``, after ``dt``'s samples were.
+
+    Training is not bit-reproducible on CPU threads (and its metrics carry timings), so a retrained surrogate
+    always republishes, and with it every score, the coreset and a second MLflow run for unchanged inputs. A
+    partition is rewritten only when its content changes, so "published after the samples" means "trained on
+    these samples"; new samples or another config train again.
+    """
+    from dealrec_tasks.data.schema import SAMPLES, SURROGATE
+    from dealrec_tasks.steps.surrogate import train_surrogate
+
+    done = lake.manifest(SURROGATE, dt)
+    samples = lake.require_manifest(SAMPLES, dt)
+    if (
+        done is not None
+        and done.get("config") == json.loads(json.dumps(cfg.to_dict()))
+        and done.get("created_at", "") > samples.get("created_at", "~")
+    ):
+        why = f"surrogate dt={dt}: already trained with this config on these samples ({done['created_at']})"
+        uris = {"surrogate": lake.partition(SURROGATE, dt)}
+        return StepResult("surrogate", uris, done.get("counts", {}), False, [why])
+    return train_surrogate(lake, dt, cfg)
 
 
 def base_model_dir(lake: Lake, base_model: str, tiny_dir: str, tiny_cfg: TinyLLMConfig) -> str:

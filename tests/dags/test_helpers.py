@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import dealrec_airflow as dx
 import pytest
 
-from dealrec_tasks.config import IngestConfig, SyntheticConfig
+from dealrec_tasks.config import IngestConfig, SamplesConfig, SyntheticConfig
 from dealrec_tasks.errors import ConfigError, InputError, OrderError
 from dealrec_tasks.llm.config import TinyLLMConfig
 from dealrec_tasks.steps import data
-from dealrec_tasks.steps.pipeline import base_model_dir, ingest_until
+from dealrec_tasks.steps.pipeline import base_model_dir, ingest_until, train_surrogate_once
 from dealrec_tasks.storage import Lake
+from dealrec_tasks.surrogate.config import SurrogateConfig
 
 
 def at(day: int, hour: int = 0) -> datetime:
@@ -115,6 +117,24 @@ def test_ingest_until_catches_up_in_order_and_is_idempotent(tmp_path):
     assert last.counts["days_ingested"] == 2 and lake.partitions("sequences")[-1] == "2026-01-04"
     with pytest.raises(OrderError):
         ingest_until(lake, "2025-12-31", IngestConfig())
+
+
+def test_surrogate_is_trained_once_per_samples_and_config(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    data.synthetic(lake, SyntheticConfig(users=60, items=30, days=3, events_per_day=80))
+    ingest_until(lake, "2026-01-03", IngestConfig())
+    data.samples(lake, "2026-01-03", SamplesConfig())
+    cfg = SurrogateConfig(max_epochs=2)
+    first = train_surrogate_once(lake, "2026-01-03", cfg)
+    assert first.changed
+    published = lake.manifest("surrogate", "2026-01-03")
+    again = train_surrogate_once(lake, "2026-01-03", cfg)
+    assert not again.changed and "already trained" in again.notes[0]
+    assert lake.manifest("surrogate", "2026-01-03") == published
+    assert train_surrogate_once(lake, "2026-01-03", SurrogateConfig(max_epochs=1)).changed  # another config
+    time.sleep(1.1)  # manifests carry seconds: new samples must be visibly newer
+    assert data.samples(lake, "2026-01-03", SamplesConfig(max_len=5)).changed
+    assert train_surrogate_once(lake, "2026-01-03", SurrogateConfig(max_epochs=1)).changed  # new samples
 
 
 def test_base_model_dir(tmp_path):
