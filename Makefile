@@ -17,8 +17,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
+# Synthetic logs -> dealrec_daily -> dealrec_finetune through `airflow dags test` (state under var/; scripts/demo.py).
 demo: $(STAMP)
-	$(VENV)/bin/dealrec --lake $(LAKE) demo
+	$(PY) scripts/demo.py --lake $(LAKE)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
