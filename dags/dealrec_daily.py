@@ -74,9 +74,9 @@ def dealrec_daily():
     @task(**GPU, execution_timeout=timedelta(hours=2))
     def influence_solve(dt: str) -> dict:
         from dealrec_tasks.scoring.config import InfluenceConfig
-        from dealrec_tasks.steps.influence import solve_influence
+        from dealrec_tasks.steps.pipeline import solve_influence_once
 
-        return dx.result(solve_influence(dx.lake(), dt, InfluenceConfig()))
+        return dx.result(solve_influence_once(dx.lake(), dt, InfluenceConfig()))
 
     @task(**GPU, execution_timeout=timedelta(hours=2))
     def influence(dt: str, shard: list[int]) -> dict:

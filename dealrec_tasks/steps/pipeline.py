@@ -69,6 +69,24 @@ def train_surrogate_once(lake: Lake, dt: str, cfg: SurrogateConfig) -> StepResul
     return train_surrogate(lake, dt, cfg)
 
 
+def solve_influence_once(lake: Lake, dt: str, cfg: InfluenceConfig) -> StepResult:
+    """``solve_influence``, unless ``dt``'s solve is already published for ``cfg`` and the current surrogate.
+
+    The solve's ``solve.json`` carries timings, so solving again always republishes (with the same v and u).
+    """
+    from dealrec_tasks.data.schema import SURROGATE
+    from dealrec_tasks.steps.influence import _part, solve_influence
+    from dealrec_tasks.steps.surrogate import MODEL_FILE, source
+
+    part = _part(source(dt, None), "solve")
+    done = lake.manifest(part)
+    identity = {"surrogate_sha256": lake.require_manifest(SURROGATE, dt)["files"][MODEL_FILE]["sha256"]}
+    if done is not None and done.get("config") == json.loads(json.dumps(cfg.to_dict() | identity)):
+        why = f"influence solve dt={dt}: already published for this config and surrogate ({done['created_at']})"
+        return StepResult("influence-solve", {"solve": lake.partition(part)}, done.get("counts", {}), False, [why])
+    return solve_influence(lake, dt, cfg)
+
+
 def base_model_dir(lake: Lake, base_model: str, tiny_dir: str, tiny_cfg: TinyLLMConfig) -> str:
     """The LLM directory the LLM steps load: ``base_model`` when given (a local Hugging Face directory), else the
     embedded tiny LLM in ``tiny_dir``, built from the lake's catalogue on first use and reused afterwards."""

@@ -13,8 +13,9 @@ import pytest
 from dealrec_tasks.config import IngestConfig, SamplesConfig, SyntheticConfig
 from dealrec_tasks.errors import ConfigError, InputError, OrderError
 from dealrec_tasks.llm.config import TinyLLMConfig
+from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.steps import data
-from dealrec_tasks.steps.pipeline import base_model_dir, ingest_until, train_surrogate_once
+from dealrec_tasks.steps.pipeline import base_model_dir, ingest_until, solve_influence_once, train_surrogate_once
 from dealrec_tasks.storage import Lake
 from dealrec_tasks.surrogate.config import SurrogateConfig
 
@@ -119,7 +120,7 @@ def test_ingest_until_catches_up_in_order_and_is_idempotent(tmp_path):
         ingest_until(lake, "2025-12-31", IngestConfig())
 
 
-def test_surrogate_is_trained_once_per_samples_and_config(tmp_path):
+def test_surrogate_and_solve_run_once_per_inputs_and_config(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     data.synthetic(lake, SyntheticConfig(users=60, items=30, days=3, events_per_day=80))
     ingest_until(lake, "2026-01-03", IngestConfig())
@@ -132,6 +133,9 @@ def test_surrogate_is_trained_once_per_samples_and_config(tmp_path):
     assert not again.changed and "already trained" in again.notes[0]
     assert lake.manifest("surrogate", "2026-01-03") == published
     assert train_surrogate_once(lake, "2026-01-03", SurrogateConfig(max_epochs=1)).changed  # another config
+    assert solve_influence_once(lake, "2026-01-03", InfluenceConfig(negatives=64, damping=10.0)).changed
+    solved = solve_influence_once(lake, "2026-01-03", InfluenceConfig(negatives=64, damping=10.0))
+    assert not solved.changed and "already published" in solved.notes[0]
     time.sleep(1.1)  # manifests carry seconds: new samples must be visibly newer
     assert data.samples(lake, "2026-01-03", SamplesConfig(max_len=5)).changed
     assert train_surrogate_once(lake, "2026-01-03", SurrogateConfig(max_epochs=1)).changed  # new samples
