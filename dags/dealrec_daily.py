@@ -22,8 +22,6 @@ from datetime import UTC, datetime, timedelta
 import dealrec_airflow as dx
 from airflow.sdk import dag, get_current_context, task
 
-GPU = {"queue": "gpu", "pool": "gpu"}
-
 
 @dag(
     dag_id="dealrec_daily",
@@ -71,14 +69,14 @@ def dealrec_daily():
         cfg = SurrogateConfig(max_epochs=params["surrogate_max_epochs"])
         return dx.result(train_surrogate_once(dx.lake(), dt, cfg))
 
-    @task(**GPU, execution_timeout=timedelta(hours=2))
+    @task(**dx.GPU, execution_timeout=timedelta(hours=2))
     def influence_solve(dt: str) -> dict:
         from dealrec_tasks.scoring.config import InfluenceConfig
         from dealrec_tasks.steps.pipeline import solve_influence_once
 
         return dx.result(solve_influence_once(dx.lake(), dt, InfluenceConfig()))
 
-    @task(**GPU, execution_timeout=timedelta(hours=2))
+    @task(**dx.GPU, execution_timeout=timedelta(hours=2))
     def influence(dt: str, shard: list[int]) -> dict:
         from dealrec_tasks.scoring.config import InfluenceConfig
         from dealrec_tasks.steps.influence import score_influence
@@ -91,14 +89,14 @@ def dealrec_daily():
 
         return dx.result(merge_influence(dx.lake(), dt, len(shards)))
 
-    @task(**GPU, execution_timeout=timedelta(hours=1))
+    @task(**dx.GPU, execution_timeout=timedelta(hours=1))
     def base_model(params=None) -> str:
         """The LLM directory on the GPU worker: the ``base_model`` Param, or the embedded tiny LLM (built once)."""
         from dealrec_tasks.steps.pipeline import base_model_dir
 
         return base_model_dir(dx.lake(), params["base_model"], dx.tiny_llm_dir(), dx.tiny_llm_config())
 
-    @task(**GPU, execution_timeout=timedelta(hours=6))
+    @task(**dx.GPU, execution_timeout=timedelta(hours=6))
     def effort(dt: str, model_dir: str, shard: list[int]) -> dict:
         from dealrec_tasks.llm.config import EffortConfig, LoRAConfig
         from dealrec_tasks.steps.llm import effort

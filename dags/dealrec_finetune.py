@@ -21,8 +21,6 @@ from datetime import timedelta
 import dealrec_airflow as dx
 from airflow.sdk import dag, get_current_context, task
 
-GPU = {"queue": "gpu", "pool": "gpu"}
-
 
 @dag(
     dag_id="dealrec_finetune",
@@ -41,13 +39,13 @@ def dealrec_finetune():
         print(f"dealrec_finetune: dt={dt}, lake={dx.lake_root()}")
         return dt
 
-    @task(**GPU, execution_timeout=timedelta(hours=1))
+    @task(**dx.GPU, execution_timeout=timedelta(hours=1))
     def base_model(params=None) -> str:
         from dealrec_tasks.steps.pipeline import base_model_dir
 
         return base_model_dir(dx.lake(), params["base_model"], dx.tiny_llm_dir(), dx.tiny_llm_config())
 
-    @task(**GPU, execution_timeout=timedelta(hours=12))
+    @task(**dx.GPU, execution_timeout=timedelta(hours=12))
     def finetune(dt: str, model_dir: str, params=None) -> dict:
         from dealrec_tasks.llm.config import FinetuneConfig, LoRAConfig
         from dealrec_tasks.steps.llm import finetune
@@ -55,7 +53,7 @@ def dealrec_finetune():
         cfg = FinetuneConfig(epochs=params["epochs"])
         return dx.result(finetune(dx.lake(), dt, model_dir, cfg, LoRAConfig(), dx.work_dir()))
 
-    @task(**GPU, execution_timeout=timedelta(hours=4))
+    @task(**dx.GPU, execution_timeout=timedelta(hours=4))
     def evaluate(dt: str, model_dir: str, params=None) -> dict:
         from dealrec_tasks.llm.config import EvalConfig
         from dealrec_tasks.steps.llm import evaluate

@@ -38,6 +38,8 @@ VAR = REPO / "var"
 #: The published coreset of a day: ``dealrec_daily`` emits it (extra: dt, uri), ``dealrec_finetune`` runs on it.
 CORESET = Asset(name="dealrec_coreset", uri="dealrec://coreset", group="dealrec")
 
+#: Where the scoring and LLM tasks run: the GPU workers' Celery queue, one pool slot per GPU.
+GPU = {"queue": "gpu", "pool": "gpu"}
 OWNER = "dealrec"
 TAGS = ["dealrec"]
 
