@@ -323,9 +323,9 @@ def test_the_dags_find_their_locations_in_the_environment():
 
 
 def _dag_values(keyword: str) -> set[str]:
-    """Every literal queue/pool name the DAG files give (``queue="gpu"`` or ``"queue": "gpu"``)."""
+    """Every literal queue/pool name the DAGs (and their plugin) give: ``queue="gpu"`` or ``"queue": "gpu"``."""
     values = set()
-    for path in (REPO / "dags").glob("*.py"):
+    for path in [*(REPO / "dags").glob("*.py"), *(REPO / "plugins").glob("*.py")]:
         text = path.read_text()
         values |= set(re.findall(rf'\b{keyword}\s*=\s*"([^"]+)"', text))
         values |= set(re.findall(rf'"{keyword}"\s*:\s*"([^"]+)"', text))
