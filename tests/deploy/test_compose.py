@@ -534,8 +534,6 @@ def test_dockerfiles_match_the_lock_and_copy_what_exists(dockerfile):
 
 
 def test_entrypoint_writes_the_login_and_runs_our_programs_directly(tmp_path):
-    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
-
     passwords = tmp_path / "home" / "passwords.json"
     env = {
         "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
@@ -551,8 +549,15 @@ def test_entrypoint_writes_the_login_and_runs_our_programs_directly(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ran directly"
-    with open(passwords) as f:
-        assert SimpleAuthManager._get_passwords(stream=f) == {"alice": "s3cret"}
+    # Read back by the auth manager itself (in a child: importing Airflow here would set up an AIRFLOW_HOME).
+    read = (
+        "import sys\n"
+        "from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager as M\n"
+        "print(M._get_passwords(stream=open(sys.argv[1])))"
+    )
+    child_env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow")}
+    out = subprocess.run([sys.executable, "-c", read, str(passwords)], env=child_env, capture_output=True, text=True)
+    assert out.stdout.strip() == str({"alice": "s3cret"}), out.stderr[-2000:]
     assert os.access(REPO / "docker" / "entrypoint.sh", os.X_OK)
     assert os.access(REPO / "docker" / "postgres" / "init-databases.sh", os.X_OK)
 
