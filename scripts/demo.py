@@ -170,7 +170,8 @@ def main() -> None:
         f"  task logs    {rel(logs)}/\n"
         "\nAirflow UI (the two runs, their task logs, the Params form; http://localhost:8080, user admin, password in "
         f"{rel(Path(env['AIRFLOW_HOME']) / 'simple_auth_manager_passwords.json.generated')}):\n"
-        f"  AIRFLOW_HOME={rel(env['AIRFLOW_HOME'])} {rel(BIN / 'airflow')} standalone\n"
+        f"  PATH={BIN}:$PATH AIRFLOW_HOME={rel(env['AIRFLOW_HOME'])} airflow standalone   "
+        "(DAGs start paused: unpausing dealrec_daily schedules yesterday's run)\n"
         "MLflow UI (pruning and fine-tuning runs, the registered model and its aliases; http://localhost:5000):\n"
         f"  {rel(BIN / 'mlflow')} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']} --port 5000"
     )
