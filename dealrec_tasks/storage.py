@@ -271,8 +271,14 @@ class Lake:
             **(extra or {}),
         }
         st = self.storage
-        # Staging lives outside every partition, so cleaning the target never touches it.
-        staging = self.uri(STAGING, f"{dataset.replace('/', '.')}.{dt or 'all'}-{uuid.uuid4().hex}")
+        # Staging lives outside every partition, so cleaning the target never touches it. Leftovers of this
+        # partition are from a writer that died (a killed task): one writer per partition at a time (tasks are
+        # keyed by dt), so the retry clears them.
+        prefix = f"{dataset.replace('/', '.')}.{dt or 'all'}-"
+        for name in st.list_dir(self.uri(STAGING)):
+            if name.startswith(prefix) and len(name) == len(prefix) + 32:  # + a uuid4 hex
+                st.delete(self.uri(STAGING, name))
+        staging = self.uri(STAGING, f"{prefix}{uuid.uuid4().hex}")
         for name, data in files.items():
             st.write_bytes(join_uri(staging, name), data)
         # Hide, replace, reveal: without a manifest nobody reads the half-replaced directory.

@@ -305,6 +305,20 @@ class SolveInfo:
         return d
 
 
+class NonPositiveCurvature(ValueError):
+    """CG met a direction p with p^T A p <= 0: A = H + damping I is not positive definite (H is indefinite)."""
+
+
+def psd_solve(h: Tensor, v: Tensor, damping: float, info: SolveInfo) -> Tensor:
+    """(H+ + damping I)^-1 v with H+ the projection of the symmetric H onto the PSD cone (negative eigenvalues set
+    to 0): the usual remedy when the Hessian of a non-convex loss is indefinite beyond the damping (small data,
+    an early surrogate), where CG and the plain inverse are meaningless."""
+    eig, vecs = torch.linalg.eigh(h)
+    info.min_eig, info.max_eig = float(eig[0]), float(eig[-1])
+    coef = (vecs.T @ v.reshape(-1)) / (eig.clamp_min(0) + damping)
+    return (vecs @ coef).view_as(v)
+
+
 def conjugate_gradient(
     matvec: Callable[[Tensor], Tensor], b: Tensor, tol: float, max_iter: int, info: SolveInfo
 ) -> Tensor:
@@ -320,7 +334,7 @@ def conjugate_gradient(
         info.hvps += 1
         curv = float((p * ap).sum())
         if curv <= 0:
-            raise ValueError(
+            raise NonPositiveCurvature(
                 f"CG: non-positive curvature {curv:.3e} at iteration {it}; H + damping I is not positive definite, "
                 "raise the damping"
             )
@@ -437,7 +451,14 @@ def solve(model: SASRec, seqs: Seqs, cfg: InfluenceConfig, spill: Spill | None =
                 def matvec(x: Tensor) -> Tensor:
                     return problem.hvp(cache, sw, x, cfg.hvp_chunk) + cfg.damping * x
 
-                u = conjugate_gradient(matvec, v, cfg.cg_tol, cfg.cg_max_iter, info)
+                try:
+                    u = conjugate_gradient(matvec, v, cfg.cg_tol, cfg.cg_max_iter, info)
+                except NonPositiveCurvature:
+                    # Indefinite beyond the damping: build H once (P HVPs) and solve on its PSD part.
+                    h = explicit_hessian(problem, cache, cfg.hvp_chunk)
+                    info.solver, info.hvps = "cg->psd_explicit", info.hvps + h.shape[0]
+                    u = psd_solve(h, v, cfg.damping, info)
+                    info.rel_residual = None
         info.seconds = timings["solve_s"] = time.perf_counter() - t0
     return Solution(v, u, info, timings, negatives)
 

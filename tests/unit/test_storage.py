@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from dealrec_tasks.errors import InputError, PartitionNotFound
-from dealrec_tasks.storage import MANIFEST, Lake, join_uri, normalize_uri
+from dealrec_tasks.storage import MANIFEST, STAGING, Lake, join_uri, normalize_uri
 
 
 def _table(n: int, offset: int = 0) -> pa.Table:
@@ -66,9 +66,13 @@ def test_crash_mid_publish_leaves_no_visible_partial_output(lake: Lake, monkeypa
     # The old manifest was withdrawn before any file was replaced: readers see nothing, not a mix.
     assert lake.partitions("things") == []
     monkeypatch.setattr(lake.storage, "move", real_move)
+    other = lake.publish("others", "2026-01-02", {"t.parquet": _table(1)})  # another partition's writer
+    assert lake.storage.list_dir(lake.uri(STAGING)), "the killed writer left its staged files"
     retry = lake.publish("things", "2026-01-02", {"t.parquet": _table(7)})
-    assert retry.changed
+    assert retry.changed and other.changed
     assert lake.read("things", "2026-01-02", "t.parquet").num_rows == 7
+    # The retry cleared what the killed writer staged for this partition; nothing else was there to keep.
+    assert lake.storage.list_dir(lake.uri(STAGING)) == []
 
 
 def test_corrupt_file_is_detected_by_checksum(lake: Lake):

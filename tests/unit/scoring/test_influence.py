@@ -127,6 +127,21 @@ def test_solve_matches_explicit_inverse_of_the_full_hessian(setup, solver):
         assert sol.info.iterations < h.shape[0] + 1
 
 
+def test_cg_on_an_indefinite_hessian_falls_back_to_its_psd_part(setup):
+    """Without damping the block's Hessian (non-convex loss) is indefinite: CG meets negative curvature; the
+    solve then uses the PSD projection of the explicit Hessian, checked against autograd's full Hessian."""
+    model, seqs = setup
+    cfg = _cfg(solver="cg", damping=1e-3)
+    sol = solve(model, seqs, cfg)
+    h = _full_hessian(model, seqs, cfg.block, sol.negatives)
+    eig, vecs = torch.linalg.eigh(h)
+    assert eig[0] < -cfg.damping, "the fixture should have an indefinite Hessian"
+    assert sol.info.solver == "cg->psd_explicit"
+    expected = vecs @ ((vecs.T @ sol.v.reshape(-1)) / (eig.clamp_min(0) + cfg.damping))
+    torch.testing.assert_close(sol.u.reshape(-1), expected, rtol=1e-7, atol=1e-9)
+    assert sol.info.min_eig == pytest.approx(float(eig[0]), rel=1e-8)
+
+
 def test_lissa_converges_to_the_exact_answer(setup):
     """LiSSA's recursion with every sample in each step (a deterministic Hessian) reaches the exact solve."""
     model, seqs = setup
