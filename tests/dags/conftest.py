@@ -1,7 +1,7 @@
 """Airflow settings for the DAG tests: a throwaway AIRFLOW_HOME, this repo's dags/ and plugins/, no examples.
 
-Set before Airflow is first imported (it reads its configuration once); the DAG files import ``dealrec_airflow``
-from plugins/, which Airflow puts on ``sys.path`` itself, and so do these tests.
+AIRFLOW_HOME is set before Airflow is first imported (it reads its configuration once); the DAG files import
+``dealrec_airflow`` from plugins/, which Airflow puts on ``sys.path`` itself, and so do these tests.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def airflow_env(home: Path) -> dict[str, str]:
     }
 
 
+# In-process parsing needs only a throwaway home (never the user's ~/airflow); Airflow subprocesses get the
+# whole airflow_env() explicitly, so nothing else of this session's environment is changed.
 if "airflow" not in sys.modules:
-    os.environ.update(airflow_env(Path(tempfile.mkdtemp(prefix="dealrec-airflow-home-"))))
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="dealrec-airflow-home-")
 if str(PLUGINS) not in sys.path:
     sys.path.append(str(PLUGINS))
