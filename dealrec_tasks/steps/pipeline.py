@@ -49,19 +49,18 @@ def train_surrogate_once(lake: Lake, dt: str, cfg: SurrogateConfig) -> StepResul
     """``train_surrogate``, unless ``dt``'s surrogate is already published with ``cfg``, after ``dt``'s samples were.
 
     Training is not bit-reproducible on CPU threads (and its metrics carry timings), so a retrained surrogate
-    always republishes, and with it every score, the coreset and a second MLflow run for unchanged inputs. A
-    partition is rewritten only when its content changes, so "published after the samples" means "trained on
-    these samples"; new samples or another config train again.
+    always republishes, and with it every score, the coreset and a second MLflow run for unchanged inputs. The
+    surrogate's manifest records the checksum of the samples it was trained on; new samples or another config
+    train again.
     """
-    from dealrec_tasks.data.schema import SAMPLES, SURROGATE
-    from dealrec_tasks.steps.surrogate import train_surrogate
+    from dealrec_tasks.data.schema import SURROGATE
+    from dealrec_tasks.steps.surrogate import samples_sha256, source, train_surrogate
 
     done = lake.manifest(SURROGATE, dt)
-    samples = lake.require_manifest(SAMPLES, dt)
     if (
         done is not None
         and done.get("config") == json.loads(json.dumps(cfg.to_dict()))
-        and done.get("created_at", "") > samples.get("created_at", "~")
+        and done.get("source", {}).get("samples_sha256") == samples_sha256(lake, source(dt, None))
     ):
         why = f"surrogate dt={dt}: already trained with this config on these samples ({done['created_at']})"
         uris = {"surrogate": lake.partition(SURROGATE, dt)}

@@ -97,6 +97,11 @@ def _previous(lake: Lake, dt: str, cfg: SurrogateConfig) -> tuple[dict[str, torc
     return state, prev, f"warm start from dt={prev}"
 
 
+def samples_sha256(lake: Lake, src: Source) -> str:
+    """Identity of the samples a surrogate is trained on (their file's checksum in the samples manifest)."""
+    return lake.require_manifest(src.path(SAMPLES), src.dt)["files"]["samples.parquet"]["sha256"]
+
+
 def train_surrogate(lake: Lake, dt: str | None, cfg: SurrogateConfig, *, dataset: str | None = None) -> StepResult:
     """Train on the ``train`` rows, early-stop on ``valid``, report ``test``; publish ``surrogate/dt=D/``.
 
@@ -140,7 +145,14 @@ def train_surrogate(lake: Lake, dt: str | None, cfg: SurrogateConfig, *, dataset
         src.dt,
         {},
         config=cfg.to_dict(),
-        extra={"counts": counts, "source": {"samples": lake.partition(src.path(SAMPLES), src.dt), "warm": prev}},
+        extra={
+            "counts": counts,
+            "source": {
+                "samples": lake.partition(src.path(SAMPLES), src.dt),
+                "samples_sha256": samples_sha256(lake, src),
+                "warm": prev,
+            },
+        },
         blobs={
             MODEL_FILE: state_bytes(result.model.state_dict()),
             "metrics.json": (json.dumps(metrics, indent=2, default=float) + "\n").encode(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -136,7 +135,6 @@ def test_surrogate_and_solve_run_once_per_inputs_and_config(tmp_path):
     assert solve_influence_once(lake, "2026-01-03", InfluenceConfig(negatives=64, damping=10.0)).changed
     solved = solve_influence_once(lake, "2026-01-03", InfluenceConfig(negatives=64, damping=10.0))
     assert not solved.changed and "already published" in solved.notes[0]
-    time.sleep(1.1)  # manifests carry seconds: new samples must be visibly newer
     assert data.samples(lake, "2026-01-03", SamplesConfig(max_len=5)).changed
     assert train_surrogate_once(lake, "2026-01-03", SurrogateConfig(max_epochs=1)).changed  # new samples
 
