@@ -175,3 +175,15 @@ def test_daily_params_accept_good_values(daily, key, value):
     params = copy.deepcopy(daily.params)
     params[key] = value
     assert params[key] == value
+
+
+def test_param_defaults_are_the_library_defaults(daily, finetune):
+    """The form's defaults and the configs' defaults are one truth: a change in either shows up here."""
+    from dealrec_tasks.selection import SelectConfig
+    from dealrec_tasks.tracking.config import TrackingConfig
+
+    sel = SelectConfig()
+    assert (daily.params["n"], daily.params["lambda"], daily.params["k"]) == (sel.n, sel.lam, sel.k)
+    assert (daily.params["hard_prune"], daily.params["strategy"]) == (sel.hard_prune, sel.strategy)
+    assert daily.params["ratio"] is None
+    assert finetune.params["margin"] == TrackingConfig().margin
