@@ -129,7 +129,8 @@ def dealrec_daily():
         """Record the coreset in MLflow, then announce it: the asset event carries the day and the URI."""
         from dealrec_tasks.steps.tracking import log_pruning
 
-        out = dx.result(log_pruning(dx.lake(), dt, dx.tracking(), dx.run_key(get_current_context(), dt)))
+        ctx = get_current_context()
+        out = dx.result(log_pruning(dx.lake(), dt, dx.tracking(), dx.run_key(ctx, dt), run_tags=dx.run_tags(ctx)))
         outlet_events[dx.CORESET].extra = {"dt": dt, "coreset": coreset["uris"]["coreset"]}
         return out
 

@@ -65,8 +65,9 @@ def dealrec_finetune():
     def register(dt: str, model_dir: str) -> int:
         from dealrec_tasks.steps.tracking import register
 
-        key = dx.run_key(get_current_context(), dt)
-        return int(dx.result(register(dx.lake(), dt, model_dir, dx.tracking(), key))["counts"]["version"])
+        ctx = get_current_context()
+        out = register(dx.lake(), dt, model_dir, dx.tracking(), dx.run_key(ctx, dt), run_tags=dx.run_tags(ctx))
+        return int(dx.result(out)["counts"]["version"])
 
     @task(execution_timeout=timedelta(minutes=10))
     def promote(version: int, params=None) -> dict:

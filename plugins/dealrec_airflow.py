@@ -196,6 +196,11 @@ def run_key(context: dict[str, Any], dt: str) -> str:
     return f"{context['dag'].dag_id}/dt={dt}"
 
 
+def run_tags(context: dict[str, Any]) -> dict[str, str]:
+    """Airflow's own ids for MLflow, beside the coarser ``run_key``: which DAG run logged a run or a version."""
+    return {"airflow.dag_id": context["dag"].dag_id, "airflow.run_id": str(context["run_id"])}
+
+
 def shards(n: int) -> list[list[int]]:
     """``[[0, n], [1, n], ...]``: what the sharded tasks are mapped over."""
     return [[i, n] for i in range(n)]

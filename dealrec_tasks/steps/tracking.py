@@ -70,9 +70,14 @@ def _column(lake: Lake, dataset: str, dt: str, file: str, column: str) -> np.nda
 # ---------------------------------------------------------------------------------------------------------
 # Pruning run
 # ---------------------------------------------------------------------------------------------------------
-def log_pruning(lake: Lake, dt: str, cfg: TrackingConfig, orchestrator_run_id: str) -> StepResult:
+def log_pruning(
+    lake: Lake, dt: str, cfg: TrackingConfig, orchestrator_run_id: str, *, run_tags: dict[str, str] | None = None
+) -> StepResult:
     """The coreset of ``dt`` as an MLflow run: selection/scoring/surrogate configs as params; counts, coverage,
-    score statistics and surrogate metrics as metrics; report.png and the coreset manifest as artifacts."""
+    score statistics and surrogate metrics as metrics; report.png and the coreset manifest as artifacts.
+
+    ``run_tags`` (e.g. the orchestrator's own run id when ``orchestrator_run_id`` is a coarser key) are tagged on
+    the run that is created; a retry that finds it leaves them as the first run wrote them."""
     from dealrec_tasks.tracking.client import Tracking
     from dealrec_tasks.tracking.runs import RunContent, log_run
 
@@ -128,6 +133,7 @@ def log_pruning(lake: Lake, dt: str, cfg: TrackingConfig, orchestrator_run_id: s
                 "strategy": str(manifest.get("strategy", manifest["config"].get("strategy", ""))),
                 "mlflow.note.content": f"Coreset selection of dt={dt}: {coreset_uri}",
             }
+            | (run_tags or {})
         )
         return c
 
@@ -175,6 +181,7 @@ def register(
     orchestrator_run_id: str,
     *,
     check_fingerprint: bool = True,
+    run_tags: dict[str, str] | None = None,
 ) -> StepResult:
     """Log the fine-tuning run of ``dt`` (linked as a child of its pruning run) and register its model version.
 
@@ -283,6 +290,7 @@ def register(
                     "base_model_fingerprint": fingerprint,
                     "mlflow.note.content": f"LoRA fine-tuning of dt={dt} on {coreset_uri}, base {base_dir}",
                 }
+                | (run_tags or {})
             )
             if pruning is not None:
                 c.tags["mlflow.parentRunId"] = pruning_id  # the pruning run shows this run nested under it
@@ -308,6 +316,7 @@ def register(
             "base_model": str(base_dir),
             "base_model_fingerprint": fingerprint,
             **{reg.eval_tag(k): repr(float(v)) for k, v in metrics.items()},
+            **(run_tags or {}),
         }
 
         def again():

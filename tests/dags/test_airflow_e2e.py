@@ -88,6 +88,7 @@ def mlflow_state(uri: str) -> dict:
         "versions": sorted(int(v.version) for v in versions),
         "champion": int(champion.version),
         "champion_tags": champion.tags,
+        "airflow_dags": sorted(r.data.tags.get("airflow.dag_id", "") for r in runs),
     }
 
 
@@ -124,6 +125,9 @@ def test_daily_then_finetune_then_both_again_for_the_same_day(stack):
         assert stack.lake.manifest(partition, DT) is not None, partition
     first = mlflow_state(stack.mlflow)
     assert first["versions"] == [1] and first["champion"] == 1
+    # The Airflow run that logged each run and the version (the MLflow key is the coarser dag/dt).
+    assert first["airflow_dags"] == ["dealrec_daily", "dealrec_finetune"]
+    assert first["champion_tags"]["airflow.dag_id"] == "dealrec_finetune" and first["champion_tags"]["airflow.run_id"]
     assert first["champion_tags"]["dt"] == DT and first["champion_tags"]["promotion.decision"] == "champion"
     assert [kind for kind, status in first["runs"]] == ["finetune", "pruning"]
     assert all(status == "FINISHED" for _, status in first["runs"])
