@@ -46,7 +46,7 @@ def ingest_until(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
 
 
 def train_surrogate_once(lake: Lake, dt: str, cfg: SurrogateConfig) -> StepResult:
-    """``train_surrogate``, unless ``dt``'s surrogate is already published with ``cfg``, after ``dt``'s samples were.
+    """``train_surrogate``, unless ``dt``'s surrogate is already published with ``cfg`` on ``dt``'s current samples.
 
     Training is not bit-reproducible on CPU threads (and its metrics carry timings), so a retrained surrogate
     always republishes, and with it every score, the coreset and a second MLflow run for unchanged inputs. The
