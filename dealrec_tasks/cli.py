@@ -310,7 +310,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "surrogate": Command(
         cmd_surrogate,
-        "train the SASRec surrogate (warm start from the previous day's checkpoint)",
+        "train the SASRec surrogates (--members of them; warm start from the previous day's checkpoint)",
         (SurrogateConfig,),
         (DT, DATASET),
     ),

@@ -76,6 +76,8 @@ def test_bad_parameters_exit_2_with_a_clear_message(tmp_path, capsys):
     assert "missing sequential_train.txt" in capsys.readouterr().err
     assert main(["--lake", str(tmp_path), "ingest"]) == 2
     assert "exactly one of --dt" in capsys.readouterr().err
+    assert main(["--lake", str(tmp_path), "surrogate", "--dt", "2026-01-01", "--members", "0"]) == 2
+    assert "members=0: must be >= 1" in capsys.readouterr().err
 
 
 def test_import_of_a_malformed_release_names_file_and_line(tmp_path, capsys):

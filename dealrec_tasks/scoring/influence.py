@@ -24,6 +24,10 @@ single-sample steps, so CG wins by far. ``explicit`` stays for small blocks and 
 Memory: the pass for v also writes each scored position's (g_t, a_t) to temporary files (``spill``, disk grows
 with the samples, RAM stays one batch), so the scores need no second pass; ``spill=False`` recomputes them in a
 second pass instead. The Hessian cache holds only the subsample's positions.
+
+Ensembles: two surrogates trained with different seeds rank the samples at Spearman ~0.66-0.9 only, so the
+pipeline scores every member of an ensemble of surrogates and ``combine_members`` averages their scores
+(TRAK / TracIn-style), each member first divided by its root-mean-square over the training samples.
 """
 
 from __future__ import annotations
@@ -481,6 +485,30 @@ def score_rows(
             s = torch.zeros(p.n_samples, dtype=per_pos.dtype).index_add_(0, p.sample, per_pos)
             out[b] = s.double().numpy()
     return out[rows]
+
+
+def combine_members(scores: list[np.ndarray]) -> np.ndarray:
+    """The ensemble's influence [n]: each member's scores [n] divided by their root-mean-square over the samples,
+    then the mean over members.
+
+    Why this normalisation: members trained with different seeds put their scores on different scales (the
+    gradients' size and the conditioning of H + damping I differ), so a plain mean would let the member with the
+    largest scores decide the ranking alone. Dividing by a positive number keeps each member's ranking, and the RMS
+    is not centred, so every score's sign (helpful vs harmful) is kept and 0 stays 0. A member whose
+    scores are all 0 contributes 0. The RMS needs every training row: combine after the shards are merged. With one
+    member the result is its scores divided by their RMS (the scale of ``influence`` is thus about 1; selection
+    min-max normalises anyway).
+    """
+    if not scores:
+        raise ValueError("combine_members: no member scores")
+    stacked = np.stack([np.asarray(s, dtype=np.float64) for s in scores])  # [M, n]; ValueError if lengths differ
+    if stacked.ndim != 2:
+        raise ValueError(f"combine_members: expected M vectors of n scores, got shape {stacked.shape}")
+    if stacked.shape[1] == 0:
+        return np.zeros(0, dtype=np.float64)
+    rms = np.sqrt(np.mean(np.square(stacked), axis=1, keepdims=True))  # [M, 1]
+    scaled = np.divide(stacked, rms, out=np.zeros_like(stacked), where=rms > 0)  # [M, n]
+    return scaled.mean(axis=0)
 
 
 def per_sample_grads(problem: BlockProblem, seqs: Seqs, rows: np.ndarray) -> Tensor:

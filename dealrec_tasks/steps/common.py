@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass
@@ -39,8 +43,12 @@ def merge_shards(
     expected_rows: int,
     extra: dict | None = None,
     key: str = "sample_id",
+    finish: Callable[[pa.Table], pa.Table] | None = None,
 ):
     """Concatenate the published shard partitions ``parts`` (each holding ``name``) into one partition.
+
+    ``finish`` (table -> table), if given, runs on the checked concatenation before it is published: for what
+    needs every row at once (the influence ensemble's normalisation).
 
     Refuses, naming the problem, when a shard is missing, when shards were made with different configs, or when
     they do not hold ``expected_rows`` distinct ``key`` values: a partial or mixed merge is never published.
@@ -64,6 +72,8 @@ def merge_shards(
             f"{lake.partition(parts[0])}: shards hold {table.num_rows} rows ({distinct} distinct), "
             f"expected {expected_rows} distinct samples"
         )
+    if finish is not None:
+        table = finish(table)
     sources = [lake.partition(p) for p in parts]
     pub = lake.publish(
         out_dataset,

@@ -1,16 +1,33 @@
-"""Influence steps: solve once, score shards in parallel, merge.
+"""Influence steps: solve once, score shards in parallel, merge; over every weight file the surrogate lists.
+
+One training run's influence ranking depends on its seed (two seeds: Spearman ~0.5-0.6 on Games) and even on the
+epoch it stopped at (consecutive epochs: ~0.6-0.8). So the surrogate step publishes ``members`` surrogates and,
+per member, its last ``checkpoints`` evaluated epochs up to the best one (the manifest's ``influence_weights``,
+member-major, best last per member; an older partition: the member best files). These steps score the samples
+with each of those weight files; the merge combines them (``combine_members``: each file's scores divided by their
+RMS over all training rows, then the mean). Averaging checkpoints and members raises the agreement of two
+independent runs from ~0.6 to ~0.9.
 
 Layout (daily; an imported dataset puts the same under ``datasets/<name>/``):
-- ``influence/dt=D/solve/``: v, u = (H + damping I)^-1 v and the negative set (optional: a worker without it
-  computes the same solve itself, deterministically, from every training row);
-- ``influence/dt=D/shard=i-of-n/``: ``influence.parquet`` (sample_id, influence) of shard i;
-- ``scores_influence/dt=D/``: the merged ``influence.parquet``, written once every shard is there.
+- ``influence/dt=D/solve/``: per weight file j, v and u = (H + damping I)^-1 v, and the negative set (shared by
+  every file; optional: a worker without it computes the same solves itself, deterministically, from every row);
+- ``influence/dt=D/shard=i-of-n/``: ``influence.parquet`` (sample_id, influence_m0, influence_m1, ...) of shard i:
+  column ``influence_m{j}`` holds the raw scores of weight file j of ``influence_weights`` (a shard cannot
+  normalise, the RMS needs every row); the manifest's ``weights`` names the files;
+- ``scores_influence/dt=D/``: the merged ``influence.parquet`` (sample_id, influence, influence_m0, ...), written
+  once every shard is there; ``influence`` is the combined score every downstream reader uses. Its scale is about 1
+  (RMS-normalised; before ensembles it was the raw score): selection min-max normalises it anyway.
+
+A solve or a shard is tied to the weights by the list of the weight files' checksums (``surrogate_sha256``, in
+``influence_weights`` order), so one made for other weights is never used. For a partition older than checkpoint
+averaging the list is the member checksums, as before: its published solves and shards stay valid.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -19,15 +36,41 @@ import torch
 from dealrec_tasks.data.schema import INFLUENCE, SCORES_INFLUENCE, SURROGATE
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.scoring.config import InfluenceConfig
-from dealrec_tasks.scoring.influence import influence, score_rows, solve, to_dtype
+from dealrec_tasks.scoring.influence import combine_members, influence, score_rows, solve, to_dtype
 from dealrec_tasks.sharding import shard_name, shard_rows
 from dealrec_tasks.steps.common import StepResult, merge_shards
-from dealrec_tasks.steps.surrogate import MODEL_FILE, Source, load_model, read_samples, source
+from dealrec_tasks.steps.surrogate import (
+    Source,
+    influence_sha256,
+    influence_weights,
+    load_influence_models,
+    read_samples,
+    source,
+)
 from dealrec_tasks.storage import Lake, join_uri, sha256
 from dealrec_tasks.surrogate.batching import train_seqs
 from dealrec_tasks.surrogate.model import negatives_from_payload
 
-SCORES_SCHEMA = pa.schema([("sample_id", pa.int64()), ("influence", pa.float64())])
+_MEMBER_RE = re.compile(r"^influence_m(\d+)$")
+
+
+def member_column(i: int) -> str:
+    """The column of the raw scores of weight file ``i`` (of ``influence_weights``) in the shards and the merged
+    table (named ``_m`` since ensembles; a file is a member's checkpoint since checkpoint averaging)."""
+    return f"influence_m{i}"
+
+
+def shard_schema(members: int) -> pa.Schema:
+    return pa.schema([("sample_id", pa.int64())] + [(member_column(i), pa.float64()) for i in range(members)])
+
+
+def member_columns(table: pa.Table) -> list[str]:
+    """The weight files' columns of a scores table, in order (0..M-1, none missing)."""
+    found = sorted((int(m.group(1)), name) for name in table.column_names if (m := _MEMBER_RE.match(name)))
+    names = [name for _, name in found]
+    if names != [member_column(i) for i in range(len(names))]:
+        raise InputError(f"influence member columns {names}: expected influence_m0..influence_m{len(names) - 1}")
+    return names
 
 
 def _part(src: Source, name: str) -> str:
@@ -37,81 +80,130 @@ def _part(src: Source, name: str) -> str:
 
 
 def _inputs(lake: Lake, src: Source):
-    model, manifest = load_model(lake, src)
+    """The models of the surrogate's ``influence_weights`` files (in order), the training rows, the weights'
+    identity (their files' checksums) and the list itself."""
+    models, manifest = load_influence_models(lake, src)
     samples, n_items = read_samples(lake, src)
-    if n_items != model.n_items:
-        raise InputError(f"surrogate {src.label} has {model.n_items} items, the samples' vocab {n_items}")
-    identity = {"surrogate_sha256": manifest["files"][MODEL_FILE]["sha256"]}
-    return model, train_seqs(samples, n_items), identity
+    if n_items != models[0].n_items:
+        raise InputError(f"surrogate {src.label} has {models[0].n_items} items, the samples' vocab {n_items}")
+    identity = {"surrogate_sha256": influence_sha256(manifest)}
+    return models, train_seqs(samples, n_items), identity, influence_weights(manifest)
+
+
+def _sizes(weights: list[dict[str, Any]]) -> dict[str, int]:
+    """``members`` (distinct members) and ``weights`` (files, i.e. score columns) of an influence weight list."""
+    return {"members": len({w["member"] for w in weights}), "weights": len(weights)}
 
 
 def solve_influence(lake: Lake, dt: str | None, cfg: InfluenceConfig, *, dataset: str | None = None) -> StepResult:
-    """Pass over every training row and solve; publish v, u and the negatives for the shard workers."""
+    """Pass over every training row and solve, for each weight file; publish v, u (lists, ``influence_weights``
+    order) and the negatives (the same for every file: they depend on the config and the rows only) for the shard
+    workers."""
     src = source(dt, dataset)
-    model, seqs, identity = _inputs(lake, src)
-    sol = solve(to_dtype(model, cfg), seqs, cfg)
+    models, seqs, identity, weights = _inputs(lake, src)
+    sols = [solve(to_dtype(model, cfg), seqs, cfg) for model in models]
+    neg = sols[0].negatives
+    negatives = neg.to_payload() if hasattr(neg, "to_payload") else {"negatives": neg}
     buf = io.BytesIO()
-    negatives = sol.negatives.to_payload() if hasattr(sol.negatives, "to_payload") else {"negatives": sol.negatives}
-    torch.save({"v": sol.v, "u": sol.u, **negatives}, buf)
-    info = {"solve": sol.info.to_dict(), "timings": sol.timings}
+    torch.save({"v": [s.v for s in sols], "u": [s.u for s in sols], **negatives}, buf)
+    info = {"solve": [s.info.to_dict() for s in sols], "timings": [s.timings for s in sols]}
+    counts = {
+        "train_samples": len(seqs),
+        **_sizes(weights),
+        "iterations": [s.info.iterations for s in sols],
+        "rel_residual": [s.info.rel_residual for s in sols],
+    }
     pub = lake.publish(
         _part(src, "solve"),
         None,
         {},
         config=cfg.to_dict() | identity,
-        extra={"counts": {"train_samples": len(seqs)}, **info},
+        extra={"counts": {"train_samples": len(seqs), **_sizes(weights)}, "weights": [w["file"] for w in weights]}
+        | info,
         blobs={"solve.pt": buf.getvalue(), "solve.json": (json.dumps(info, indent=2) + "\n").encode()},
     )
-    counts = {"train_samples": len(seqs), "iterations": sol.info.iterations, "rel_residual": sol.info.rel_residual}
     return StepResult("influence-solve", {"solve": pub.uri}, counts, pub.changed)
 
 
-def _published_solve(lake: Lake, src: Source, cfg: InfluenceConfig, identity: dict) -> dict[str, torch.Tensor] | None:
+def _published_solve(lake: Lake, src: Source, cfg: InfluenceConfig, identity: dict) -> dict[str, Any] | None:
+    """The published solve when it was made with ``cfg`` for these weights (same file checksums), else None."""
     manifest = lake.manifest(_part(src, "solve"))
-    if manifest is None or manifest.get("config") != cfg.to_dict() | identity:
+    if manifest is None or manifest.get("config") != json.loads(json.dumps(cfg.to_dict() | identity)):
         return None
     uri = join_uri(lake.partition(_part(src, "solve")), "solve.pt")
     data = lake.storage.read_bytes(uri)
     if sha256(data) != manifest["files"]["solve.pt"]["sha256"]:
         raise InputError(f"{uri}: checksum differs from the manifest; rerun the solve")
-    return torch.load(io.BytesIO(data), weights_only=True)
+    payload = torch.load(io.BytesIO(data), weights_only=True)
+    files = len(identity["surrogate_sha256"])
+    if not isinstance(payload.get("u"), list) or len(payload["u"]) != files:
+        raise InputError(f"{uri}: does not hold one u per weight file ({files}); rerun the solve")
+    return payload
 
 
 def score_influence(
     lake: Lake, dt: str | None, cfg: InfluenceConfig, shard: tuple[int, int] = (0, 1), *, dataset: str | None = None
 ) -> StepResult:
-    """Score shard ``i`` of ``n`` of the training rows (ordered by sample_id) and publish it.
+    """Score shard ``i`` of ``n`` of the training rows (ordered by sample_id) with every weight file; publish the
+    raw scores, one column per file.
 
-    Uses the published solve when it matches this config and surrogate (one pass over the shard's rows only);
-    otherwise computes the same solve locally (one pass over every row).
+    Uses the published solve when it matches this config and these weights (one pass over the shard's rows per
+    file); otherwise computes the same solves locally (one pass over every row per file).
     """
     src = source(dt, dataset)
     i, n = shard
-    model, seqs, identity = _inputs(lake, src)
+    models, seqs, identity, weights = _inputs(lake, src)
     rows = shard_rows(len(seqs), shard)
     pre = _published_solve(lake, src, cfg, identity)
     notes = []
+    columns: dict[str, Any] = {"sample_id": seqs.sample_id[rows]}
     if pre is not None:
-        scores = score_rows(to_dtype(model, cfg), seqs, pre["u"], negatives_from_payload(pre), cfg, rows)
+        negatives = negatives_from_payload(pre)
+        for m, (model, u) in enumerate(zip(models, pre["u"])):
+            columns[member_column(m)] = score_rows(to_dtype(model, cfg), seqs, u, negatives, cfg, rows)
         timings: dict[str, Any] = {"used_published_solve": True}
     else:
-        res = influence(model, seqs, cfg, shard)
-        scores, timings = res.influence, dict(res.timings, solve=res.solution.info.to_dict())
-        notes.append(f"influence shard {i}/{n}: no matching published solve, solved locally ({res.solution.info})")
-    table = pa.table({"sample_id": seqs.sample_id[rows], "influence": scores}, schema=SCORES_SCHEMA)
+        per_file = []
+        for m, model in enumerate(models):
+            res = influence(model, seqs, cfg, shard)
+            columns[member_column(m)] = res.influence
+            per_file.append(dict(res.timings, solve=res.solution.info.to_dict()))
+            notes.append(
+                f"influence shard {i}/{n} weights {weights[m]['file']}: no matching published solve, "
+                f"solved locally ({res.solution.info})"
+            )
+        timings = {"used_published_solve": False, "weights": per_file}
+    table = pa.table(columns, schema=shard_schema(len(models)))
     pub = lake.publish(
         _part(src, shard_name(shard)),
         None,
         {"influence.parquet": table},
         config=cfg.to_dict() | identity,
-        extra={"shard": [i, n], "timings": timings, "counts": {"rows": len(rows), "train_samples": len(seqs)}},
+        extra={
+            "shard": [i, n],
+            "timings": timings,
+            "counts": {"rows": len(rows), "train_samples": len(seqs), **_sizes(weights)},
+            "weights": [w["file"] for w in weights],
+        },
     )
-    counts = {"shard": f"{i}/{n}", "rows": len(rows)}
+    counts = {"shard": f"{i}/{n}", "rows": len(rows), **_sizes(weights)}
     return StepResult("influence", {"shard": pub.uri}, counts, pub.changed, notes)
 
 
+def combined_table(table: pa.Table) -> pa.Table:
+    """The merged shards [n rows, every training row] with ``influence`` = ``combine_members`` over the weight
+    files' columns, placed after ``sample_id``."""
+    names = member_columns(table)
+    if not names:
+        raise InputError("influence shards hold no member columns (made before ensembles); rescore the shards")
+    combined = combine_members([table.column(c).to_numpy() for c in names])  # [n]
+    columns = {"sample_id": table.column("sample_id"), "influence": pa.array(combined, pa.float64())}
+    return pa.table(columns | {c: table.column(c) for c in names})
+
+
 def merge_influence(lake: Lake, dt: str | None, n: int, *, dataset: str | None = None) -> StepResult:
-    """Concatenate the n shards (same config and surrogate, every training row exactly once) and publish."""
+    """Concatenate the n shards (same config and weights, every training row exactly once), combine the weight
+    files' scores over all rows, and publish."""
     src = source(dt, dataset)
     parts = [_part(src, shard_name((i, n))) for i in range(n)]
     first = lake.manifest(parts[0])
@@ -123,6 +215,12 @@ def merge_influence(lake: Lake, dt: str | None, n: int, *, dataset: str | None =
         src.path(SCORES_INFLUENCE),
         src.dt,
         expected,
-        extra={"surrogate": lake.partition(src.path(SURROGATE), src.dt)},
+        extra={"surrogate": lake.partition(src.path(SURROGATE), src.dt)}
+        | ({"weights": first["weights"]} if first and "weights" in first else {}),
+        finish=combined_table,
     )
-    return StepResult("merge-influence", {"scores": pub.uri}, {"samples": table.num_rows, "shards": n}, pub.changed)
+    counts = {"samples": table.num_rows, "shards": n, "weights": len(member_columns(table))}
+    members = (first or {}).get("counts", {}).get("members")  # shard 0's count of distinct members
+    if members is not None:
+        counts["members"] = members
+    return StepResult("merge-influence", {"scores": pub.uri}, counts, pub.changed)

@@ -51,7 +51,7 @@ def train_surrogate_once(lake: Lake, dt: str, cfg: SurrogateConfig) -> StepResul
     Training is not bit-reproducible on CPU threads (and its metrics carry timings), so a retrained surrogate
     always republishes, and with it every score, the coreset and a second MLflow run for unchanged inputs. The
     surrogate's manifest records the checksum of the samples it was trained on; new samples or another config
-    train again.
+    (``members`` included: a partition from before ensembles has none in its config) train again.
     """
     from dealrec_tasks.data.schema import SURROGATE
     from dealrec_tasks.steps.surrogate import samples_sha256, source, train_surrogate
@@ -69,17 +69,18 @@ def train_surrogate_once(lake: Lake, dt: str, cfg: SurrogateConfig) -> StepResul
 
 
 def solve_influence_once(lake: Lake, dt: str, cfg: InfluenceConfig) -> StepResult:
-    """``solve_influence``, unless ``dt``'s solve is already published for ``cfg`` and the current surrogate.
+    """``solve_influence``, unless ``dt``'s solve is already published for ``cfg`` and the current surrogate's
+    influence weights (the same checksums of its ``influence_weights`` files, in order).
 
     The solve's ``solve.json`` carries timings, so solving again always republishes (with the same v and u).
     """
     from dealrec_tasks.data.schema import SURROGATE
     from dealrec_tasks.steps.influence import _part, solve_influence
-    from dealrec_tasks.steps.surrogate import MODEL_FILE, source
+    from dealrec_tasks.steps.surrogate import influence_sha256, source
 
     part = _part(source(dt, None), "solve")
     done = lake.manifest(part)
-    identity = {"surrogate_sha256": lake.require_manifest(SURROGATE, dt)["files"][MODEL_FILE]["sha256"]}
+    identity = {"surrogate_sha256": influence_sha256(lake.require_manifest(SURROGATE, dt))}
     if done is not None and done.get("config") == json.loads(json.dumps(cfg.to_dict() | identity)):
         why = f"influence solve dt={dt}: already published for this config and surrogate ({done['created_at']})"
         return StepResult("influence-solve", {"solve": lake.partition(part)}, done.get("counts", {}), False, [why])

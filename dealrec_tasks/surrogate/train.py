@@ -33,6 +33,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     warm_start: bool = False
     seconds: float = 0.0
+    # (epoch, state_dict) of the last ``cfg.checkpoints`` evaluated epochs up to the best one, oldest first
+    checkpoints: list[tuple[int, dict[str, Tensor]]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         times = [h["train_s"] for h in self.history]
@@ -80,6 +82,8 @@ def train(
     key = f"recall@{cfg.metric_k}"
     lengths = np.minimum(train.lengths - 1, cfg.max_len)
     best, best_epoch, best_state, stale = -1.0, 0, None, 0
+    window: list[tuple[int, dict[str, Tensor]]] = []  # the last cfg.checkpoints evaluated epochs
+    kept: list[tuple[int, dict[str, Tensor]]] = []  # the window as it was at the best epoch
     history: list[dict[str, Any]] = []
     epoch = 0
     for epoch in progress(range(1, cfg.max_epochs + 1), desc="surrogate epochs", unit="epoch"):
@@ -103,9 +107,11 @@ def train(
             t1 = time.perf_counter()
             metrics = evaluate(model, valid, cfg.eval_batch_size) if len(valid.inputs) else {key: 0.0}
             row.update({f"valid_{k}": v for k, v in metrics.items() if k != "users"}, eval_s=time.perf_counter() - t1)
+            window = [*window, (epoch, copy.deepcopy(model.state_dict()))][-cfg.checkpoints :]
             if metrics[key] > best:
                 best, best_epoch, stale = metrics[key], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = window[-1][1]
+                kept = list(window)
             else:
                 stale += 1
         history.append(row)
@@ -124,4 +130,5 @@ def train(
         history=history,
         warm_start=init_state is not None,
         seconds=time.perf_counter() - started,
+        checkpoints=kept if best_state is not None else [(epoch, copy.deepcopy(model.state_dict()))],
     )

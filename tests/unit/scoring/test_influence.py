@@ -206,3 +206,41 @@ def test_stratified_negatives_are_distinct_seeded_and_cover_head_and_tail():
     for seed in range(300):
         hits[negative_set(1000, 100, seed=seed, popularity=popularity).numpy() - 1] += 1
     assert abs(hits.mean() / 300 - 0.1) < 1e-9 and hits.max() / 300 < 0.25
+
+
+def _combine_loop(scores: list[list[float]]) -> list[float]:
+    """Naive float64 reference of ``combine_members``: plain Python loops."""
+    n = len(scores[0])
+    out = [0.0] * n
+    for member in scores:
+        rms = (sum(float(x) * float(x) for x in member) / n) ** 0.5
+        for j in range(n):
+            out[j] += (float(member[j]) / rms if rms > 0 else 0.0) / len(scores)
+    return out
+
+
+def test_combine_members_equals_a_naive_float64_loop():
+    from dealrec_tasks.scoring.influence import combine_members
+
+    rng = np.random.default_rng(0)
+    n = 37
+    members = [
+        rng.standard_normal(n) * 1e-3,  # small scale
+        rng.standard_normal(n) * 50 + 3,  # large scale, mostly positive
+        np.zeros(n),  # a member with no signal contributes 0
+        rng.standard_normal(n).astype(np.float32),  # float32 input is combined in float64
+    ]
+    got = combine_members(members)
+    assert got.dtype == np.float64 and got.shape == (n,)
+    np.testing.assert_allclose(got, _combine_loop([m.tolist() for m in members]), rtol=1e-12, atol=1e-15)
+    # One member: its scores over their RMS; the sign of every score kept (not centred), and 0 stays 0.
+    one = np.array([3.0, -4.0, 0.0, 1.0])
+    np.testing.assert_allclose(combine_members([one]), one / np.sqrt(np.mean(one**2)), rtol=1e-15)
+    # Scale-free per member: rescaling one member (by a positive factor) changes nothing.
+    np.testing.assert_allclose(combine_members([members[0] * 1e6, members[1]]), combine_members(members[:2]))
+    assert combine_members([np.zeros(3), np.zeros(3)]).tolist() == [0.0, 0.0, 0.0]
+    assert combine_members([np.zeros(0)]).shape == (0,)
+    with pytest.raises(ValueError):
+        combine_members([])
+    with pytest.raises(ValueError):
+        combine_members([np.ones(3), np.ones(4)])

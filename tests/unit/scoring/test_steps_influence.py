@@ -1,23 +1,40 @@
-"""Steps on a tiny synthetic lake: surrogate (cold, then warm), influence solve, shards, merge."""
+"""Steps on a tiny synthetic lake: surrogate ensemble (cold, then warm) with its kept checkpoints, influence solve,
+shards, merge."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from dealrec_tasks.config import IngestConfig, SamplesConfig, SyntheticConfig
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.scoring.config import InfluenceConfig
+from dealrec_tasks.scoring.influence import combine_members, influence
 from dealrec_tasks.steps import ingest, pending_days, samples, synthetic
 from dealrec_tasks.steps.influence import merge_influence, score_influence, solve_influence
-from dealrec_tasks.steps.surrogate import train_surrogate
-from dealrec_tasks.storage import Lake
+from dealrec_tasks.steps.pipeline import solve_influence_once, train_surrogate_once
+from dealrec_tasks.steps.surrogate import (
+    Source,
+    influence_sha256,
+    influence_weights,
+    load_ensemble,
+    load_influence_models,
+    load_model,
+    read_samples,
+    train_surrogate,
+)
+from dealrec_tasks.storage import Lake, join_uri
+from dealrec_tasks.surrogate.batching import train_seqs
 from dealrec_tasks.surrogate.config import SurrogateConfig
 
+ICFG = InfluenceConfig(negatives=16, hvp_samples=0, cg_tol=1e-10, dtype="float64")
+# Learns on every epoch of the tiny lake (best epoch >= 2 for every member): members x checkpoints weight files.
+LEARNS = dict(lr=1e-2, max_epochs=4, patience=4, cold_start=True)
 
-@pytest.fixture(scope="module")
-def lake(tmp_path_factory):
-    lake = Lake(str(tmp_path_factory.mktemp("lake")))
+
+def _lake(path) -> Lake:
+    lake = Lake(str(path))
     res = synthetic(lake, SyntheticConfig(users=120, items=40, days=4, events_per_day=300))
     for dt in pending_days(lake):
         ingest(lake, dt, IngestConfig())
@@ -29,29 +46,242 @@ def lake(tmp_path_factory):
     return lake
 
 
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    return _lake(tmp_path_factory.mktemp("lake"))
+
+
+def _scores(lake: Lake, dt: str):
+    return lake.read("scores_influence", dt, "influence.parquet").to_pandas()
+
+
+def _columns(lake: Lake, dt: str) -> list[str]:
+    """The merged scores' columns the surrogate's influence weight list implies."""
+    files = len(influence_weights(lake.manifest("surrogate", dt)))
+    return ["sample_id", "influence"] + [f"influence_m{j}" for j in range(files)]
+
+
+def _republish_as_old(lake: Lake, dt: str, files: tuple[str, ...], drop: tuple[str, ...]) -> None:
+    """Republish ``dt``'s surrogate as older code wrote it: only ``files``, no ``influence_weights`` list, and the
+    config / counts without the keys ``drop``."""
+    manifest = lake.manifest("surrogate", dt)
+    part = lake.partition("surrogate", dt)
+    blobs = {name: lake.storage.read_bytes(join_uri(part, name)) for name in files}
+    config = {k: v for k, v in manifest["config"].items() if k not in drop}
+    counts = {k: v for k, v in manifest["counts"].items() if k not in drop}
+    lake.publish(
+        "surrogate", dt, {}, config=config, extra={"counts": counts, "source": manifest["source"]}, blobs=blobs
+    )
+    assert "influence_weights" not in lake.manifest("surrogate", dt)
+
+
 def test_surrogate_cold_then_warm_and_influence_shards(lake):
     d3, d4 = lake.days[-2:]
     cfg = SurrogateConfig.tiny(hidden=8, max_epochs=3, patience=2)
+    assert cfg.members == 2
     first = train_surrogate(lake, d3, cfg)
     assert not first.counts["warm_start"] and "no earlier checkpoint" in first.notes[0]
     second = train_surrogate(lake, d4, cfg)
     assert second.counts["warm_start"] and f"dt={d3}" in second.notes[0]
+    assert len(second.notes) == 1  # member i warm-started from member i: no fallback
+    assert [m["warm_start"] for m in second.counts["per_member"]] == [True, True]
     cold = train_surrogate(lake, d4, SurrogateConfig.tiny(hidden=8, max_epochs=3, patience=2, cold_start=True))
     assert not cold.counts["warm_start"]
+    assert not any(m["warm_start"] for m in cold.counts["per_member"])
 
-    icfg = InfluenceConfig(negatives=16, hvp_samples=0, cg_tol=1e-10, dtype="float64")
+    icfg = ICFG
     whole = score_influence(lake, d4, icfg, (0, 1))
-    assert "solved locally" in whole.notes[0]
+    assert "solved locally" in whole.notes[0] and whole.counts["members"] == 2
     merged_one = merge_influence(lake, d4, 1)
-    one = lake.read("scores_influence", d4, "influence.parquet").to_pandas()
+    one = _scores(lake, d4)
     solve_influence(lake, d4, icfg)
     for i in range(3):
         r = score_influence(lake, d4, icfg, (i, 3))
         assert not r.notes  # used the published solve
     merge_influence(lake, d4, 3)
-    three = lake.read("scores_influence", d4, "influence.parquet").to_pandas()
-    assert merged_one.counts["samples"] == len(three)
+    three = _scores(lake, d4)
+    assert merged_one.counts["samples"] == len(three) and merged_one.counts["members"] == 2
+    assert merged_one.counts["weights"] == len(_columns(lake, d4)) - 2 >= 2
+    assert list(three.columns) == _columns(lake, d4)
     np.testing.assert_array_equal(one.sample_id, three.sample_id)
-    np.testing.assert_allclose(one.influence, three.influence, rtol=1e-6, atol=1e-9)  # float32: BLAS blocking
+    for col in _columns(lake, d4)[1:]:
+        np.testing.assert_allclose(one[col], three[col], rtol=1e-6, atol=1e-9)  # float32: BLAS blocking
     with pytest.raises(InputError, match="not published"):
         merge_influence(lake, d4, 2)
+
+
+def test_members_are_published_and_loadable(lake):
+    d3, d4 = lake.days[-2:]
+    res = train_surrogate(lake, d4, SurrogateConfig.tiny(members=3, seed=7))
+    manifest = lake.manifest("surrogate", d4)
+    assert {"model.pt", "model_1.pt", "model_2.pt", "metrics.json"} <= set(manifest["files"])
+    assert manifest["config"]["members"] == 3 and manifest["counts"]["members"] == 3
+    assert [m["seed"] for m in res.counts["per_member"]] == [7, 8, 9]
+    assert res.counts["valid_recall"] == res.counts["per_member"][0]["valid_recall"]  # member 0's keys kept
+    # d3 has 2 members: member 2 falls back to its member 0, with a note.
+    assert any("member 2" in n and "member 0" in n for n in res.notes)
+    models, _ = load_ensemble(lake, Source(d4, None))
+    assert len(models) == 3
+    first, _ = load_model(lake, Source(d4, None))
+    for k, v in first.state_dict().items():
+        assert torch.equal(v, models[0].state_dict()[k]), k  # load_model is member 0
+    emb = [m.item_emb.weight.detach() for m in models]
+    assert not torch.equal(emb[0], emb[1]) and not torch.equal(emb[1], emb[2])  # different seeds
+    metrics = lake.storage.read_json(join_uri(lake.partition("surrogate", d4), "metrics.json"))
+    assert len(metrics["members"]) == 3 and metrics["history"] == metrics["members"][0]["history"]
+    # A corrupt member is refused, naming its file.
+    uri = join_uri(lake.partition("surrogate", d4), "model_2.pt")
+    good = lake.storage.read_bytes(uri)
+    lake.storage.write_bytes(uri, good + b"x")
+    with pytest.raises(InputError, match="model_2.pt: checksum differs"):
+        load_ensemble(lake, Source(d4, None))
+    with pytest.raises(InputError, match="model_2.pt: checksum differs"):
+        load_influence_models(lake, Source(d4, None))
+    lake.storage.write_bytes(uri, good)
+
+
+def test_every_members_kept_checkpoints_are_published_in_order(lake):
+    d4 = lake.days[-1]
+    cfg = SurrogateConfig.tiny(members=2, checkpoints=2, **LEARNS)
+    res = train_surrogate(lake, d4, cfg)
+    manifest = lake.manifest("surrogate", d4)
+    weights = manifest["influence_weights"]
+    best = [m["best_epoch"] for m in res.counts["per_member"]]
+    assert min(best) >= cfg.checkpoints  # this config learns: every member keeps `checkpoints` epochs
+    expected = []
+    for i, b in enumerate(best):  # member-major, epochs ascending, the best (model*.pt) last
+        expected += [
+            {"file": f"ckpt_{i}_e{e}.pt", "member": i, "epoch": e, "best": False}
+            for e in range(b - cfg.checkpoints + 1, b)
+        ]
+        expected.append({"file": "model.pt" if i == 0 else f"model_{i}.pt", "member": i, "epoch": b, "best": True})
+    assert weights == expected and len(weights) == cfg.members * cfg.checkpoints
+    assert set(manifest["files"]) == {w["file"] for w in weights} | {"metrics.json"}
+    assert res.counts["checkpoints"] == 2 and res.counts["influence_files"] == 4 and res.counts["members"] == 2
+    assert influence_sha256(manifest) == [manifest["files"][w["file"]]["sha256"] for w in weights]
+
+    src = Source(d4, None)
+    models, _ = load_influence_models(lake, src)
+    members, _ = load_ensemble(lake, src)
+    assert len(models) == 4 and len(members) == 2
+    for k, v in members[1].state_dict().items():
+        assert torch.equal(models[3].state_dict()[k], v), k  # the member's best is its last file
+    assert not torch.equal(models[2].item_emb.weight, models[3].item_emb.weight)  # an earlier epoch differs
+    # A checkpoint file is checksum-verified like a member's.
+    ckpt = weights[2]["file"]  # member 1's checkpoint before its best
+    uri = join_uri(lake.partition("surrogate", d4), ckpt)
+    good = lake.storage.read_bytes(uri)
+    lake.storage.write_bytes(uri, good + b"x")
+    with pytest.raises(InputError, match=f"{ckpt}: checksum differs"):
+        load_influence_models(lake, src)
+    lake.storage.write_bytes(uri, good)
+    # A list naming a file the manifest does not hold is refused.
+    broken = manifest | {"influence_weights": weights + [{"file": "ckpt_9_e1.pt", "member": 9, "epoch": 1}]}
+    with pytest.raises(InputError, match="ckpt_9_e1.pt"):
+        influence_weights(broken)
+
+
+def test_sharded_ensemble_equals_the_ensemble_computed_directly(lake):
+    d4 = lake.days[-1]
+    train_surrogate(lake, d4, SurrogateConfig.tiny(seed=3, **LEARNS))
+    solve_influence(lake, d4, ICFG)
+    for i in range(2):
+        assert not score_influence(lake, d4, ICFG, (i, 2)).notes
+    merge_influence(lake, d4, 2)
+    merged = _scores(lake, d4)
+    src = Source(d4, None)
+    table, n_items = read_samples(lake, src)
+    seqs = train_seqs(table, n_items)
+    models, _ = load_influence_models(lake, src)
+    assert len(models) == 4  # 2 members x 2 checkpoints
+    raw = [influence(model, seqs, ICFG).influence for model in models]  # one process, every row
+    assert list(merged.columns) == _columns(lake, d4)
+    np.testing.assert_array_equal(merged.sample_id, seqs.sample_id)
+    for m, r in enumerate(raw):
+        np.testing.assert_allclose(merged[f"influence_m{m}"], r, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(merged.influence, combine_members(raw), rtol=1e-9, atol=1e-12)
+    assert not np.allclose(raw[0], raw[1]) and not np.allclose(raw[1], raw[3])  # checkpoints and members differ
+
+
+def test_a_rerun_with_unchanged_inputs_is_a_no_op(lake):
+    d4 = lake.days[-1]
+    cfg = SurrogateConfig.tiny(seed=11)
+    train_surrogate_once(lake, d4, cfg)
+    again = train_surrogate_once(lake, d4, cfg)
+    assert not again.changed and "already trained" in again.notes[0] and again.counts["members"] == 2
+    solve_influence_once(lake, d4, ICFG)
+    solved = solve_influence_once(lake, d4, ICFG)
+    assert not solved.changed and "already published" in solved.notes[0]
+    for _ in range(2):
+        shard = score_influence(lake, d4, ICFG, (0, 1))
+        merged = merge_influence(lake, d4, 1)
+    assert not shard.changed and not merged.changed and not shard.notes
+    # A retrained ensemble (new member checksums) makes the published solve stale: it is not used.
+    assert train_surrogate_once(lake, d4, SurrogateConfig.tiny(seed=12)).changed
+    assert "no matching published solve" in score_influence(lake, d4, ICFG, (0, 1)).notes[0]
+    assert solve_influence_once(lake, d4, ICFG).changed
+
+
+def test_a_solve_for_other_weights_is_not_used(lake):
+    d4 = lake.days[-1]
+    train_surrogate(lake, d4, SurrogateConfig.tiny(seed=1, **LEARNS))
+    assert len(influence_weights(lake.manifest("surrogate", d4))) == 4
+    assert solve_influence_once(lake, d4, ICFG).changed
+    assert not score_influence(lake, d4, ICFG, (0, 1)).notes
+    # The same member best files, but without their checkpoints: other weights, so the solve is stale.
+    _republish_as_old(lake, d4, ("model.pt", "model_1.pt", "metrics.json"), ())
+    assert len(influence_weights(lake.manifest("surrogate", d4))) == 2
+    shard = score_influence(lake, d4, ICFG, (0, 1))
+    assert shard.changed and "no matching published solve" in shard.notes[0] and shard.counts["weights"] == 2
+    assert solve_influence_once(lake, d4, ICFG).changed
+
+
+def test_an_old_single_member_partition_still_loads_and_scores(tmp_path):
+    lake = _lake(tmp_path / "lake")
+    d3, d4 = lake.days[-2:]
+    train_surrogate(lake, d3, SurrogateConfig.tiny(members=1, **LEARNS))
+    # Republish it as the code before ensembles wrote it: model.pt only, no `members` in config or counts.
+    old = ("members", "per_member", "checkpoints", "influence_files")
+    _republish_as_old(lake, d3, ("model.pt", "metrics.json"), old)
+    assert "members" not in lake.manifest("surrogate", d3)["config"]
+
+    models, manifest = load_influence_models(lake, Source(d3, None))
+    assert len(models) == 1 and influence_sha256(manifest) == [manifest["files"]["model.pt"]["sha256"]]
+    solve_influence(lake, d3, ICFG)
+    assert not score_influence(lake, d3, ICFG, (0, 1)).notes
+    assert merge_influence(lake, d3, 1).counts["members"] == 1
+    scores = _scores(lake, d3)
+    assert list(scores.columns) == ["sample_id", "influence", "influence_m0"]
+    raw = scores.influence_m0.to_numpy()
+    np.testing.assert_allclose(scores.influence, raw / np.sqrt(np.mean(raw**2)), rtol=1e-12)  # raw / RMS
+
+    # A 2-member ensemble the next day warm-starts both members from the old single model.
+    res = train_surrogate(lake, d4, SurrogateConfig.tiny(members=2))
+    assert [m["warm_start"] for m in res.counts["per_member"]] == [True, True]
+    assert any("member 1: dt=" in n and "its member 0" in n for n in res.notes)
+    # The old partition's config lacks `members`: train_surrogate_once retrains instead of reusing it.
+    assert train_surrogate_once(lake, d3, SurrogateConfig.tiny(members=1)).changed
+
+
+def test_an_old_ensemble_partition_without_checkpoints_still_loads_and_scores(tmp_path):
+    lake = _lake(tmp_path / "lake")
+    d4 = lake.days[-1]
+    train_surrogate(lake, d4, SurrogateConfig.tiny(members=2, **LEARNS))
+    # As the code before checkpoint averaging wrote it: model.pt + model_1.pt, no list, no `checkpoints`.
+    _republish_as_old(lake, d4, ("model.pt", "model_1.pt", "metrics.json"), ("checkpoints", "influence_files"))
+    src = Source(d4, None)
+    models, manifest = load_influence_models(lake, src)
+    members, _ = load_ensemble(lake, src)
+    assert len(models) == 2 and [w["file"] for w in influence_weights(manifest)] == ["model.pt", "model_1.pt"]
+    for a, b in zip(models, members):
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert influence_sha256(manifest) == [manifest["files"][f]["sha256"] for f in ("model.pt", "model_1.pt")]
+    solve_influence(lake, d4, ICFG)
+    for i in range(2):
+        assert not score_influence(lake, d4, ICFG, (i, 2)).notes  # the published solve is used
+    res = merge_influence(lake, d4, 2)
+    assert res.counts["weights"] == 2 and res.counts["members"] == 2
+    scores = _scores(lake, d4)
+    assert list(scores.columns) == ["sample_id", "influence", "influence_m0", "influence_m1"]
+    raw = [influence(model, train_seqs(*read_samples(lake, src)), ICFG).influence for model in members]
+    np.testing.assert_allclose(scores.influence, combine_members(raw), rtol=1e-9, atol=1e-12)

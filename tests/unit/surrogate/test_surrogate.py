@@ -182,3 +182,29 @@ def test_weighted_negatives_gradient_and_unbiasedness():
         [bce_expected(h, pos, negative_set(n, 20, s, popularity, 6), item_w).detach() for s in range(2000)]
     ).mean(0)
     torch.testing.assert_close(mean, exact, rtol=2e-2, atol=0)
+
+
+def test_members_default_and_validation():
+    from dealrec_tasks.errors import ConfigError
+
+    assert SurrogateConfig().members == 3 and SurrogateConfig.tiny().members == 2
+    with pytest.raises(ConfigError, match="members=0: must be >= 1"):
+        SurrogateConfig(members=0)
+    assert SurrogateConfig.from_dict({"hidden": 8, "heads": 2}).members == 3  # a config stored before ensembles
+
+
+def test_training_keeps_the_checkpoints_up_to_the_best_epoch():
+    t = _synthetic()
+    seqs, valid = train_seqs(t, N), eval_set(t, "valid", N)
+    cfg = SurrogateConfig.tiny(hidden=16, max_epochs=40, patience=3, lr=1e-2, batch_size=16, checkpoints=3)
+    res = train(seqs, valid, N, cfg)
+    epochs = [e for e, _ in res.checkpoints]
+    assert epochs == list(range(max(1, res.best_epoch - 2), res.best_epoch + 1))  # eval_every = 1
+    for k, v in res.model.state_dict().items():  # the last kept checkpoint is the returned (best) model
+        assert torch.equal(res.checkpoints[-1][1][k], v), k
+    first, last = res.checkpoints[0][1], res.checkpoints[-1][1]
+    if len(epochs) > 1:
+        assert any(not torch.equal(first[k], last[k]) for k in first)  # distinct weights, not one state aliased
+    every_other = train(seqs, valid, N, SurrogateConfig.tiny(hidden=16, max_epochs=8, eval_every=2, checkpoints=2))
+    assert all(e % 2 == 0 for e, _ in every_other.checkpoints)  # only evaluated epochs are kept
+    assert every_other.checkpoints[-1][0] == every_other.best_epoch
