@@ -66,6 +66,8 @@ class Groups:
     pruned: int = 0  # candidates dropped by the hard prune
     prune_threshold: float | None = None  # lowest dropped score (None: nothing dropped)
     remainder: int = 0  # samples handed out after the floors (see ``allocate``)
+    kept: np.ndarray | None = None  # [M] rows that entered the strata (None: every row)
+    dropped: str = "top"  # which end the ``pruned`` rows came from: "top" (hard prune) or "low" (below the pool)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,7 @@ class Groups:
             "pruned": self.pruned,
             "prune_threshold": self.prune_threshold,
             "remainder": self.remainder,
+            "dropped": self.dropped,
         }
 
 
@@ -226,8 +229,36 @@ def stratified(score: np.ndarray, n: int, k: int, prune: float, rng: np.random.G
     dropped = np.ones(len(score), dtype=bool)
     dropped[keep] = False
     threshold = float(score[dropped].min()) if n_pruned else None  # lowest dropped score
-    groups = Groups("stratum", sizes, budgets, order, edges, n_pruned, threshold, remainder)
+    groups = Groups("stratum", sizes, budgets, order, edges, n_pruned, threshold, remainder, keep)
     return Selection(chosen[sort], stratum[take][sort].astype(np.int32), score, groups)
+
+
+def quantile_strata(score: np.ndarray, n: int, k: int, pool: float, rng: np.random.Generator) -> Selection:
+    """n rows from the top ``pool`` share of ``score`` [N], spread evenly over k equal-count strata of its ranks.
+
+    Why not the paper's equal-width strata: on a skewed score (influence has a long negative tail) most equal-width
+    strata are nearly empty, the smallest-first allocation hands them most of the budget, and the coreset ends up
+    in the low tail. Ranks make every stratum the same size, so the budget follows the pool's mass; dropping the
+    low tail instead of the top keeps out what the surrogate finds unhelpful or harmful (negative influence, bots),
+    and the strata keep the coverage of the score range inside the pool. The pool holds max(ceil(pool * N), n).
+    """
+    size = len(score)
+    m = min(size, max(int(math.ceil(pool * size)), n))
+    k = min(k, m)  # every stratum holds at least one row
+    order = np.argsort(-score, kind="stable")[:m]  # [m] the pool, best first (ties: lower row first)
+    rank_stratum = (np.arange(m) * k) // m  # [m] equal-count strata, 0 = the best scores
+    stratum = (k - 1 - rank_stratum).astype(np.int64)  # 0 = the lowest scores, as the paper numbers them
+    sizes = np.bincount(stratum, minlength=k)
+    budgets, visit, remainder = allocate(sizes, n)
+    take = _take_per_group(stratum, budgets, rng)
+    chosen = order[take]
+    sort = np.argsort(chosen)
+    pooled = score[order]
+    edges = np.asarray([pooled[stratum == g].min() for g in range(k)] + [pooled[0]])  # [k + 1] ascending
+    groups = Groups("stratum", sizes, budgets, visit, edges, size - m, None, remainder, np.sort(order), "low")
+    sel = Selection(chosen[sort], stratum[take][sort].astype(np.int32), score, groups)
+    sel.info = {"pool": m, "pool_min_score": float(pooled[-1])}
+    return sel
 
 
 def top_n(score: np.ndarray, n: int) -> Selection:
@@ -333,6 +364,11 @@ def _greedy(c: Candidates, cfg: SelectConfig, n: int, rng) -> Selection:
     return top_n(overall_score(c.need("influence"), c.need("effort"), cfg.lam), n)
 
 
+def _quantile(c: Candidates, cfg: SelectConfig, n: int, rng) -> Selection:
+    score = overall_score(c.need("influence"), c.need("effort"), cfg.lam)
+    return quantile_strata(score, n, cfg.k, cfg.pool, rng)
+
+
 def _random(c: Candidates, cfg: SelectConfig, n: int, rng) -> Selection:
     return Selection(np.sort(rng.choice(c.size, n, replace=False)), np.full(n, -1, dtype=np.int32), None)
 
@@ -355,6 +391,9 @@ def _recranker(c: Candidates, cfg: SelectConfig, n: int, rng) -> Selection:
 
 STRATEGIES: dict[str, Strategy] = {
     "dealrec": Strategy(("influence", "effort"), _dealrec, "influence + lambda * effort, hard prune, k strata"),
+    "quantile": Strategy(
+        ("influence", "effort"), _quantile, "influence + lambda * effort, top pool share, k equal-count strata"
+    ),
     "random": Strategy((), _random, "n uniformly random candidates"),
     "grand": Strategy(("grand",), _grand, "top n by the surrogate's per-sample gradient norm (GraNd)"),
     "el2n": Strategy(("el2n",), _el2n, "top n by the surrogate's error L2 norm (EL2N)"),
@@ -380,6 +419,7 @@ class SelectConfig(_Config):
     lam: float = opt(0.3, "lambda, weight of the effort score (paper: 0.3 Games, 1.0 Book/MicroLens)")
     k: int = opt(50, "number of equal-width score strata")
     hard_prune: float = opt(0.1, "fraction of the highest-scored candidates dropped before the strata")
+    pool: float = opt(0.2, "quantile: share of the candidates, best overall scores first, that it samples from")
     clusters: int = opt(10, "recranker: k-means clusters of users")
     block: str = opt("attn_out", f"grand: surrogate Linear block of the gradient norm ({', '.join(GRAD_BLOCKS)})")
     negatives: int = opt(4096, "grand/el2n/ccs: fixed, seeded set of negative items of the surrogate's loss")
@@ -400,6 +440,7 @@ class SelectConfig(_Config):
         _require(self.lam >= 0, f"lam={self.lam}: lambda must be >= 0")
         _require(self.k >= 1, f"k={self.k}: must be >= 1")
         _require(0 <= self.hard_prune < 1, f"hard_prune={self.hard_prune}: must be in [0, 1)")
+        _require(0 < self.pool <= 1, f"pool={self.pool}: must be in (0, 1]")
         _require(self.clusters >= 1, f"clusters={self.clusters}: must be >= 1")
         _require(self.block in GRAD_BLOCKS, f"block={self.block!r}: choose one of {list(GRAD_BLOCKS)}")
         _require(self.negatives >= 1, f"negatives={self.negatives}: must be >= 1")
@@ -426,7 +467,7 @@ def select(candidates: Candidates, cfg: SelectConfig) -> Selection:
     sel = STRATEGIES[cfg.strategy].run(candidates, cfg, n, rng)
     if len(sel.indices) != n or len(np.unique(sel.indices)) != n:  # an invariant, not an input error
         raise AssertionError(f"strategy {cfg.strategy!r} returned {len(sel.indices)} rows for n={n}")
-    sel.info = {"strategy": cfg.strategy, "n": n, "candidates": candidates.size}
+    sel.info = {"strategy": cfg.strategy, "n": n, "candidates": candidates.size} | sel.info
     return sel
 
 

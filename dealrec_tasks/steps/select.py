@@ -290,11 +290,12 @@ def _report(sel: Selection, cfg: SelectConfig, cov: dict[str, Any], interactions
     if g is not None and g.kind == "stratum" and sel.score is not None:
         score = sel.score
         kept = np.zeros(len(score), bool)
-        kept[hard_prune(score, cfg.hard_prune)] = True
+        kept[hard_prune(score, cfg.hard_prune) if g.kept is None else g.kept] = True
         edges = g.edges
         ax.hist(score[kept], bins=edges, color="0.75", label=f"candidates ({int(kept.sum())})")
         if g.pruned:
-            ax.hist(score[~kept], bins=30, color="tab:red", alpha=0.6, label=f"hard-pruned ({g.pruned})")
+            what = "hard-pruned" if g.dropped == "top" else "below the pool"
+            ax.hist(score[~kept], bins=30, color="tab:red", alpha=0.6, label=f"{what} ({g.pruned})")
         ax.hist(score[sel.indices], bins=edges, color="tab:blue", label=f"selected ({len(sel.indices)})")
         for e in edges:
             ax.axvline(e, color="0.4", lw=0.3)

@@ -238,3 +238,66 @@ def test_size_from_n_or_ratio():
         SelectConfig().size(1000)
     with pytest.raises(ConfigError, match=r"ratio=0.001: selects no sample"):
         SelectConfig(n=None, ratio=0.001).size(100)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# quantile: top pool share, equal-count strata of the ranks
+# ---------------------------------------------------------------------------------------------------------
+def naive_quantile_strata(score: np.ndarray, n: int, k: int, pool: float) -> tuple[list[list[int]], list[int]]:
+    """Members of each stratum (lowest scores first) and the paper's budgets, written plainly with a full sort."""
+    size = max(math.ceil(pool * len(score)), n)
+    best_first = sorted(range(len(score)), key=lambda i: (-score[i], i))[:size]
+    k = min(k, size)
+    groups: list[list[int]] = [[] for _ in range(k)]
+    for rank, row in enumerate(best_first):
+        groups[k - 1 - (rank * k) // size].append(row)
+    return groups, paper_allocation([len(g) for g in groups], n)
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "n", "k", "pool"), [(1000, 64, 10, 0.2), (997, 50, 7, 0.1), (300, 200, 50, 0.3), (40, 10, 50, 0.5)]
+)
+def test_quantile_strata_match_a_plain_reference(n_rows, n, k, pool):
+    rng = np.random.default_rng(n_rows)
+    score = -rng.lognormal(0, 1.5, n_rows)  # a long low tail, as influence has
+    score[::13] = score[0]  # ties
+    groups, budgets = naive_quantile_strata(score, n, k, pool)
+    sel = stratified_quantile(score, n, k, pool, seed=3)
+    assert len(sel.indices) == n == len(np.unique(sel.indices))
+    assert sel.groups.sizes.tolist() == [len(g) for g in groups]
+    assert sel.groups.budgets.tolist() == budgets
+    pool_rows = {r for g in groups for r in g}
+    assert set(sel.indices.tolist()) <= pool_rows  # nothing below the pool
+    for g, members in enumerate(groups):  # each stratum gives exactly its budget, from its own members
+        picked = set(sel.indices[sel.group == g].tolist())
+        assert len(picked) == budgets[g] and picked <= set(members)
+    assert sel.groups.pruned == n_rows - len(pool_rows) and sel.groups.dropped == "low"
+    edges = sel.groups.edges
+    assert np.all(np.diff(edges) >= 0) and edges[-1] == score.max()
+
+
+def stratified_quantile(score, n, k, pool, seed):
+    from dealrec_tasks.selection import quantile_strata
+
+    return quantile_strata(score, n, k, pool, np.random.default_rng(seed))
+
+
+def test_quantile_takes_no_sample_below_the_pool_and_the_pool_grows_to_n():
+    score = np.arange(100, dtype=np.float64)
+    sel = stratified_quantile(score, 10, 5, 0.2, seed=0)
+    assert sel.indices.min() >= 80  # the top 20
+    assert sel.info["pool"] == 20
+    wide = stratified_quantile(score, 30, 5, 0.2, seed=0)  # pool * N < n: the pool holds n, i.e. the top n
+    np.testing.assert_array_equal(wide.indices, np.arange(70, 100))
+    everything = stratified_quantile(score, 10, 5, 1.0, seed=0)  # pool 1: stratified over all ranks
+    assert np.bincount(everything.group, minlength=5).tolist() == [2] * 5
+
+
+def test_quantile_through_select_uses_the_overall_score():
+    cands = _candidates(400)
+    sel = select(cands, SelectConfig(strategy="quantile", n=40, pool=0.25, lam=0.3))
+    overall = overall_score(cands.influence, cands.effort, 0.3)
+    assert overall[sel.indices].min() >= np.sort(overall)[-100]
+    assert sel.info["strategy"] == "quantile" and sel.info["pool"] == 100
+    with pytest.raises(ConfigError, match="pool=0"):
+        SelectConfig(strategy="quantile", pool=0.0)
