@@ -54,3 +54,26 @@ def _count_above(scores: Tensor, row: Tensor, value: Tensor, chunk: int = 256) -
 def evaluate(model: SASRec, data: EvalSet, batch_size: int = 1024, ks: tuple[int, ...] = KS) -> dict[str, float]:
     """Recall@K / NDCG@K over the rows of ``data`` (every row has at least one target)."""
     return metrics_from_ranks(rank_targets(model, data, batch_size), ks)
+
+
+def popularity_ranks(counts: np.ndarray, data: EvalSet, batch_size: int = 1024) -> list[np.ndarray]:
+    """0-based rank of every target when all items are ranked by ``counts`` [n_items] (item i + 1 at index i),
+    the row's mask applied and ties in the target's favour, as ``rank_targets`` does for a model."""
+    scores_all = torch.as_tensor(np.asarray(counts, dtype=np.float64))  # [n]
+    ranks: list[np.ndarray] = []
+    for start in range(0, len(data.inputs), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(data.inputs)))
+        scores = scores_all.expand(len(rows), -1).clone()  # [B, n]
+        b = torch.from_numpy(np.repeat(np.arange(len(rows)), data.mask.lengths[rows]))
+        m = torch.from_numpy(np.concatenate([data.mask.row(i) for i in rows]) - 1)
+        scores[b, m] = -torch.inf
+        tb = torch.from_numpy(np.repeat(np.arange(len(rows)), data.targets.lengths[rows]))
+        tgt = torch.from_numpy(np.concatenate([data.targets.row(i) for i in rows]) - 1)
+        above = _count_above(scores, tb, scores[tb, tgt]).numpy()
+        ranks.extend(np.split(above, np.cumsum(data.targets.lengths[rows])[:-1]))
+    return ranks
+
+
+def popularity_metrics(counts: np.ndarray, data: EvalSet, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """Recall@K / NDCG@K of the popularity ranking: the reference a coreset-trained backend should beat."""
+    return metrics_from_ranks(popularity_ranks(counts, data), ks)
