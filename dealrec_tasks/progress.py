@@ -18,6 +18,12 @@ def progress(iterable: Iterable[T], desc: str, unit: str = "it", total: int | No
     return iter(tqdm(iterable, desc=desc, unit=unit, total=total, disable=disable, leave=False, dynamic_ncols=True))
 
 
+def progress_bar(total: int, desc: str, unit: str = "it") -> tqdm:
+    """A bar advanced by hand (``bar.update(k)``) for loops that move in uneven steps (batches of samples)."""
+    disable = os.environ.get("DEALREC_PROGRESS", "1") == "0"
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable, leave=False, dynamic_ncols=True)
+
+
 def report(line: str) -> None:
     """A progress line for steps whose unit of progress is not a loop we own (epochs with metrics)."""
     if os.environ.get("DEALREC_PROGRESS", "1") != "0":

@@ -27,7 +27,7 @@ import torch
 
 from dealrec_tasks.llm.config import EffortConfig, LoRAConfig
 from dealrec_tasks.llm.prompts import EncodedPrompt
-from dealrec_tasks.progress import progress
+from dealrec_tasks.progress import progress_bar
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
@@ -165,7 +165,7 @@ class EffortScorer:
         order = np.argsort([len(p.own) for p in prompts], kind="stable")
         out = np.zeros(len(prompts), dtype=np.float64)
         batch_size = self.cfg.batch_size
-        bar = progress(range(len(prompts)), desc=desc, unit="sample")
+        bar = progress_bar(len(prompts), desc=desc, unit="sample")
         pos = 0
         while pos < len(order):
             idx = order[pos : pos + batch_size]
@@ -179,8 +179,8 @@ class EffortScorer:
                     torch.cuda.empty_cache()
                 continue
             pos += len(idx)
-            if hasattr(bar, "update"):
-                bar.update(len(idx))
+            bar.update(len(idx))
+        bar.close()
         return out
 
     # -- internals ----------------------------------------------------------------------------------------
