@@ -159,6 +159,36 @@ def verdict(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def probe_section(paths: list[Path]) -> str:
+    """One compact table of every probe run (other pools, lambda 0, other scores, a fit filter), against random."""
+    lines = [
+        "Probes (`bench/results/coreset_quality_<regime>_probe*.json`; each file's `note` says what differs):",
+        "",
+        "| file | strategy | seeds | R@20 | R@20 vs random | bots (vs random) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        result = json.loads(path.read_text())
+        for strategy, row in result["summary"].items():
+            if strategy == "random":
+                continue
+            bots = ""
+            if result["regime"] == "planted":
+                v = row["vs_random"]["bot_share"]
+                verdict = "resolved" if v["resolved"] else "not resolved"
+                bots = f"{row['bot_share']:.1%} ({100 * v['diff']:+.1f} ± {100 * v['ci95']:.1f} points, {verdict})"
+            cells = [
+                path.stem.removeprefix("coreset_quality_"),
+                strategy,
+                str(row["recall@20"]["n"]),
+                _pm(row["recall@20"]),
+                _vs(row.get("vs_random", {}).get("recall@20")),
+                bots,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render() -> str:
     out = [START, ""]
     results = {
@@ -170,6 +200,9 @@ def render() -> str:
         out += ["Verdict (95% Welch interval of the difference to random excludes 0):", "", verdict(results), ""]
     for name, result in results.items():
         out += [regime_section(name, result), ""]
+    probes = sorted(RESULTS.glob("coreset_quality_*_probe*.json"))
+    if probes:
+        out += [probe_section(probes), ""]
     if "cold" in results:
         out += [stability_section(results["cold"]), ""]
     out.append(END)
