@@ -799,8 +799,10 @@ def plot(result: dict, path: Path) -> None:
     planted = result["regime"] == "planted"
     fig, axes = plt.subplots(1, 3, figsize=(20, 0.5 * len(names) + 3.5))
     y = np.arange(len(names))
-    palette = {"dealrec": "tab:red", "random": "tab:gray", "quantile": "tab:green"}
-    colors = [palette.get(s, "tab:orange" if s in VARIANTS else "tab:blue") for s in names]
+    palette = {"dealrec": "tab:red", "random": "tab:gray", "quantile": "tab:green", "greedy": "tab:blue"}
+    tab10 = plt.get_cmap("tab10").colors
+    others = iter([tab10[i] for i in (1, 4, 5, 6, 8, 9)] * 5)  # probes: colours the four main rules do not use
+    colors = [palette.get(s) or next(others) for s in names]
     ref_style = {
         "popularity": ("purple", ":"),
         "full_data": ("green", "--"),
@@ -831,11 +833,10 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("share of bots in the coreset")
         ax.legend(fontsize=8)
     else:
-        cmap = plt.get_cmap("tab20")
-        for i, s in enumerate(names):
+        for s, color in zip(names, colors):
             rs = result["runs"][s]
             xs = [r["chosen"]["mean_interactions"] for r in rs]
-            ax.scatter(xs, [r["test"]["recall@20"] for r in rs], s=16, color=cmap(i % 20), label=s)
+            ax.scatter(xs, [r["test"]["recall@20"] for r in rs], s=16, color=color, label=s, alpha=0.8)
         ax.set_xlabel("mean interactions of the chosen users")
         ax.set_ylabel("test recall@20")
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
