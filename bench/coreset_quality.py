@@ -74,6 +74,8 @@ VARIANTS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "quantile_fit20": ("quantile", {}, "fit20"),
     "greedy_fit20": ("greedy", {}, "fit20"),
     "quantile_p40_fit20": ("quantile", {"pool": 0.4}, "fit20"),
+    # The same idea as the library's option: the fit filter before the scores are normalised.
+    "quantile_p40_fitprune20": ("quantile", {"pool": 0.4, "fit_prune": 0.2}, ()),
     # Other scores in the influence slot (lambda 0): is it "easy" samples or popular items that help?
     **{f"quantile_easy_p{p}": ("quantile", {"pool": p / 100, "lam": 0.0}, "easy") for p in (10, 20, 40)},
     **{f"quantile_itempop_p{p}": ("quantile", {"pool": p / 100, "lam": 0.0}, "item_pop") for p in (10, 20, 40)},

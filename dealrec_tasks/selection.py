@@ -13,6 +13,7 @@ k-means clusters.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -365,8 +366,21 @@ def _greedy(c: Candidates, cfg: SelectConfig, n: int, rng) -> Selection:
 
 
 def _quantile(c: Candidates, cfg: SelectConfig, n: int, rng) -> Selection:
-    score = overall_score(c.need("influence"), c.need("effort"), cfg.lam)
-    return quantile_strata(score, n, cfg.k, cfg.pool, rng)
+    if cfg.fit_prune == 0:
+        return quantile_strata(overall_score(c.need("influence"), c.need("effort"), cfg.lam), n, cfg.k, cfg.pool, rng)
+    # The fit filter: the samples the surrogate fits worst (highest EL2N: bots, noise) leave before the scores are
+    # normalised, so they neither enter the pool nor stretch the min-max scale of the others.
+    fit = hard_prune(c.need("el2n"), cfg.fit_prune)  # [F] rows kept, ascending
+    if n > len(fit):
+        raise ConfigError(f"n={n} exceeds the {len(fit)} candidates left after fit_prune={cfg.fit_prune}; lower one")
+    kept_score = overall_score(c.need("influence")[fit], c.need("effort")[fit], cfg.lam)  # [F]
+    score = np.full(c.size, kept_score.min())  # [N] the filtered rows shown at the bottom (never selected)
+    score[fit] = kept_score
+    pool = min(1.0, math.ceil(cfg.pool * c.size) / len(fit))  # the pool keeps its share of all the candidates
+    sub = quantile_strata(kept_score, n, cfg.k, pool, rng)
+    groups = dataclasses.replace(sub.groups, pruned=c.size - len(sub.groups.kept), kept=fit[sub.groups.kept])
+    info = sub.info | {"fit_pruned": c.size - len(fit)}
+    return Selection(fit[sub.indices], sub.group, score, groups, info)
 
 
 def _random(c: Candidates, cfg: SelectConfig, n: int, rng) -> Selection:
@@ -420,6 +434,9 @@ class SelectConfig(_Config):
     k: int = opt(50, "number of equal-width score strata")
     hard_prune: float = opt(0.1, "fraction of the highest-scored candidates dropped before the strata")
     pool: float = opt(0.2, "quantile: share of the candidates, best overall scores first, that it samples from")
+    fit_prune: float = opt(
+        0.0, "quantile: share of the candidates the surrogate fits worst (highest EL2N) dropped first; 0 = off"
+    )
     clusters: int = opt(10, "recranker: k-means clusters of users")
     block: str = opt("attn_out", f"grand: surrogate Linear block of the gradient norm ({', '.join(GRAD_BLOCKS)})")
     negatives: int = opt(4096, "grand/el2n/ccs: fixed, seeded set of negative items of the surrogate's loss")
@@ -441,6 +458,7 @@ class SelectConfig(_Config):
         _require(self.k >= 1, f"k={self.k}: must be >= 1")
         _require(0 <= self.hard_prune < 1, f"hard_prune={self.hard_prune}: must be in [0, 1)")
         _require(0 < self.pool <= 1, f"pool={self.pool}: must be in (0, 1]")
+        _require(0 <= self.fit_prune < 1, f"fit_prune={self.fit_prune}: must be in [0, 1)")
         _require(self.clusters >= 1, f"clusters={self.clusters}: must be >= 1")
         _require(self.block in GRAD_BLOCKS, f"block={self.block!r}: choose one of {list(GRAD_BLOCKS)}")
         _require(self.negatives >= 1, f"negatives={self.negatives}: must be >= 1")
@@ -448,7 +466,8 @@ class SelectConfig(_Config):
 
     @property
     def needs(self) -> tuple[str, ...]:
-        return STRATEGIES[self.strategy].needs
+        fit = ("el2n",) if self.strategy == "quantile" and self.fit_prune > 0 else ()
+        return STRATEGIES[self.strategy].needs + fit
 
     def size(self, n_candidates: int) -> int:
         """Samples to select out of ``n_candidates``: n, or floor(ratio * |D|); the error names the parameter."""

@@ -151,3 +151,19 @@ def test_constants_match_the_producing_steps():
 
     assert select_steps.SCORES_INFLUENCE == SCORES_INFLUENCE and select_steps.SURROGATE == SURROGATE
     assert MANIFEST == "_manifest.json"
+
+
+def test_quantile_with_the_fit_filter_through_the_step(source_lake, local_lake):
+    """fit_prune > 0 makes quantile need EL2N, so the step loads the surrogate; the report still renders."""
+    _fill(source_lake, local_lake, CORE)
+    for kind in ("scores_influence", "scores_effort"):
+        _copy(source_lake, local_lake, kind, DT)
+    cfg = SelectConfig(strategy="quantile", n=15, k=4, pool=0.5, fit_prune=0.2, negatives=16)
+    with pytest.raises(PartitionNotFound, match=r"surrogate/dt=2026-01-04"):
+        select(local_lake, DT, cfg)
+    _copy(source_lake, local_lake, "surrogate", DT)
+    result = select(local_lake, DT, cfg)
+    assert result.counts["selected"] == 15
+    manifest = local_lake.require_manifest("coreset", DT)
+    assert "surrogate" in manifest["source"] and manifest["config"]["fit_prune"] == 0.2
+    assert "report.png" in manifest["files"]

@@ -301,3 +301,30 @@ def test_quantile_through_select_uses_the_overall_score():
     assert sel.info["strategy"] == "quantile" and sel.info["pool"] == 100
     with pytest.raises(ConfigError, match="pool=0"):
         SelectConfig(strategy="quantile", pool=0.0)
+
+
+def test_quantile_fit_prune_drops_the_worst_fitted_before_normalising():
+    cands = _candidates(500, seed=3)
+    cfg = SelectConfig(strategy="quantile", n=40, pool=0.3, fit_prune=0.2, k=5, seed=2)
+    assert cfg.needs == ("influence", "effort", "el2n")
+    assert SelectConfig(strategy="quantile").needs == ("influence", "effort")  # off by default
+    sel = select(cands, cfg)
+    worst = set(np.argsort(-cands.el2n, kind="stable")[:100].tolist())  # floor(0.2 * 500), highest EL2N
+    assert not worst & set(sel.indices.tolist())
+    fit = np.asarray(sorted(set(range(500)) - worst))
+    # The same as the plain rule on the fitted rows alone, with the pool holding its share of all 500 (150 rows).
+    plain = quantile_strata_of(overall_score(cands.influence[fit], cands.effort[fit], 0.3), 40, 5, 150 / 400, seed=2)
+    np.testing.assert_array_equal(sel.indices, fit[plain.indices])
+    assert sel.info["fit_pruned"] == 100 and sel.groups.pruned == 500 - 150
+    assert set(sel.groups.kept.tolist()) <= set(fit.tolist()) and len(sel.groups.kept) == 150
+    assert np.isfinite(sel.score).all() and len(sel.score) == 500
+    with pytest.raises(ConfigError, match="fit_prune"):
+        select(cands, SelectConfig(strategy="quantile", n=450, fit_prune=0.2))
+    with pytest.raises(ConfigError, match="fit_prune=1"):
+        SelectConfig(strategy="quantile", fit_prune=1.0)
+
+
+def quantile_strata_of(score, n, k, pool, seed):
+    from dealrec_tasks.selection import quantile_strata
+
+    return quantile_strata(score, n, k, pool, np.random.default_rng(seed))
