@@ -5,7 +5,7 @@ Every day after midnight UTC, for the day that just ended (`dt`):
 
 1. **ingest** every day with logs not ingested yet, up to `dt`, in order (bad rows quarantined to `rejects/`);
 2. **samples** (one per user, split by time) -> **surrogate** (3 SASRecs with seeds 0-2, each warm-started from
-   the previous day's same member: influence averages them, so one training run's luck does not pick the coreset);
+   the previous day's same member: influence averages them, so one training run's luck weighs less on the coreset);
 3. **influence** (solve once, then `shards` parallel GPU tasks, merged) and **effort** on the LLM (`shards`
    parallel GPU tasks on `base_model`, merged);
 4. **select** the coverage-enhanced coreset (`n` or `ratio`, `lambda`, `k`, `hard_prune`, `strategy`);

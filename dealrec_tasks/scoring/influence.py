@@ -25,7 +25,7 @@ Memory: the pass for v also writes each scored position's (g_t, a_t) to temporar
 with the samples, RAM stays one batch), so the scores need no second pass; ``spill=False`` recomputes them in a
 second pass instead. The Hessian cache holds only the subsample's positions.
 
-Ensembles: two surrogates trained with different seeds rank the samples at Spearman ~0.66-0.9 only, so the
+Ensembles: two surrogates trained with different seeds rank the samples at Spearman 0.12-0.65 on Games, so the
 pipeline scores every member of an ensemble of surrogates and ``combine_members`` averages their scores
 (TRAK / TracIn-style), each member first divided by its root-mean-square over the training samples.
 """

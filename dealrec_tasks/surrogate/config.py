@@ -1,8 +1,9 @@
 """Settings of the SASRec surrogate (paper defaults) and its training loop.
 
 ``members``: the step trains that many surrogates (seeds seed, seed+1, ...) and influence averages over them.
-Two surrogates trained with different seeds rank the samples' influence at Spearman ~0.66-0.9 only, so one
-training run's luck would decide the coreset; an ensemble (as in TRAK / TracIn) averages that luck out.
+Two surrogates trained with different seeds rank the samples' influence at Spearman 0.12-0.65 on Games, so one
+training run's luck would decide the coreset; an ensemble (as in TRAK / TracIn) averages part of that luck out
+(two ensembles of 3 x 6 checkpoints: 0.50; ``bench/results/coreset_quality_cold.json``).
 ``checkpoints``: within one run the ranking also moves from epoch to epoch (consecutive epochs: Spearman ~0.6-0.8 on
 Games), so each member contributes the weights of its last few evaluated epochs up to the best one.
 """
