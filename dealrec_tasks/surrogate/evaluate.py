@@ -27,20 +27,22 @@ def rank_targets(model: SASRec, data: EvalSet, batch_size: int = 1024) -> list[n
     ranks: list[np.ndarray | None] = [None] * len(data.inputs)
     for rows in length_batches(data.inputs.lengths, batch_size):
         h = model(input_batch(data.inputs, rows, model.max_len))[:, -1]  # [B, H] the last position predicts
-        scores = h @ items.T  # [B, n]
-        b = torch.from_numpy(np.repeat(np.arange(len(rows)), data.mask.lengths[rows]))
-        m = torch.from_numpy(np.concatenate([data.mask.row(i) for i in rows]) - 1)
-        scores[b, m] = -torch.inf
-        tb = np.repeat(np.arange(len(rows)), data.targets.lengths[rows])
-        tgt = np.concatenate([data.targets.row(i) for i in rows]) - 1
-        t_scores = scores[torch.from_numpy(tb), torch.from_numpy(tgt)]  # [sum |T|]
-        # Rank = items strictly above the target; computed per row block to bound memory.
-        above = _count_above(scores, torch.from_numpy(tb), t_scores)
-        split = np.cumsum(data.targets.lengths[rows])[:-1]
-        for i, r in zip(rows, np.split(above.numpy(), split)):
+        for i, r in zip(rows, _masked_ranks(h @ items.T, data, rows)):  # scores [B, n]
             ranks[i] = r
     model.train(was_training)
     return ranks  # type: ignore[return-value]
+
+
+def _masked_ranks(scores: Tensor, data: EvalSet, rows: np.ndarray) -> list[np.ndarray]:
+    """Each row's target ranks from its scores [B, n] over all items (modified in place: the mask gets -inf)."""
+    b = torch.from_numpy(np.repeat(np.arange(len(rows)), data.mask.lengths[rows]))
+    m = torch.from_numpy(np.concatenate([data.mask.row(i) for i in rows]) - 1)
+    scores[b, m] = -torch.inf
+    tb = torch.from_numpy(np.repeat(np.arange(len(rows)), data.targets.lengths[rows]))
+    tgt = torch.from_numpy(np.concatenate([data.targets.row(i) for i in rows]) - 1)
+    # Rank = items strictly above the target; computed per row block to bound memory.
+    above = _count_above(scores, tb, scores[tb, tgt])  # [sum |T|]
+    return np.split(above.numpy(), np.cumsum(data.targets.lengths[rows])[:-1])
 
 
 def _count_above(scores: Tensor, row: Tensor, value: Tensor, chunk: int = 256) -> Tensor:
@@ -63,14 +65,7 @@ def popularity_ranks(counts: np.ndarray, data: EvalSet, batch_size: int = 1024) 
     ranks: list[np.ndarray] = []
     for start in range(0, len(data.inputs), batch_size):
         rows = np.arange(start, min(start + batch_size, len(data.inputs)))
-        scores = scores_all.expand(len(rows), -1).clone()  # [B, n]
-        b = torch.from_numpy(np.repeat(np.arange(len(rows)), data.mask.lengths[rows]))
-        m = torch.from_numpy(np.concatenate([data.mask.row(i) for i in rows]) - 1)
-        scores[b, m] = -torch.inf
-        tb = torch.from_numpy(np.repeat(np.arange(len(rows)), data.targets.lengths[rows]))
-        tgt = torch.from_numpy(np.concatenate([data.targets.row(i) for i in rows]) - 1)
-        above = _count_above(scores, tb, scores[tb, tgt]).numpy()
-        ranks.extend(np.split(above, np.cumsum(data.targets.lengths[rows])[:-1]))
+        ranks.extend(_masked_ranks(scores_all.expand(len(rows), -1).clone(), data, rows))  # [B, n]
     return ranks
 
 
