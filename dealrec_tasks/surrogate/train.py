@@ -107,8 +107,10 @@ def train(
             t1 = time.perf_counter()
             metrics = evaluate(model, valid, cfg.eval_batch_size) if len(valid.inputs) else {key: 0.0}
             row.update({f"valid_{k}": v for k, v in metrics.items() if k != "users"}, eval_s=time.perf_counter() - t1)
-            window = [*window, (epoch, copy.deepcopy(model.state_dict()))][-cfg.checkpoints :]
-            if metrics[key] > best:
+            improved = metrics[key] > best
+            if improved or cfg.checkpoints > 1:  # a copy only when it may be kept
+                window = [*window, (epoch, copy.deepcopy(model.state_dict()))][-cfg.checkpoints :]
+            if improved:
                 best, best_epoch, stale = metrics[key], epoch, 0
                 best_state = window[-1][1]
                 kept = list(window)
