@@ -157,16 +157,16 @@ def plant_bots(seqs: Seqs, n_items: int, share: float, seed: int) -> tuple[Seqs,
 def planted_world(base: World, samples, share: float, seed: int) -> World:
     """Bots replace ``share`` of the training users; their validation and test rows leave the evaluation."""
     seqs, kind = plant_bots(base.seqs, base.n_items, share, seed)
-    bot_users = set(
-        samples.filter(_train_mask(samples)).column("user_idx").to_numpy()[_sample_order(samples)][kind != ""]
-    )
+    train = samples.filter(_split_mask(samples, "train"))
+    by_sample_id = np.argsort(train.column("sample_id").to_numpy(), kind="stable")  # the order of train_seqs
+    bot_users = set(train.column("user_idx").to_numpy()[by_sample_id][kind != ""])
 
-    def clean(data: EvalSet, split: str) -> np.ndarray:
+    def clean(split: str) -> np.ndarray:
         users = samples.filter(_split_mask(samples, split)).column("user_idx").to_numpy()
         return np.flatnonzero([u not in bot_users for u in users])
 
-    valid = eval_subset(base.valid, clean(base.valid, "valid"))
-    test = eval_subset(base.test, clean(base.test, "test"))
+    valid = eval_subset(base.valid, clean("valid"))
+    test = eval_subset(base.test, clean("test"))
     sub = eval_subset(valid, random_rows(len(valid.inputs), len(base.valid_sub.inputs), 0))
     return World("planted", seqs, valid, sub, test, base.n_items, kind)
 
@@ -177,17 +177,7 @@ def _split_mask(samples, split: str):
     return pc.equal(samples.column("split"), split)
 
 
-def _train_mask(samples):
-    return _split_mask(samples, "train")
-
-
-def _sample_order(samples) -> np.ndarray:
-    """Order of ``train_seqs`` (by sample_id) over the train rows of ``samples``."""
-    ids = samples.filter(_train_mask(samples)).column("sample_id").to_numpy()
-    return np.argsort(ids, kind="stable")
-
-
-def warm_cut(samples, lake_root: str, seqs: Seqs, n_items: int, days: int, cut: int, seed: int) -> Seqs:
+def warm_cut(lake_root: str, n_items: int, days: int, cut: int, seed: int) -> Seqs:
     """The training data as the replay had it before day ``cut``: one row per user with any earlier item,
     [BOS, the user's training items before the cut] (at most max_len + 1 of the latest)."""
     from dealrec_tasks.data.replay import replay_days
@@ -482,12 +472,12 @@ def backend(regime: str, world: World, rows: np.ndarray, seed: int, args, warm_s
     return res.model, res
 
 
-def pretrained(world: World, samples, args, cache: Path) -> dict:
+def pretrained(world: World, args, cache: Path) -> dict:
     """The warm regime's starting point: a backend trained on the data before the cut (cached)."""
     path = cache / f"warm_pretrained_cut{args.warm_cut}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
-    early = warm_cut(samples, args.lake, world.seqs, world.n_items, 30, args.warm_cut, 0)
+    early = warm_cut(args.lake, world.n_items, 30, args.warm_cut, 0)
     print(f"warm: {len(early):,} users with data before day {args.warm_cut}", flush=True)
     res = train(early, world.valid_sub, world.n_items, SurrogateConfig(seed=0, checkpoints=1, **COLD))
     torch.save(res.model.state_dict(), path)
@@ -593,7 +583,7 @@ def main() -> int:
         warm_state = None
         risk = None
         if regime == "warm":
-            warm_state = pretrained(world, samples, args, cache)
+            warm_state = pretrained(world, args, cache)
             pre = build_model(n_items, SurrogateConfig(), warm_state).eval()
             pre_info = json.loads((cache / f"warm_pretrained_cut{args.warm_cut}.json").read_text())
             references["no_finetune"] = {"test": evaluate(pre, world.test), **pre_info}
