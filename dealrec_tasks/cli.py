@@ -217,6 +217,37 @@ def cmd_rollback(args: argparse.Namespace) -> list[steps.StepResult]:
     return [rollback(_config(TrackingConfig, args), args.reason)]
 
 
+def cmd_days(args: argparse.Namespace) -> list[steps.StepResult]:
+    """What each day reached (the DEALRec view in Airflow shows the same): a table, or one day in full."""
+    from dealrec_tasks.days import MlflowLinks, day_detail, list_days
+
+    lake = _lake(args)
+    if args.dt:
+        tracking = _config(TrackingConfig, args) if args.mlflow else None
+        detail = day_detail(lake, args.dt, tracking, MlflowLinks(os.environ.get("DEALREC_MLFLOW_UI_URL") or None))
+        if args.json:
+            print(json.dumps(detail, default=str))
+        else:
+            shown = {k: v for k, v in detail.items() if k != "scores"}
+            print(json.dumps(shown, indent=2, default=str))
+        return []
+    days = list_days(lake)
+    if args.json:
+        print(json.dumps(days, default=str))
+        return []
+    if not days:
+        print(f"{lake.uri()}: no day published yet (run `dealrec demo`, or the dealrec_daily DAG)")
+        return []
+    print(f"{'dt':<11} {'status':<38} {'coreset':>15} {'strategy':<9} {'pruned':>6} {'items (random)':>15} ndcg@20")
+    for d in days:
+        size = f"{d['selected']}/{d['candidates']}" if d["selected"] is not None else "-"
+        items = f"{d['items_coreset']} ({d['items_random']})" if d["items_coreset"] is not None else "-"
+        ndcg = f"{d['ndcg@20']:.4f}" if d["ndcg@20"] is not None else "-"
+        strategy, pruned = d["strategy"] or "-", "-" if d["pruned"] is None else d["pruned"]
+        print(f"{d['dt']:<11} {d['status']:<38} {size:>15} {strategy:<9} {pruned:>6} {items:>15} {ndcg}")
+    return []
+
+
 @dataclass(frozen=True)
 class Command:
     """A subcommand: its function, the configs whose fields become options, and its own arguments."""
@@ -371,6 +402,12 @@ COMMANDS: dict[str, Command] = {
         "by hand: champion back to the version that held it before",
         (TrackingConfig,),
         (REASON,),
+    ),
+    "days": Command(
+        cmd_days,
+        "what each day reached: stages, coreset, coverage vs random, metrics (--dt: one day in full)",
+        (TrackingConfig,),
+        (DT, arg("--mlflow", action="store_true", help="with --dt: add the day's MLflow runs, versions, decision")),
     ),
     "demo": Command(
         cmd_demo,

@@ -220,12 +220,15 @@ def _dt_param(what: str) -> Param:
 
 
 def _base_model_param() -> Param:
+    """Optional: null (an empty field in the trigger form) means the embedded tiny LLM. A required string whose
+    default is "" made the form refuse its own defaults (the UI turns an empty field into null)."""
     return Param(
-        "",
-        type="string",
+        None,
+        type=["null", "string"],
+        pattern=r"^/\S*$",
         title="Base model",
-        description="Local Hugging Face causal LM directory on the GPU workers (LLaMA, Qwen, Mistral). "
-        "Empty: the embedded tiny LLM, built once under DEALREC_MODEL_DIR.",
+        description="Absolute path of a local Hugging Face causal LM directory on the GPU workers (LLaMA, Qwen, "
+        "Mistral). Empty: the embedded tiny LLM, built once under DEALREC_MODEL_DIR.",
     )
 
 

@@ -2,9 +2,10 @@
 
 1. bootstrap Airflow's state under ``var/airflow`` (SQLite, this repo's dags/ and plugins/, no examples, the
    ``gpu`` pool), once;
-2. synthetic logs for 7 days (every day also gets a second file with rows that break the contract);
-3. ``airflow dags test dealrec_daily <last day>``: ingest (catching up every day), samples, surrogate,
-   influence and effort in 2 shards each, the coreset, its MLflow run, the coreset asset;
+2. synthetic logs for the 7 days up to yesterday (every day also gets a second file with rows that break the
+   contract); the runs are dated now, the day they cover is the ``dt`` Param;
+3. ``airflow dags test dealrec_daily -c '{"dt": <yesterday>, ...}'``: ingest (catching up every day), samples,
+   surrogate, influence and effort in 2 shards each, the coreset, its MLflow run, the coreset asset;
 4. ``airflow dags test dealrec_finetune``: LoRA fine-tuning on that coreset, evaluation, a registered MLflow
    version, promoted to ``champion`` when it beats the current one;
 5. where everything is, and how to open the Airflow and MLflow UIs on it.
@@ -23,6 +24,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +35,7 @@ STEP_LINE = re.compile(
 )
 DAILY_CONF = {"ratio": 0.05, "shards": 2}
 FINETUNE_CONF = {"epochs": 2, "eval_users": 200}
+DAYS = 7
 
 
 def settings(var: Path, lake: str) -> dict[str, str]:
@@ -137,22 +140,27 @@ def main() -> None:
     bootstrap(env, logs)
 
     print("[2/4] Synthetic logs (7 days; 25 rows per day break the contract)", flush=True)
-    synth = [str(BIN / "dealrec"), "--lake", lake, "--json", "synthetic", "--bad-rows", "25"]
+    # The 7 days end yesterday (UTC) and the runs are dated now, so Airflow's grid, calendar and durations read
+    # as they would on a real deployment (fixed dates in the past showed a run "lasting" 326 days).
+    start = (datetime.now(UTC).date() - timedelta(days=DAYS)).isoformat()
+    synth = [str(BIN / "dealrec"), "--lake", lake, "--json", "synthetic", "--bad-rows", "25", "--start", start]
+    synth += ["--days", str(DAYS)]
     run(synth, env, logs / "synthetic.log", show=None)
     result = next(json.loads(x) for x in (logs / "synthetic.log").read_text().splitlines() if x.startswith("{"))
     dt = result["counts"]["last_dt"]
 
     t0 = time.perf_counter()
-    print(f"[3/4] airflow dags test dealrec_daily {dt}  -c '{json.dumps(DAILY_CONF)}'", flush=True)
-    daily = [str(BIN / "airflow"), "dags", "test", "dealrec_daily", dt, "-c", json.dumps(DAILY_CONF)]
+    conf = {"dt": dt} | DAILY_CONF
+    print(f"[3/4] airflow dags test dealrec_daily  -c '{json.dumps(conf)}'", flush=True)
+    daily = [str(BIN / "airflow"), "dags", "test", "dealrec_daily", "-c", json.dumps(conf)]
     run(daily, env, logs / "dealrec_daily.log")
     print(f"      {time.perf_counter() - t0:.0f} s", flush=True)
 
     t0 = time.perf_counter()
     conf = {"dt": dt} | FINETUNE_CONF
-    print(f"[4/4] airflow dags test dealrec_finetune {dt}  -c '{json.dumps(conf)}'", flush=True)
+    print(f"[4/4] airflow dags test dealrec_finetune  -c '{json.dumps(conf)}'", flush=True)
     run(
-        [str(BIN / "airflow"), "dags", "test", "dealrec_finetune", dt, "-c", json.dumps(conf)],
+        [str(BIN / "airflow"), "dags", "test", "dealrec_finetune", "-c", json.dumps(conf)],
         env,
         logs / "dealrec_finetune.log",
     )

@@ -87,9 +87,9 @@ def solve_influence_once(lake: Lake, dt: str, cfg: InfluenceConfig) -> StepResul
     return solve_influence(lake, dt, cfg)
 
 
-def base_model_dir(lake: Lake, base_model: str, tiny_dir: str, tiny_cfg: TinyLLMConfig) -> str:
-    """The LLM directory the LLM steps load: ``base_model`` when given (a local Hugging Face directory), else the
-    embedded tiny LLM in ``tiny_dir``, built from the lake's catalogue on first use and reused afterwards."""
+def base_model_dir(lake: Lake, base_model: str | None, tiny_dir: str, tiny_cfg: TinyLLMConfig) -> str:
+    """The LLM directory the LLM steps load: ``base_model`` when given (a local Hugging Face directory), else (None or
+    "") the embedded tiny LLM in ``tiny_dir``, built from the lake's catalogue on first use and reused afterwards."""
     if base_model:
         if not (Path(base_model) / "config.json").is_file():
             raise ConfigError(f"base_model={base_model!r}: not a local Hugging Face model directory (no config.json)")

@@ -142,6 +142,8 @@ def test_params_defaults_are_valid_and_strategy_enum_is_the_librarys(daily, fine
         ("hard_prune", -0.1),
         ("strategy", "best"),
         ("base_model", 7),
+        ("base_model", ""),
+        ("base_model", "relative/dir"),
         ("shards", 0),
         ("shards", 65),
         ("surrogate_max_epochs", 0),
@@ -157,7 +159,15 @@ def test_daily_params_refuse_bad_values(daily, key, value):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("dt", "2026-02-30"), ("epochs", 0), ("eval_users", -1), ("margin", -1.5), ("margin", 1.0), ("base_model", None)],
+    [
+        ("dt", "2026-02-30"),
+        ("epochs", 0),
+        ("eval_users", -1),
+        ("margin", -1.5),
+        ("margin", 1.0),
+        ("base_model", 7),
+        ("base_model", "models/llama"),
+    ],
 )
 def test_finetune_params_refuse_bad_values(finetune, key, value):
     from airflow.sdk.exceptions import ParamValidationError
@@ -169,12 +179,32 @@ def test_finetune_params_refuse_bad_values(finetune, key, value):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("dt", "2026-01-07"), ("dt", None), ("ratio", 0.05), ("ratio", None), ("strategy", "random"), ("shards", 64)],
+    [
+        ("dt", "2026-01-07"),
+        ("dt", None),
+        ("ratio", 0.05),
+        ("ratio", None),
+        ("strategy", "random"),
+        ("shards", 64),
+        ("base_model", None),
+        ("base_model", "/models/Llama-3.2-1B"),
+    ],
 )
 def test_daily_params_accept_good_values(daily, key, value):
     params = copy.deepcopy(daily.params)
     params[key] = value
     assert params[key] == value
+
+
+def test_every_param_has_a_title_and_a_description_and_base_model_is_optional(daily, finetune):
+    """What the trigger form shows: a label and a help text per field; the base model may stay empty (null), which
+    is what the form submits for an untouched text field."""
+    for dag in (daily, finetune):
+        for key in dag.params:
+            schema = dag.params.get_param(key).schema
+            assert schema.get("title") and len(dag.params.get_param(key).description or "") > 10, (dag.dag_id, key)
+        assert dag.params["base_model"] is None
+        assert "null" in dag.params.get_param("base_model").schema["type"]
 
 
 def test_param_defaults_are_the_library_defaults(daily, finetune):

@@ -1,0 +1,256 @@
+"""What the pipeline did on each day, read back from the lake (and MLflow when asked): the data behind the DEALRec
+view in Airflow and ``dealrec days``.
+
+Users of a daily pruning job ask, day by day: how far did the day get, what was kept, how much was pruned, did the
+coreset cover the catalogue and the users better than a random sample of the same size, and did the fine-tuned
+model become champion. Everything here comes from published manifests and small files (never the wall clock),
+works on file:// and s3:// lakes alike, and shows a partial day as partial instead of failing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dealrec_tasks.config import parse_dt
+from dealrec_tasks.data.schema import (
+    ADAPTERS,
+    CORESET,
+    EVALUATION,
+    REJECTS,
+    SAMPLES,
+    SCORES_EFFORT,
+    SCORES_INFLUENCE,
+    SURROGATE,
+)
+from dealrec_tasks.errors import InputError
+from dealrec_tasks.storage import Lake, join_uri
+
+#: The day's stages in pipeline order: (dataset, label shown to users).
+STAGES: tuple[tuple[str, str], ...] = (
+    (SAMPLES, "samples"),
+    (SURROGATE, "surrogate"),
+    (SCORES_INFLUENCE, "influence"),
+    (SCORES_EFFORT, "effort"),
+    (CORESET, "coreset"),
+    (ADAPTERS, "fine-tuned"),
+    (EVALUATION, "evaluated"),
+)
+SCORE_FILES = {"influence": (SCORES_INFLUENCE, "influence.parquet"), "effort": (SCORES_EFFORT, "effort.parquet")}
+REPORT_FILE = "report.png"
+HIST_BINS = 30
+
+
+@dataclass(frozen=True)
+class MlflowLinks:
+    """Where the MLflow UI lives, for links (None: show ids without links, e.g. a SQLite store)."""
+
+    ui_url: str | None = None
+
+    def run(self, experiment_id: str, run_id: str) -> str | None:
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if self.ui_url else None
+
+    def version(self, name: str, version: str) -> str | None:
+        return f"{self.ui_url.rstrip('/')}/#/models/{name}/versions/{version}" if self.ui_url else None
+
+
+def list_days(lake: Lake) -> list[dict[str, Any]]:
+    """One row per day with any published stage, newest first: stages reached, status, coreset and evaluation
+    headlines (``None`` where the stage is not published yet)."""
+    days: set[str] = set()
+    for dataset, _ in STAGES:
+        days.update(lake.partitions(dataset))
+    return [_summary(lake, dt) for dt in sorted(days, reverse=True)]
+
+
+def _stages(lake: Lake, dt: str) -> dict[str, dict[str, Any] | None]:
+    return {label: lake.manifest(dataset, dt) for dataset, label in STAGES}
+
+
+def _status(stages: dict[str, dict[str, Any] | None]) -> str:
+    done = [label for label, m in stages.items() if m is not None]
+    if not done:
+        return "nothing published"
+    if stages["evaluated"] is not None:
+        return "fine-tuned and evaluated"
+    if stages["fine-tuned"] is not None:
+        return "fine-tuned, not evaluated yet"
+    if stages["coreset"] is not None:
+        return "coreset published, not fine-tuned yet"
+    if stages["influence"] is not None or stages["effort"] is not None:
+        return "scored, no coreset yet"
+    return f"{done[-1]} published, not scored yet"
+
+
+def _summary(lake: Lake, dt: str) -> dict[str, Any]:
+    stages = _stages(lake, dt)
+    row: dict[str, Any] = {
+        "dt": dt,
+        "status": _status(stages),
+        "stages": {label: m is not None for label, m in stages.items()},
+        "candidates": None,
+        "selected": None,
+        "strategy": None,
+        "pruned": None,
+        "items_coreset": None,
+        "items_random": None,
+        "recall@20": None,
+        "ndcg@20": None,
+    }
+    coreset = stages["coreset"]
+    if coreset is not None:
+        counts, cov = coreset.get("counts", {}), coreset.get("coverage", {})
+        row |= {
+            "candidates": counts.get("candidates"),
+            "selected": counts.get("selected"),
+            "strategy": coreset.get("strategy"),
+            "pruned": (counts.get("groups") or {}).get("pruned"),
+            "items_coreset": cov.get("items", {}).get("coreset"),
+            "items_random": cov.get("items", {}).get("random"),
+        }
+    evaluation = stages["evaluated"]
+    if evaluation is not None:
+        metrics = evaluation.get("metrics", {})
+        row |= {"recall@20": metrics.get("recall@20"), "ndcg@20": metrics.get("ndcg@20")}
+    return row
+
+
+def day_detail(lake: Lake, dt: str, tracking=None, links: MlflowLinks | None = None) -> dict[str, Any]:
+    """Everything the page of one day shows. ``tracking`` (a ``TrackingConfig``) adds the MLflow runs, the model
+    versions of the day and the champion/challenger decision; an unreachable MLflow is reported, not raised."""
+    parse_dt(dt)
+    stages = _stages(lake, dt)
+    if all(m is None for m in stages.values()):
+        raise InputError(f"{lake.uri()}: nothing published for dt={dt}")
+    out: dict[str, Any] = _summary(lake, dt)
+    out["lake"] = lake.uri()
+    out["published"] = {
+        label: {"uri": m.get("uri"), "created_at": m.get("created_at")} if m else None for label, m in stages.items()
+    }
+    rejects = lake.manifest(REJECTS, dt)
+    out["rejected_rows"] = None if rejects is None else _rows_of(rejects)
+    samples = stages["samples"]
+    out["samples"] = None if samples is None else samples.get("counts")
+    out["surrogate"] = None if stages["surrogate"] is None else stages["surrogate"].get("counts")
+    coreset = stages["coreset"]
+    out["coreset"] = None
+    if coreset is not None:
+        out["coreset"] = {
+            "uri": coreset.get("uri"),
+            "config": {k: v for k, v in coreset.get("config", {}).items() if k != "source_sha256"},
+            "counts": coreset.get("counts"),
+            "coverage": coreset.get("coverage"),
+            "has_report": REPORT_FILE in coreset.get("files", {}),
+        }
+    out["scores"] = score_distributions(lake, dt)
+    evaluation = stages["evaluated"]
+    # One arm today (the coreset); a control arm adds rows here.
+    out["arms"] = [] if evaluation is None else [{"arm": "coreset", **evaluation.get("metrics", {})}]
+    out["mlflow"] = None if tracking is None else mlflow_of_day(tracking, dt, links or MlflowLinks())
+    return out
+
+
+def _rows_of(manifest: dict[str, Any]) -> int:
+    return int(sum(f.get("rows", 0) for f in manifest.get("files", {}).values()))
+
+
+def score_distributions(lake: Lake, dt: str) -> dict[str, Any]:
+    """Histograms of the day's influence and effort scores over all candidates, with the coreset's share per bin
+    (which part of the distribution the selection drew from)."""
+    chosen: set[int] = set()
+    if lake.manifest(CORESET, dt) is not None:
+        chosen = set(lake.read(CORESET, dt, "coreset.parquet").column("sample_id").to_pylist())
+    out: dict[str, Any] = {}
+    for name, (dataset, file) in SCORE_FILES.items():
+        if lake.manifest(dataset, dt) is None:
+            out[name] = None
+            continue
+        table = lake.read(dataset, dt, file)
+        values = np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+        ids = table.column("sample_id").to_numpy()
+        finite = np.isfinite(values)
+        out[name] = histogram(values[finite], np.isin(ids[finite], list(chosen)) if chosen else None)
+    return out
+
+
+def histogram(values: np.ndarray, kept: np.ndarray | None, bins: int = HIST_BINS) -> dict[str, Any]:
+    """``edges`` [bins + 1], ``all`` [bins] counts, ``kept`` [bins] counts of the marked values (or None)."""
+    if len(values) == 0:
+        return {"edges": [], "all": [], "kept": None, "n": 0}
+    lo, hi = float(values.min()), float(values.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    counts, _ = np.histogram(values, edges)
+    marked = None if kept is None else np.histogram(values[kept], edges)[0].tolist()
+    return {"edges": edges.tolist(), "all": counts.tolist(), "kept": marked, "n": int(len(values))}
+
+
+def report_png(lake: Lake, dt: str) -> bytes:
+    """The coreset report figure of ``dt`` (written by the select step)."""
+    parse_dt(dt)
+    manifest = lake.require_manifest(CORESET, dt)
+    return lake.storage.read_bytes(join_uri(manifest["uri"], REPORT_FILE))
+
+
+def mlflow_of_day(tracking, dt: str, links: MlflowLinks) -> dict[str, Any]:
+    """The day's MLflow runs (pruning, fine-tuning), its model versions with their promotion decision, and which
+    version holds ``champion`` / ``challenger`` now."""
+    from dealrec_tasks.steps.tracking import FINETUNE, PRUNING
+    from dealrec_tasks.tracking.client import TAG_DT, TAG_KIND, Tracking, TrackingUnavailable, quote
+    from dealrec_tasks.tracking.registry import CHALLENGER, CHAMPION, alias_version, search_versions
+
+    tr = Tracking(tracking)
+    name = tracking.model_name
+    try:
+        runs = []
+        for kind in (PRUNING, FINETUNE):
+            for r in tr.search_runs(f"tags.{TAG_KIND} = '{kind}' and tags.{TAG_DT} = {quote(dt, 'dt')}"):
+                runs.append(
+                    {
+                        "kind": kind,
+                        "run_id": r.info.run_id,
+                        "status": r.info.status,
+                        "experiment_id": r.info.experiment_id,
+                        "airflow_dag_id": r.data.tags.get("airflow.dag_id"),
+                        "airflow_run_id": r.data.tags.get("airflow.run_id"),
+                        "metrics": {k: v for k, v in sorted(r.data.metrics.items()) if "@" in k or k == "selected"},
+                        "url": links.run(r.info.experiment_id, r.info.run_id),
+                    }
+                )
+        versions = []
+        aliases = {}
+        for alias in (CHAMPION, CHALLENGER):
+            mv = alias_version(tr, name, alias)
+            aliases[alias] = None if mv is None else int(mv.version)
+        for mv in search_versions(tr, name, {TAG_DT: dt}) if _model_exists(tr, name) else []:
+            tags = mv.tags
+            versions.append(
+                {
+                    "version": int(mv.version),
+                    "decision": tags.get("promotion.decision"),
+                    "reason": tags.get("promotion.reason"),
+                    "metric": tags.get("promotion.metric"),
+                    "challenger_value": tags.get("promotion.challenger_value"),
+                    "champion_value": tags.get("promotion.champion_value"),
+                    "aliases": [a for a, v in aliases.items() if v == int(mv.version)],
+                    "url": links.version(name, mv.version),
+                }
+            )
+    except TrackingUnavailable as exc:
+        return {"error": str(exc), "model": name}
+    return {"model": name, "tracking_uri": tr.uri, "runs": runs, "versions": versions, "aliases": aliases}
+
+
+def _model_exists(tr, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    from dealrec_tasks.tracking.registry import _error_code
+
+    try:
+        tr.call("get registered model", tr.client.get_registered_model, name)
+        return True
+    except MlflowException as exc:
+        if _error_code(exc) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return False
+        raise
