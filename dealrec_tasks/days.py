@@ -41,6 +41,17 @@ STAGES: tuple[tuple[str, str], ...] = (
 SCORE_FILES = {"influence": (SCORES_INFLUENCE, "influence.parquet"), "effort": (SCORES_EFFORT, "effort.parquet")}
 REPORT_FILE = "report.png"
 HIST_BINS = 30
+#: The MLflow metrics the day's page shows per run (the runs hold many more).
+HEADLINE_METRICS = (
+    "selected",
+    "candidates",
+    "pruned",
+    "coverage.items.coreset",
+    "coverage.items.random",
+    "eval.recall_at_20",
+    "eval.ndcg_at_20",
+    "best_epoch",
+)
 
 
 @dataclass(frozen=True)
@@ -214,7 +225,7 @@ def mlflow_of_day(tracking, dt: str, links: MlflowLinks) -> dict[str, Any]:
                         "experiment_id": r.info.experiment_id,
                         "airflow_dag_id": r.data.tags.get("airflow.dag_id"),
                         "airflow_run_id": r.data.tags.get("airflow.run_id"),
-                        "metrics": {k: v for k, v in sorted(r.data.metrics.items()) if "@" in k or k == "selected"},
+                        "metrics": {k: r.data.metrics[k] for k in HEADLINE_METRICS if k in r.data.metrics},
                         "url": links.run(r.info.experiment_id, r.info.run_id),
                     }
                 )

@@ -15,6 +15,7 @@ STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.2rem;color:#1a202c}
 h1{font-size:1.4rem;margin:0 0 .6rem} h2{font-size:1.1rem;margin:1.4rem 0 .5rem}
 table{border-collapse:collapse;margin:.3rem 0} td,th{border:1px solid #cbd5e0;padding:.25rem .6rem;text-align:right}
+td:first-child{white-space:nowrap}
 th{background:#edf2f7} td.l,th.l{text-align:left} .muted{color:#718096} .ok{color:#276749} .todo{color:#9c4221}
 .empty{padding:1rem;background:#f7fafc;border:1px dashed #a0aec0;max-width:46rem}
 .stages span{display:inline-block;margin-right:.4rem;padding:.1rem .45rem;border-radius:.6rem;font-size:.85rem}
@@ -38,6 +39,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, int):
         return escape(f"{value:,}")
     return escape(str(value))
+
+
+def _number(text: str | None) -> str:
+    """A metric recorded as a tag (text): 4 decimals when it is a number, else as is."""
+    try:
+        return _fmt(float(text)) if text is not None else _fmt(None)
+    except ValueError:
+        return _fmt(text)
 
 
 def _stages(stages: dict[str, bool]) -> str:
@@ -158,7 +167,10 @@ def day_page(d: dict[str, Any], airflow_url: str = "/") -> str:
                     ("selected / candidates", f"{counts.get('selected', 0):,} / {counts.get('candidates', 0):,}"),
                     ("lambda, k, hard prune", f"{cfg.get('lam')}, {cfg.get('k')}, {cfg.get('hard_prune')}"),
                     ("pruned before the strata", groups.get("pruned")),
-                    (f"{groups.get('kind', 'group')}s used", sum(1 for b in budgets if b > 0) if budgets else None),
+                    (
+                        {"stratum": "strata used", "cluster": "clusters used"}.get(groups.get("kind"), "groups used"),
+                        sum(1 for b in budgets if b > 0) if budgets else None,
+                    ),
                 ]
             )
         )
@@ -230,10 +242,13 @@ def _mlflow_section(m: dict[str, Any] | None, airflow_url: str) -> str:
             if r.get("airflow_dag_id") and r.get("airflow_run_id"):
                 url = f"{airflow_url.rstrip('/')}/dags/{quote(r['airflow_dag_id'])}/runs/{quote(r['airflow_run_id'])}"
                 air = _link(f"{r['airflow_dag_id']} / {r['airflow_run_id']}", url)
-            metrics = ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items()) or "-"
+            metrics = ", ".join(
+                f"{k} {v:g}" if float(v).is_integer() else f"{k} {v:.4f}" for k, v in r["metrics"].items()
+            )
             rows.append(
                 f"<tr><td class=l>{escape(r['kind'])}</td><td class=l>{_link(r['run_id'], r.get('url'))}</td>"
-                f"<td class=l>{escape(r['status'])}</td><td class=l>{air}</td><td class=l>{escape(metrics)}</td></tr>"
+                f"<td class=l>{escape(r['status'])}</td><td class=l>{air}</td>"
+                f"<td class=l>{escape(metrics or '-')}</td></tr>"
             )
         out.append(
             "<table><tr><th class=l>run</th><th class=l>MLflow run id</th><th class=l>status</th>"
@@ -247,7 +262,7 @@ def _mlflow_section(m: dict[str, Any] | None, airflow_url: str) -> str:
         rows = "".join(
             f"<tr><td class=l>{_link('version ' + str(v['version']), v.get('url'))}</td>"
             f"<td class=l>{_fmt(v['decision'])}</td><td class=l>{_fmt(v['metric'])}</td>"
-            f"<td>{_fmt(v['challenger_value'])}</td><td>{_fmt(v['champion_value'])}</td>"
+            f"<td>{_number(v['challenger_value'])}</td><td>{_number(v['champion_value'])}</td>"
             f"<td class=l>{escape(', '.join(v['aliases'])) or '-'}</td><td class=l>{_fmt(v['reason'])}</td></tr>"
             for v in versions
         )

@@ -181,7 +181,10 @@ def main() -> None:
         f"  PATH={BIN}:$PATH AIRFLOW_HOME={rel(env['AIRFLOW_HOME'])} airflow standalone   "
         "(DAGs start paused: unpausing dealrec_daily schedules yesterday's run)\n"
         "MLflow UI (pruning and fine-tuning runs, the registered model and its aliases; http://localhost:5000):\n"
-        f"  {rel(BIN / 'mlflow')} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']} --port 5000"
+        f"  {rel(BIN / 'mlflow')} ui --backend-store-uri {env['MLFLOW_TRACKING_URI']} --port 5000\n"
+        f"Day by day, what was kept and whether it helped (same numbers on the CLI: dealrec --lake {rel(lake)} days):\n"
+        f"  DEALRec view  http://localhost:8080/plugin/dealrec  (menu DEALRec in the Airflow UI started above; "
+        f"this day: http://localhost:8080/dealrec/day/{dt}/)"
     )
 
 

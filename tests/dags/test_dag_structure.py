@@ -52,6 +52,30 @@ def test_parsing_in_a_fresh_interpreter_imports_no_heavy_library(tmp_path):
     assert out == {"errors": {}, "dags": ["dealrec_daily", "dealrec_finetune"], "heavy": []}
 
 
+def test_the_view_plugin_loads_through_airflow_and_imports_no_heavy_library(tmp_path):
+    """Airflow's plugin manager finds the DEALRec view (FastAPI app under /dealrec, a nav entry) and loading it
+    pulls in nothing heavy: every Airflow component loads plugins. (``dealrec_airflow``'s retry policy resolves
+    ``dealrec_tasks.errors``, a module without imports; nothing else of the library is loaded.)"""
+    code = (
+        "import json, sys\n"
+        "from airflow import plugins_manager as pm\n"
+        "apps, _ = pm.get_fastapi_plugins()\n"
+        "views, _ = pm._get_ui_plugins()  # the list the UI's menu is built from\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {(*HEAVY, 'dealrec_tasks', 'pyarrow')!r})\n"
+        "print(json.dumps({'apps': [(a['name'], a['url_prefix']) for a in apps],\n"
+        "  'views': [(v['name'], v['destination'], v['url_route'], v['href']) for v in views], 'heavy': heavy}))\n"
+    )
+    env = os.environ | airflow_env(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {
+        "apps": [["DEALRec view", "/dealrec"]],
+        "views": [["DEALRec", "nav", "dealrec", "dealrec/"]],
+        "heavy": ["dealrec_tasks", "dealrec_tasks.errors"],
+    }
+
+
 def test_daily_dag_shape(daily):
     assert daily.schedule == "@daily"
     assert daily.catchup is False and daily.max_active_runs == 1

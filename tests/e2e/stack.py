@@ -264,6 +264,27 @@ class Stack:
             "task_instances"
         ]
 
+    # -- runs -------------------------------------------------------------------------------------------
+    def last_synthetic_day(self) -> str:
+        return sorted({k.split("dt=")[1][:10] for k in self.objects("lake/interactions/") if "dt=" in k})[-1]
+
+    def start_paused_daily(self, conf: dict[str, Any]) -> str:
+        """Trigger ``dealrec_daily`` while it is still paused, at the logical date of its next scheduled run, then
+        unpause it: the scheduler finds that run already there and creates no scheduled run of its own (catchup is
+        off, but the latest interval would still run, for another day, doubling the test). Returns the run id."""
+        run_id = f"e2e_{conf.get('dt')}_{uuid.uuid4().hex[:6]}"
+        logical = self.rest("GET", "/dags/dealrec_daily")["next_dagrun_logical_date"]
+        self.rest(
+            "POST", "/dags/dealrec_daily/dagRuns", json={"dag_run_id": run_id, "logical_date": logical, "conf": conf}
+        )
+        self.rest("PATCH", "/dags/dealrec_daily", json={"is_paused": False})
+        return run_id
+
+    def run_done(self, dag_id: str, run_id: str) -> bool:
+        state = self.rest("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+        assert state != "failed", f"{dag_id} {run_id} failed:\n" + self.diagnostics()
+        return state == "success"
+
     # -- S3 -----------------------------------------------------------------------------------------------
     def s3(self):
         import boto3

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 
 import pytest
 
@@ -61,19 +60,8 @@ def test_daily_and_finetune_on_celery_with_a_gpu_worker_killed_mid_scoring(stack
         st.rest("PATCH", "/dags/dealrec_finetune", json={"is_paused": False})
         finetune_runs_before = st.rest("GET", "/dags/dealrec_finetune/dagRuns")["total_entries"]
 
-        lake_days = sorted({k.split("dt=")[1][:10] for k in st.objects("lake/interactions/") if "dt=" in k})
-        dt = lake_days[-1]  # the last synthetic day
-        run_id = f"e2e_{dt}_{uuid.uuid4().hex[:6]}"
-        # Trigger while the DAG is still paused, at the logical date of its next scheduled run: unpausing then
-        # finds that run already there and creates no scheduled run of its own (catchup is off, but the latest
-        # interval would still run, for another day, doubling the test).
-        logical = st.rest("GET", "/dags/dealrec_daily")["next_dagrun_logical_date"]
-        st.rest(
-            "POST",
-            "/dags/dealrec_daily/dagRuns",
-            json={"dag_run_id": run_id, "logical_date": logical, "conf": {**DAILY_CONF, "dt": dt}},
-        )
-        st.rest("PATCH", "/dags/dealrec_daily", json={"is_paused": False})
+        dt = st.last_synthetic_day()
+        run_id = st.start_paused_daily({**DAILY_CONF, "dt": dt})
         print(f"triggered dealrec_daily {run_id} for dt={dt} after {time.monotonic() - t0:.0f} s")
 
         # Kill the gpu worker (SIGKILL to it and its task processes) while a scoring task runs on it, and start a
@@ -100,12 +88,7 @@ def test_daily_and_finetune_on_celery_with_a_gpu_worker_killed_mid_scoring(stack
             pytest.fail("every scoring task finished before the gpu worker could be killed")
         print(f"killed the gpu worker during {victim['task_id']}[{victim['map_index']}] try {victim['try_number']}")
 
-        def run_done(dag_id: str, rid: str):
-            state = st.rest("GET", f"/dags/{dag_id}/dagRuns/{rid}")["state"]
-            assert state != "failed", f"{dag_id} {rid} failed:\n" + st.diagnostics()
-            return state == "success"
-
-        wait_for("dealrec_daily to succeed", lambda: run_done("dealrec_daily", run_id), DAILY_TIMEOUT_S, 3)
+        wait_for("dealrec_daily to succeed", lambda: st.run_done("dealrec_daily", run_id), DAILY_TIMEOUT_S, 3)
         print(f"dealrec_daily succeeded after {time.monotonic() - t0:.0f} s")
         daily_tis = st.task_instances("dealrec_daily", run_id)
         daily_runs = st.rest("GET", "/dags/dealrec_daily/dagRuns")["dag_runs"]
@@ -127,7 +110,10 @@ def test_daily_and_finetune_on_celery_with_a_gpu_worker_killed_mid_scoring(stack
         ft = wait_for("dealrec_finetune to start on the coreset asset", finetune_run, 180, 3, st.diagnostics)
         assert ft["run_type"] == "asset_triggered", ft
         wait_for(
-            "dealrec_finetune to succeed", lambda: run_done("dealrec_finetune", ft["dag_run_id"]), FINETUNE_TIMEOUT_S, 3
+            "dealrec_finetune to succeed",
+            lambda: st.run_done("dealrec_finetune", ft["dag_run_id"]),
+            FINETUNE_TIMEOUT_S,
+            3,
         )
         print(f"dealrec_finetune succeeded after {time.monotonic() - t0:.0f} s")
         finetune_tis = st.task_instances("dealrec_finetune", ft["dag_run_id"])
