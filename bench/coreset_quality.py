@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from scipy import stats
 
@@ -53,7 +54,7 @@ from dealrec_tasks.scoring.config import InfluenceConfig  # noqa: E402
 from dealrec_tasks.scoring.influence import combine_members, influence, item_popularity, negative_set  # noqa: E402
 from dealrec_tasks.selection import STRATEGIES, Candidates, SelectConfig, select  # noqa: E402
 from dealrec_tasks.storage import Lake  # noqa: E402
-from dealrec_tasks.surrogate.batching import EvalSet, Seqs, eval_set, train_batch, train_seqs  # noqa: E402
+from dealrec_tasks.surrogate.batching import EvalSet, Seqs, eval_set, train_batch, train_seqs, valid_seqs  # noqa: E402
 from dealrec_tasks.surrogate.config import SurrogateConfig  # noqa: E402
 from dealrec_tasks.surrogate.evaluate import evaluate, popularity_metrics  # noqa: E402
 from dealrec_tasks.surrogate.model import bce_expected  # noqa: E402
@@ -98,6 +99,7 @@ class World:
     test: EvalSet  # test users (clean users only in the planted world)
     n_items: int
     bot_kind: np.ndarray  # [N] str, "" for a real user
+    valid_seqs: Seqs  # the validation rows as [BOS, history, first target] (influence toward them)
 
 
 def games(lake_root: str):
@@ -131,7 +133,8 @@ def games_world(samples, n_items: int, valid_users: int) -> World:
     seqs = train_seqs(samples, n_items)
     valid, test = eval_set(samples, "valid", n_items), eval_set(samples, "test", n_items)
     sub = eval_subset(valid, random_rows(len(valid.inputs), valid_users, 0))
-    return World("games", seqs, valid, sub, test, n_items, np.full(len(seqs), "", dtype=object))
+    kinds = np.full(len(seqs), "", dtype=object)
+    return World("games", seqs, valid, sub, test, n_items, kinds, valid_seqs(samples, n_items))
 
 
 def plant_bots(seqs: Seqs, n_items: int, share: float, seed: int) -> tuple[Seqs, np.ndarray]:
@@ -168,7 +171,9 @@ def planted_world(base: World, samples, share: float, seed: int) -> World:
     valid = eval_subset(base.valid, clean("valid"))
     test = eval_subset(base.test, clean("test"))
     sub = eval_subset(valid, random_rows(len(valid.inputs), len(base.valid_sub.inputs), 0))
-    return World("planted", seqs, valid, sub, test, base.n_items, kind)
+    real = np.asarray([u not in bot_users for u in samples.column("user_idx").to_numpy()])
+    target = valid_seqs(samples.filter(pa.array(real)), base.n_items)
+    return World("planted", seqs, valid, sub, test, base.n_items, kind, target)
 
 
 def _split_mask(samples, split: str):
@@ -217,8 +222,8 @@ def cached(path: Path, compute):
 def surrogate(world: World, seed: int, cache: Path):
     """The surrogate GraNd / EL2N / RecRanker score with: the best weights of ensemble seed ``seed`` when kept,
     else its own training (cached)."""
-    best = cache / "ckpt" / f"best_s{seed}.pt"
-    path = best if best.exists() else cache / f"surrogate_s{seed}.pt"
+    kept = [d / f"best_s{seed}.pt" for d in (cache / "ckpt", cache / "ckpt_valid")]  # the same seeded training
+    path = next((b for b in kept if b.exists()), cache / f"surrogate_s{seed}.pt")
     if path.exists():
         return build_model(world.n_items, SurrogateConfig(), torch.load(path, weights_only=True)).eval()
     res = train(world.seqs, world.valid, world.n_items, SurrogateConfig(seed=seed, checkpoints=1))
@@ -228,11 +233,19 @@ def surrogate(world: World, seed: int, cache: Path):
     return res.model.eval()
 
 
-def ensemble_member(world: World, seed: int, cache: Path, keep: int) -> dict:
+def ckpt_dir(cache: Path, target: str) -> Path:
+    """Where a world's ensemble scores are kept: ``ckpt/`` (influence toward the training risk, the paper's) or
+    ``ckpt_valid/`` (toward the validation rows)."""
+    return cache / ("ckpt" if target == "train" else f"ckpt_{target}")
+
+
+def ensemble_member(world: World, seed: int, cache: Path, keep: int, target: str = "train") -> dict:
     """One member of the influence ensemble: a surrogate trained with ``seed`` (paper defaults) and the influence of
-    each of its last ``keep`` checkpoints up to the best epoch (``ckpt/infl_s<seed>_e<epoch>_n0.npy``), plus the
+    each of its last ``keep`` checkpoints up to the best epoch (``<ckpt>/infl_s<seed>_e<epoch>_n0.npy``), plus the
     best epoch's influence with another negative seed (``_n1``). Cached; returns the member's summary."""
-    out = cache / "ckpt"
+    out = ckpt_dir(cache, target)
+    icfg = InfluenceConfig(target=target)
+    rows = world.valid_seqs if target == "valid" else None
     meta = out / f"s{seed}.json"
     if meta.exists():
         return json.loads(meta.read_text())
@@ -244,10 +257,11 @@ def ensemble_member(world: World, seed: int, cache: Path, keep: int) -> dict:
     for epoch, state in res.checkpoints:
         model = build_model(world.n_items, SurrogateConfig(), state).eval()
         t1 = time.perf_counter()
-        np.save(out / f"infl_s{seed}_e{epoch}_n0.npy", influence(model, world.seqs, InfluenceConfig()).influence)
+        np.save(out / f"infl_s{seed}_e{epoch}_n0.npy", influence(model, world.seqs, icfg, target=rows).influence)
         seconds.append(time.perf_counter() - t1)
         if epoch == res.best_epoch:
-            other = influence(model, world.seqs, InfluenceConfig(neg_seed=1)).influence
+            other_cfg = dataclasses.replace(icfg, neg_seed=1)
+            other = influence(model, world.seqs, other_cfg, target=rows).influence
             np.save(out / f"infl_s{seed}_e{epoch}_n1.npy", other)
             torch.save(state, out / f"best_s{seed}.pt")
     info = res.summary() | {
@@ -259,10 +273,10 @@ def ensemble_member(world: World, seed: int, cache: Path, keep: int) -> dict:
     return info
 
 
-def member_scores(cache: Path, seed: int, info: dict, checkpoints: int, neg: int = 0) -> list[np.ndarray]:
-    """Influence vectors of a member's last ``checkpoints`` scored epochs (up to its best)."""
+def member_scores(ckpt: Path, seed: int, info: dict, checkpoints: int, neg: int = 0) -> list[np.ndarray]:
+    """Influence vectors of a member's last ``checkpoints`` scored epochs (up to its best), from ``ckpt_dir``."""
     epochs = [e for e in info["epochs_scored"] if e <= info["best_epoch"]][-checkpoints:]
-    return [np.load(cache / "ckpt" / f"infl_s{seed}_e{e}_n{neg}.npy") for e in epochs]
+    return [np.load(ckpt / f"infl_s{seed}_e{e}_n{neg}.npy") for e in epochs]
 
 
 def effort_scores(world: World, titles: list[str], model_dir: Path, rows: np.ndarray) -> np.ndarray:
@@ -319,16 +333,18 @@ def scores(world: World, args, base_cache: Path, titles: list[str]) -> tuple[Can
     (the next ``--members`` seeds) measures the agreement between retrains.
     """
     cache = base_cache / world.name
-    m, c = args.members, args.checkpoints
+    m, c, target = args.members, args.checkpoints, args.influence_target
+    ckpt = ckpt_dir(cache, target)
     first = ENSEMBLE_SEEDS[world.name]
     seeds = list(range(first, first + (2 * m if world.name == "games" and args.retrain_check else m)))
-    infos = {s: ensemble_member(world, s, cache, max(c, 8)) for s in seeds}
-    per_seed = {s: member_scores(cache, s, infos[s], c) for s in seeds}
-    best = {s: member_scores(cache, s, infos[s], 1)[0] for s in seeds}
+    infos = {s: ensemble_member(world, s, cache, max(c, args.scored_checkpoints), target) for s in seeds}
+    per_seed = {s: member_scores(ckpt, s, infos[s], c) for s in seeds}
+    best = {s: member_scores(ckpt, s, infos[s], 1)[0] for s in seeds}
     ensemble = combine_members([v for s in seeds[:m] for v in per_seed[s]])
     pairs = [(i, j) for i in seeds for j in seeds if i < j]
-    neg = {s: cache / "ckpt" / f"infl_s{s}_e{infos[s]['best_epoch']}_n1.npy" for s in seeds}
+    neg = {s: ckpt / f"infl_s{s}_e{infos[s]['best_epoch']}_n1.npy" for s in seeds}
     stability = {
+        "influence_target": target,
         "members": m,
         "checkpoints": c,
         "seeds": seeds,
@@ -351,8 +367,8 @@ def scores(world: World, args, base_cache: Path, titles: list[str]) -> tuple[Can
         second = combine_members([v for s in seeds[m : 2 * m] for v in per_seed[s]])
         stability["retrain"]["ensemble"] = spearman(ensemble, second)
         for k in range(1, c + 1):  # how the agreement grows with the checkpoints kept (1 = best epochs only)
-            a = combine_members([v for s in seeds[:m] for v in member_scores(cache, s, infos[s], k)])
-            b = combine_members([v for s in seeds[m : 2 * m] for v in member_scores(cache, s, infos[s], k)])
+            a = combine_members([v for s in seeds[:m] for v in member_scores(ckpt, s, infos[s], k)])
+            b = combine_members([v for s in seeds[m : 2 * m] for v in member_scores(ckpt, s, infos[s], k)])
             stability["retrain"].setdefault("ensemble_by_checkpoints", {})[k] = spearman(a, b)
     model = surrogate(world, BASELINE_SEED[world.name], cache)
     negatives = negative_set(world.n_items, 4096, 0)
@@ -533,6 +549,15 @@ def main() -> int:
     ap.add_argument("--members", type=int, default=3, help="surrogates in the influence ensemble")
     ap.add_argument("--checkpoints", type=int, default=6, help="epochs per member, up to its best, influence averages")
     ap.add_argument(
+        "--scored-checkpoints", type=int, default=8, help="epochs scored per member (agreement by checkpoints)"
+    )
+    ap.add_argument(
+        "--influence-target",
+        default="train",
+        choices=("train", "valid"),
+        help="influence toward the training risk (the paper's) or the validation rows (InfluenceConfig.target)",
+    )
+    ap.add_argument(
         "--no-retrain-check", dest="retrain_check", action="store_false", help="skip the second ensemble (Games)"
     )
     ap.add_argument("--valid-users", type=int, default=2000, help="validation users for the backend's early stop")
@@ -669,6 +694,9 @@ def main() -> int:
         if args.runs_tag and "random" not in runs:  # probes are compared with the main file's random control
             main_runs = cache / f"runs_{regime}_n{args.n}{f'_{warm_tag(args)}' if regime == 'warm' else ''}.jsonl"
             runs["random"] = [r for r in finished(main_runs).values() if r["strategy"] == "random"]
+            committed = out_dir / f"coreset_quality_{regime}.json"
+            if not runs["random"] and committed.exists():  # a fresh cache: the committed file's random runs
+                runs["random"] = json.loads(committed.read_text())["runs"].get("random", [])
             if not runs["random"]:
                 del runs["random"]
         result = {

@@ -8,12 +8,19 @@ from dealrec_tasks.config import _Config, _require, opt
 from dealrec_tasks.surrogate.model import BLOCKS
 
 SOLVERS = ("cg", "explicit", "lissa")
+TARGETS = ("train", "valid")
 
 
 @dataclass(frozen=True)
 class InfluenceConfig(_Config):
     """``influence``: I(s) = grad L(s)^T (H + damping I)^-1 v over one Linear block of the surrogate."""
 
+    target: str = opt(
+        "train",
+        "what v is the gradient of: train (the paper: the training samples' empirical risk) or valid (the "
+        "validation samples' loss, their sequences one item further; the ranking moves less between surrogate "
+        "retrains, see bench/coreset_quality.py)",
+    )
     block: str = opt("attn_out", f"parameter block (its Linear weight): {', '.join(sorted(BLOCKS))}")
     negatives: int = opt(4096, "K: one fixed, seeded set of negative items shared by every sample")
     neg_seed: int = opt(0, "seed of the negative set (a score depends only on the sample and this seed)")
@@ -39,6 +46,7 @@ class InfluenceConfig(_Config):
     threads: int = opt(0, "torch intra-op threads; 0 keeps torch's default")
 
     def validate(self) -> None:
+        _require(self.target in TARGETS, f"target={self.target!r}: choose one of {TARGETS}")
         _require(self.block in BLOCKS, f"block={self.block!r}: choose one of {sorted(BLOCKS)}")
         _require(self.negatives >= 1, f"negatives={self.negatives}: must be >= 1")
         _require(self.exact_head >= 0, f"exact_head={self.exact_head}: must be >= 0 (at most negatives - 1 are used)")

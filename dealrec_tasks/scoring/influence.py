@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dealrec_tasks.errors import InputError
 from dealrec_tasks.progress import progress
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.sharding import shard_rows
@@ -409,8 +410,16 @@ class Solution:
     negatives: Negatives  # [K]
 
 
-def solve(model: SASRec, seqs: Seqs, cfg: InfluenceConfig, spill: Spill | None = None) -> Solution:
-    """Pass 1 over every training row (v, Hessian cache, optional spill), then the solve of ``cfg.solver``."""
+def solve(
+    model: SASRec, seqs: Seqs, cfg: InfluenceConfig, spill: Spill | None = None, target: Seqs | None = None
+) -> Solution:
+    """Pass 1 over every training row (v, Hessian cache, optional spill), then the solve of ``cfg.solver``.
+
+    ``cfg.target="valid"``: v is instead the mean gradient of ``target`` (the validation rows as sequences), one more
+    pass over those rows; H stays the training loss's Hessian.
+    """
+    if cfg.target == "valid" and (target is None or len(target) == 0):
+        raise InputError("influence target='valid': no validation samples to take the gradient of")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     popularity = item_popularity(seqs, model.n_items) if cfg.negative_sampling == "stratified" else None
@@ -430,6 +439,10 @@ def solve(model: SASRec, seqs: Seqs, cfg: InfluenceConfig, spill: Spill | None =
         v, cache = mean_gradient(problem, seqs, cfg.batch_size, cache_rows, spill)
         timings["mean_gradient_s"] = time.perf_counter() - t0
         assert cache is not None
+        if cfg.target == "valid":
+            t0 = time.perf_counter()
+            v, _ = mean_gradient(problem, target, cfg.batch_size)  # type: ignore[arg-type]
+            timings["target_gradient_s"] = time.perf_counter() - t0
         info = SolveInfo(cfg.solver, cfg.effective_damping, hvp_samples=len(cache_rows))
         t0 = time.perf_counter()
         if cfg.hvp_negatives and cfg.hvp_negatives < len(negatives):
@@ -535,8 +548,11 @@ class InfluenceResult:
     timings: dict[str, float]
 
 
-def influence(model: SASRec, seqs: Seqs, cfg: InfluenceConfig, shard: tuple[int, int] = (0, 1)) -> InfluenceResult:
-    """Solve, then score the rows of ``shard`` (the solve always uses every row, so shards agree).
+def influence(
+    model: SASRec, seqs: Seqs, cfg: InfluenceConfig, shard: tuple[int, int] = (0, 1), target: Seqs | None = None
+) -> InfluenceResult:
+    """Solve, then score the rows of ``shard`` (the solve always uses every row, so shards agree). ``target``: the
+    validation rows, needed when ``cfg.target="valid"``.
 
     ``cfg.spill``: the shard's (g, a) are kept on disk during the solve's pass, so scoring costs no second pass.
     Otherwise a second pass recomputes them (RAM and disk both bounded by one batch).
@@ -546,7 +562,7 @@ def influence(model: SASRec, seqs: Seqs, cfg: InfluenceConfig, shard: tuple[int,
     shape = tuple(model.block_linear(cfg.block).weight.shape)
     spill = Spill(seqs, rows, shape, DTYPES[cfg.dtype], model.max_len) if cfg.spill else None
     try:
-        sol = solve(model, seqs, cfg, spill)
+        sol = solve(model, seqs, cfg, spill, target)
         t0 = time.perf_counter()
         scores = spill.scores(sol.u) if spill else score_rows(model, seqs, sol.u, sol.negatives, cfg, rows)
     finally:

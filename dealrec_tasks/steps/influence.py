@@ -49,7 +49,7 @@ from dealrec_tasks.steps.surrogate import (
     source,
 )
 from dealrec_tasks.storage import Lake, join_uri, sha256
-from dealrec_tasks.surrogate.batching import train_seqs
+from dealrec_tasks.surrogate.batching import train_seqs, valid_seqs
 from dealrec_tasks.surrogate.model import negatives_from_payload
 
 _MEMBER_RE = re.compile(r"^influence_m(\d+)$")
@@ -80,15 +80,20 @@ def _part(src: Source, name: str) -> str:
     return f"{src.path(INFLUENCE)}/{where}/{name}"
 
 
-def _inputs(lake: Lake, src: Source):
-    """The models of the surrogate's ``influence_weights`` files (in order), the training rows, the weights'
-    identity (their files' checksums) and the list itself."""
+def _inputs(lake: Lake, src: Source, cfg: InfluenceConfig):
+    """The models of the surrogate's ``influence_weights`` files (in order), the training rows, the validation rows
+    when ``cfg.target`` is "valid" (else None), the weights' identity (their files' checksums) and the list."""
     models, manifest = load_influence_models(lake, src)
     samples, n_items = read_samples(lake, src)
     if n_items != models[0].n_items:
         raise InputError(f"surrogate {src.label} has {models[0].n_items} items, the samples' vocab {n_items}")
     identity = {"surrogate_sha256": influence_sha256(manifest)}
-    return models, train_seqs(samples, n_items), identity, influence_weights(manifest)
+    target = None
+    if cfg.target == "valid":
+        target = valid_seqs(samples, n_items)
+        if len(target) == 0:
+            raise InputError(f"samples of {src.label}: no validation rows, which influence target='valid' needs")
+    return models, train_seqs(samples, n_items), target, identity, influence_weights(manifest)
 
 
 def _sizes(weights: list[dict[str, Any]]) -> dict[str, int]:
@@ -101,8 +106,8 @@ def solve_influence(lake: Lake, dt: str | None, cfg: InfluenceConfig, *, dataset
     order) and the negatives (the same for every file: they depend on the config and the rows only) for the shard
     workers."""
     src = source(dt, dataset)
-    models, seqs, identity, weights = _inputs(lake, src)
-    sols = [solve(to_dtype(model, cfg), seqs, cfg) for model in models]
+    models, seqs, target, identity, weights = _inputs(lake, src, cfg)
+    sols = [solve(to_dtype(model, cfg), seqs, cfg, target=target) for model in models]
     neg = sols[0].negatives
     negatives = neg.to_payload() if hasattr(neg, "to_payload") else {"negatives": neg}
     buf = io.BytesIO()
@@ -153,7 +158,7 @@ def score_influence(
     """
     src = source(dt, dataset)
     i, n = shard
-    models, seqs, identity, weights = _inputs(lake, src)
+    models, seqs, target, identity, weights = _inputs(lake, src, cfg)
     rows = shard_rows(len(seqs), shard)
     pre = _published_solve(lake, src, cfg, identity)
     notes = []
@@ -166,7 +171,7 @@ def score_influence(
     else:
         per_file = []
         for m, model in enumerate(models):
-            res = influence(model, seqs, cfg, shard)
+            res = influence(model, seqs, cfg, shard, target)
             columns[member_column(m)] = res.influence
             per_file.append(dict(res.timings, solve=res.solution.info.to_dict()))
             notes.append(

@@ -111,6 +111,20 @@ def train_seqs(samples: pa.Table, n_items: int) -> Seqs:
     return Seqs(tokens, offsets, t.column("sample_id").to_numpy().astype(np.int64))
 
 
+def valid_seqs(samples: pa.Table, n_items: int) -> Seqs:
+    """``[BOS, history, first target]`` of every ``valid`` row, ordered by sample_id: the validation loss in the
+    training loss's form (for influence toward the validation samples, ``InfluenceConfig.target="valid"``)."""
+    t = _split(samples, VALID)
+    t = t.take(pc.sort_indices(t, [("sample_id", "ascending")]))
+    hist = _lists(t.column("history"))
+    flat, offsets = _lists(t.column("targets"))
+    if t.num_rows and (np.diff(offsets) < 1).any():
+        raise ValueError("valid_seqs: a validation row without a target")
+    first = flat[offsets[:-1]].astype(np.int64)
+    tokens, offs = _ragged([_const(t.num_rows, n_items + 1), hist, (first, np.arange(t.num_rows + 1))])
+    return Seqs(tokens, offs, t.column("sample_id").to_numpy().astype(np.int64))
+
+
 def eval_set(samples: pa.Table, split: str, n_items: int) -> EvalSet:
     """``valid`` or ``test`` rows with their masks.
 

@@ -9,6 +9,7 @@ import torch
 from torch.func import functional_call
 
 from dealrec_tasks.data.schema import SAMPLES_SCHEMA
+from dealrec_tasks.errors import ConfigError, InputError
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.scoring.influence import (
     BlockProblem,
@@ -24,7 +25,7 @@ from dealrec_tasks.scoring.influence import (
     reference_scores,
     solve,
 )
-from dealrec_tasks.surrogate.batching import train_batch, train_seqs
+from dealrec_tasks.surrogate.batching import train_batch, train_seqs, valid_seqs
 from dealrec_tasks.surrogate.config import SurrogateConfig
 from dealrec_tasks.surrogate.model import BLOCKS, SASRec, bce_expected
 
@@ -177,6 +178,58 @@ def test_scores_equal_loop_and_do_not_depend_on_batch_or_shard(setup):
     shards = [influence(model, seqs, _cfg(batch_size=4), shard=(i, 3)) for i in range(3)]
     np.testing.assert_array_equal(np.concatenate([s.sample_id for s in shards]), full.sample_id)
     np.testing.assert_allclose(np.concatenate([s.influence for s in shards]), full.influence, rtol=1e-9, atol=1e-13)
+
+
+def test_influence_toward_the_validation_rows_equals_a_float64_reference(setup):
+    """target="valid": u = (H_train + damping I)^-1 v_valid with v_valid the whole-network mean gradient of the
+    validation sequences; each training sample's score is its own gradient dotted with u."""
+    model, seqs = setup
+    valid = valid_seqs(_valid_samples(), N_ITEMS)
+    cfg = _cfg(target="valid", damping=0.5)
+    res = influence(model, seqs, cfg, target=valid)
+    neg = res.solution.negatives
+    v_valid = reference_grad(model, valid, np.arange(len(valid)), cfg.block, neg) / len(valid)
+    torch.testing.assert_close(res.solution.v, v_valid, rtol=1e-10, atol=1e-12)
+    h = _full_hessian(model, seqs, cfg.block, neg)
+    u = torch.linalg.solve(h + cfg.damping * torch.eye(h.shape[0], dtype=h.dtype), v_valid.reshape(-1))
+    rows = np.arange(len(seqs))
+    loop = reference_scores(model, seqs, rows, cfg.block, neg, u.view_as(v_valid), pad_to=6)
+    np.testing.assert_allclose(res.influence, loop, rtol=1e-8, atol=1e-12)
+    train_target = influence(model, seqs, _cfg(damping=0.5)).influence
+    assert not np.allclose(res.influence, train_target)  # another v, other scores
+    with pytest.raises(InputError, match="target='valid': no validation samples"):
+        influence(model, seqs, cfg)
+    with pytest.raises(ConfigError, match="target='test'"):
+        _cfg(target="test")
+
+
+def _valid_samples(n_users: int = 9, seed: int = 1) -> pa.Table:
+    """Validation rows: a history and one or more targets (the first one is the next item)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        seq = rng.integers(1, N_ITEMS + 1, size=int(rng.integers(2, 9))).tolist()
+        rows.append(
+            {
+                "sample_id": int(rng.integers(0, 2**62)),
+                "user_idx": u,
+                "user_id": str(u),
+                "split": "valid",
+                "history": seq[:-1][-6:],
+                "target": seq[-1],
+                "targets": [seq[-1], int(rng.integers(1, N_ITEMS + 1))],
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA)
+
+
+def test_valid_seqs_are_bos_history_and_the_first_target_by_sample_id():
+    table = _valid_samples()
+    seqs = valid_seqs(table, N_ITEMS)
+    rows = sorted(table.to_pylist(), key=lambda r: r["sample_id"])
+    assert seqs.sample_id.tolist() == [r["sample_id"] for r in rows]
+    for i, r in enumerate(rows):
+        assert seqs.row(i).tolist() == [N_ITEMS + 1, *r["history"], r["targets"][0]]
 
 
 def test_negative_seed_changes_the_set_but_not_its_size():

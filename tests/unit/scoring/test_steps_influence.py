@@ -3,6 +3,8 @@ shards, merge."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +27,7 @@ from dealrec_tasks.steps.surrogate import (
     train_surrogate,
 )
 from dealrec_tasks.storage import Lake, join_uri
-from dealrec_tasks.surrogate.batching import train_seqs
+from dealrec_tasks.surrogate.batching import train_seqs, valid_seqs
 from dealrec_tasks.surrogate.config import SurrogateConfig
 
 ICFG = InfluenceConfig(negatives=16, hvp_samples=0, cg_tol=1e-10, dtype="float64")
@@ -201,6 +203,27 @@ def test_sharded_ensemble_equals_the_ensemble_computed_directly(lake):
         np.testing.assert_allclose(merged[f"influence_m{m}"], r, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(merged.influence, combine_members(raw), rtol=1e-9, atol=1e-12)
     assert not np.allclose(raw[0], raw[1]) and not np.allclose(raw[1], raw[3])  # checkpoints and members differ
+
+
+def test_influence_toward_the_validation_rows_through_the_steps(lake):
+    """target="valid": the published solve and the shards use the day's validation rows; the merged scores equal
+    the direct computation, and they are not the training-risk scores."""
+    d4 = lake.days[-1]
+    train_surrogate(lake, d4, SurrogateConfig.tiny(seed=3, **LEARNS))
+    cfg = dataclasses.replace(ICFG, target="valid")
+    solve_influence(lake, d4, cfg)
+    for i in range(2):
+        assert not score_influence(lake, d4, cfg, (i, 2)).notes  # the published solve (made for this config)
+    merge_influence(lake, d4, 2)
+    merged = _scores(lake, d4)
+    table, n_items = read_samples(lake, Source(d4, None))
+    seqs, valid = train_seqs(table, n_items), valid_seqs(table, n_items)
+    assert len(valid) > 0
+    models, _ = load_influence_models(lake, Source(d4, None))
+    raw = [influence(model, seqs, cfg, target=valid).influence for model in models]
+    np.testing.assert_allclose(merged.influence, combine_members(raw), rtol=1e-9, atol=1e-12)
+    on_train = [influence(model, seqs, ICFG).influence for model in models]
+    assert not np.allclose(combine_members(raw), combine_members(on_train))
 
 
 def test_a_rerun_with_unchanged_inputs_is_a_no_op(lake):
