@@ -4,10 +4,11 @@
 Every day after midnight UTC, for the day that just ended (`dt`):
 
 1. **ingest** every day with logs not ingested yet, up to `dt`, in order (bad rows quarantined to `rejects/`);
-2. **samples** (one per user, split by time) -> **surrogate** (3 SASRecs with seeds 0-2, each warm-started from
-   the previous day's same member: influence averages them, so one training run's luck weighs less on the coreset);
-3. **influence** (solve once, then `shards` parallel GPU tasks, merged) and **effort** on the LLM (`shards`
-   parallel GPU tasks on `base_model`, merged);
+2. **samples** (one per user, split by time) -> **surrogate** (4 SASRecs with seeds 0-3, each warm-started from
+   the previous day's same member: influence averages them, so one training run's luck weighs little on the coreset);
+3. **influence** toward the day's validation rows (`influence_target`; `train` is the paper's training risk;
+   solve once, then `shards` parallel GPU tasks, merged) and **effort** on the LLM (`shards` parallel GPU tasks on
+   `base_model`, merged);
 4. **select** the coverage-enhanced coreset (`n` or `ratio`, `lambda`, `k`, `hard_prune`, `strategy`);
 5. **log_pruning** to MLflow and emit the `dealrec_coreset` asset, which starts `dealrec_finetune`.
 
@@ -71,18 +72,20 @@ def dealrec_daily():
         return dx.result(train_surrogate_once(dx.lake(), dt, cfg))
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=2))
-    def influence_solve(dt: str) -> dict:
+    def influence_solve(dt: str, params=None) -> dict:
         from dealrec_tasks.scoring.config import InfluenceConfig
         from dealrec_tasks.steps.pipeline import solve_influence_once
 
-        return dx.result(solve_influence_once(dx.lake(), dt, InfluenceConfig()))
+        cfg = InfluenceConfig(target=params["influence_target"])
+        return dx.result(solve_influence_once(dx.lake(), dt, cfg))
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=2))
-    def influence(dt: str, shard: list[int]) -> dict:
+    def influence(dt: str, shard: list[int], params=None) -> dict:
         from dealrec_tasks.scoring.config import InfluenceConfig
         from dealrec_tasks.steps.influence import score_influence
 
-        return dx.result(score_influence(dx.lake(), dt, InfluenceConfig(), (shard[0], shard[1])))
+        cfg = InfluenceConfig(target=params["influence_target"])
+        return dx.result(score_influence(dx.lake(), dt, cfg, (shard[0], shard[1])))
 
     @task(execution_timeout=timedelta(minutes=30))
     def merge_influence(dt: str, shards: list[list[int]]) -> dict:

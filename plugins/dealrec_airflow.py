@@ -259,6 +259,13 @@ def daily_params() -> dict[str, Param]:
             description="Fraction of the highest-scored samples dropped before the strata.",
         ),
         "strategy": Param("dealrec", enum=list(STRATEGIES), title="Strategy", description="Selection strategy."),
+        "influence_target": Param(
+            "valid",
+            enum=["valid", "train"],
+            title="Influence target",
+            description="valid: influence toward the day's validation rows (stable across surrogate retrains); "
+            "train: the paper's, toward the training risk.",
+        ),
         "base_model": _base_model_param(),
         "shards": Param(
             2,

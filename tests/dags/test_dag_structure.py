@@ -165,6 +165,7 @@ def test_params_defaults_are_valid_and_strategy_enum_is_the_librarys(daily, fine
         ("hard_prune", 1.0),
         ("hard_prune", -0.1),
         ("strategy", "best"),
+        ("influence_target", "test"),
         ("base_model", 7),
         ("base_model", ""),
         ("base_model", "relative/dir"),
@@ -241,3 +242,7 @@ def test_param_defaults_are_the_library_defaults(daily, finetune):
     assert (daily.params["hard_prune"], daily.params["strategy"]) == (sel.hard_prune, sel.strategy)
     assert daily.params["ratio"] is None
     assert finetune.params["margin"] == TrackingConfig().margin
+    from dealrec_tasks.scoring.config import TARGETS, InfluenceConfig
+
+    assert daily.params["influence_target"] == InfluenceConfig().target
+    assert set(daily.params.get_param("influence_target").schema["enum"]) == set(TARGETS)

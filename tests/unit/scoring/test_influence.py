@@ -63,7 +63,9 @@ def _model(seed: int = 0, max_len: int = 6) -> SASRec:
 
 
 def _cfg(**kw) -> InfluenceConfig:
-    return InfluenceConfig(**({"negatives": 8, "dtype": "float64", "hvp_samples": 0, "cg_tol": 1e-12} | kw))
+    """The paper's target (training risk) unless a test says otherwise."""
+    base = {"target": "train", "negatives": 8, "dtype": "float64", "hvp_samples": 0, "cg_tol": 1e-12}
+    return InfluenceConfig(**(base | kw))
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from dealrec_tasks.storage import Lake, join_uri
 from dealrec_tasks.surrogate.batching import train_seqs, valid_seqs
 from dealrec_tasks.surrogate.config import SurrogateConfig
 
-ICFG = InfluenceConfig(negatives=16, hvp_samples=0, cg_tol=1e-10, dtype="float64")
+ICFG = InfluenceConfig(target="train", negatives=16, hvp_samples=0, cg_tol=1e-10, dtype="float64")
 # Learns on every epoch of the tiny lake (best epoch >= 2 for every member): members x checkpoints weight files.
 LEARNS = dict(lr=1e-2, max_epochs=4, patience=4, cold_start=True)
 

@@ -187,10 +187,10 @@ def test_weighted_negatives_gradient_and_unbiasedness():
 def test_members_default_and_validation():
     from dealrec_tasks.errors import ConfigError
 
-    assert SurrogateConfig().members == 3 and SurrogateConfig.tiny().members == 2
+    assert SurrogateConfig().members == 4 and SurrogateConfig().checkpoints == 1 and SurrogateConfig.tiny().members == 2
     with pytest.raises(ConfigError, match="members=0: must be >= 1"):
         SurrogateConfig(members=0)
-    assert SurrogateConfig.from_dict({"hidden": 8, "heads": 2}).members == 3  # a config stored before ensembles
+    assert SurrogateConfig.from_dict({"hidden": 8, "heads": 2}).members == 4  # a config stored before ensembles
 
 
 def test_training_keeps_the_checkpoints_up_to_the_best_epoch():
