@@ -26,9 +26,10 @@ with the samples, RAM stays one batch), so the scores need no second pass; ``spi
 second pass instead. The Hessian cache holds only the subsample's positions.
 
 Target (``cfg.target``): the paper's v is the mean gradient of the training risk, which is nearly 0 at a trained
-surrogate (Games: norm 0.008-0.012 against 0.08-0.12 for the validation rows) and points wherever early stopping
-left it, so two retrained surrogates rank the samples at Spearman 0.12-0.65. The default v is the mean gradient of
-the validation rows (each user's training sequence one item further): 0.64-0.82 between single surrogates.
+surrogate (Games: norm 0.008-0.012 against 0.08-0.12 for the validation rows; bench/results/influence_target.json)
+and points wherever early stopping left it, so two retrained surrogates rank the samples at Spearman 0.12-0.65.
+The default v is the mean gradient of the validation rows (each user's training sequence one item further):
+0.64-0.82 between single surrogates.
 Ensembles: the pipeline scores every member of an ensemble of surrogates and ``combine_members`` averages their
 scores (TRAK / TracIn-style), each member first divided by its root-mean-square over the training samples; two
 4-member ensembles agree at 0.93 (``bench/results/coreset_quality_cold_valid4.json``).

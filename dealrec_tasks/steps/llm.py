@@ -65,10 +65,32 @@ def tiny_llm(lake: Lake, out_dir: str, cfg: TinyLLMConfig, rebuild: bool = False
 def effort(
     lake: Lake, dt: str, model_dir: str, cfg: EffortConfig, lora: LoRAConfig, shard: tuple[int, int] = (0, 1)
 ) -> StepResult:
-    """Effort scores of shard i/n of the training samples at ``dt`` -> ``effort/dt=D/shard=i-of-n/``."""
+    """Effort scores of shard i/n of the training samples at ``dt`` -> ``effort/dt=D/shard=i-of-n/``.
+
+    A no-op without recomputing when the shard is published for the same config, model and inputs (the samples',
+    vocab's and catalogue's manifests): a retry or a rerun then costs no GPU time, and float noise between two
+    computations (seen under heavy CPU load) cannot republish the scores and, through them, the coreset.
+    """
+    import json
+
     from dealrec_tasks.llm.effort import EffortScorer, attach_lora
+    from dealrec_tasks.llm.evaluate import model_fingerprint
     from dealrec_tasks.llm.tiny import load
 
+    inputs = {
+        name: {f: e["sha256"] for f, e in lake.require_manifest(dataset, day).get("files", {}).items()}
+        for name, dataset, day in (("samples", SAMPLES, dt), ("vocab", VOCAB, dt), ("items", ITEMS, None))
+    }
+    config = cfg.to_dict() | {
+        "lora": lora.to_dict(),
+        "model_dir": model_dir,
+        "model_fingerprint": model_fingerprint(model_dir),
+        "inputs_sha256": inputs,
+    }
+    published = lake.manifest(_effort_part(dt, shard))
+    if published is not None and published.get("config") == json.loads(json.dumps(config)):
+        counts = {"samples": published.get("counts", {}).get("rows"), "reused": True}
+        return StepResult("effort", {"effort": published["uri"]}, counts, False)
     train = _split(lake.read(SAMPLES, dt, "samples.parquet"), TRAIN)
     n_train = len(train)
     train = [train[i] for i in shard_rows(n_train, shard)]
@@ -86,8 +108,11 @@ def effort(
         _effort_part(dt, shard),
         None,
         {"effort.parquet": table},
-        config=cfg.to_dict() | {"lora": lora.to_dict(), "model_dir": model_dir},
-        extra={"source": {"samples": lake.partition(SAMPLES, dt)}, "counts": {"train_samples": n_train}},
+        config=config,
+        extra={
+            "source": {"samples": lake.partition(SAMPLES, dt)},
+            "counts": {"train_samples": n_train, "rows": len(train)},
+        },
     )
     mean = float(np.mean(scores)) if len(scores) else 0.0
     counts = {"samples": len(train), "shared_prefix": scorer.use_prefix, "mean_effort": round(mean, 6)}

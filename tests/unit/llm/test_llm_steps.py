@@ -37,6 +37,26 @@ def test_sharded_effort_merges_to_the_unsharded_scores(lake, tiny_dir):
     assert not llm_steps.merge_effort(lake, DT, 2).changed  # a retried merge is a no-op
 
 
+def test_effort_rerun_with_the_same_inputs_reuses_the_shard_without_recomputing(lake, tiny_dir, monkeypatch):
+    from dealrec_tasks.llm.effort import EffortScorer
+
+    cfg = EffortConfig(batch_size=4)
+    llm_steps.effort(lake, DT, tiny_dir, cfg, LoRAConfig(), (0, 1))
+    before = lake.manifest(f"effort/dt={DT}/shard=0-of-1")
+
+    def recompute(*_a, **_k):
+        raise AssertionError("effort recomputed for unchanged inputs")
+
+    with monkeypatch.context() as m:
+        m.setattr(EffortScorer, "score", recompute)
+        again = llm_steps.effort(lake, DT, tiny_dir, cfg, LoRAConfig(), (0, 1))
+    assert not again.changed and again.counts["reused"] is True
+    assert lake.manifest(f"effort/dt={DT}/shard=0-of-1") == before
+    other = llm_steps.effort(lake, DT, tiny_dir, EffortConfig(batch_size=4, seed=1), LoRAConfig(), (0, 1))
+    assert other.changed  # another LoRA init: recomputed and republished
+    assert lake.manifest(f"effort/dt={DT}/shard=0-of-1")["config"]["inputs_sha256"]["samples"]
+
+
 def test_finetune_without_coreset_needs_an_explicit_choice(lake, tiny_dir, tmp_path):
     with pytest.raises(InputError, match="no published coreset"):
         llm_steps.finetune(lake, DT, tiny_dir, FinetuneConfig(), LoRAConfig(), str(tmp_path))
