@@ -209,6 +209,7 @@ def mlflow_of_day(tracking, dt: str, links: MlflowLinks) -> dict[str, Any]:
     version holds ``champion`` / ``challenger`` now."""
     from dealrec_tasks.steps.tracking import FINETUNE, PRUNING
     from dealrec_tasks.tracking.client import TAG_DT, TAG_KIND, Tracking, TrackingUnavailable, quote
+    from dealrec_tasks.tracking.config import redact_uri
     from dealrec_tasks.tracking.registry import CHALLENGER, CHAMPION, alias_version, search_versions
 
     tr = Tracking(tracking)
@@ -249,8 +250,9 @@ def mlflow_of_day(tracking, dt: str, links: MlflowLinks) -> dict[str, Any]:
                 }
             )
     except TrackingUnavailable as exc:
-        return {"error": str(exc), "model": name}
-    return {"model": name, "tracking_uri": tr.uri, "runs": runs, "versions": versions, "aliases": aliases}
+        return {"error": str(exc), "model": name}  # the message names the URI redacted
+    uri = redact_uri(tr.uri)  # the page and the JSON are shown to users: never the password
+    return {"model": name, "tracking_uri": uri, "runs": runs, "versions": versions, "aliases": aliases}
 
 
 def _model_exists(tr, name: str) -> bool:

@@ -16,9 +16,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import quote as url_quote
+from urllib.parse import unquote, urlparse
 
 from dealrec_tasks.errors import ConfigError, InputError
-from dealrec_tasks.tracking.config import TrackingConfig
+from dealrec_tasks.tracking.config import TrackingConfig, redact_uri
 
 T = TypeVar("T")
 _ENV_LOCK = threading.Lock()
@@ -127,11 +129,13 @@ class Tracking:
                 if attempt < self.cfg.retries:
                     time.sleep(wait)
                     wait *= 2
+        # The cause's text is kept scrubbed in the message, not chained: MLflow's exceptions quote the URL with its
+        # password, and a chained traceback would carry it into task logs.
         raise TrackingUnavailable(
-            f"MLflow at {self.uri}: {what} failed after {self.cfg.retries} tries "
-            f"(waits from {self.cfg.retry_wait_s:g} s, doubling): {_short(last)}. Is the tracking server running "
-            "and reachable? (set tracking_uri / $MLFLOW_TRACKING_URI)"
-        ) from last
+            f"MLflow at {redact_uri(self.uri)}: {what} failed after {self.cfg.retries} tries "
+            f"(waits from {self.cfg.retry_wait_s:g} s, doubling): {_short(last, self.uri)}. Is the tracking server "
+            "running and reachable? (set tracking_uri / $MLFLOW_TRACKING_URI)"
+        ) from None
 
     def ping(self) -> None:
         """Fail fast, before anything is written, when MLflow is not reachable."""
@@ -160,7 +164,8 @@ class Tracking:
             else:
                 if exp.lifecycle_stage == "deleted":
                     raise InputError(
-                        f"MLflow at {self.uri}: experiment {name!r} is deleted; restore it or choose another name"
+                        f"MLflow at {redact_uri(self.uri)}: experiment {name!r} is deleted; "
+                        "restore it or choose another name"
                     )
                 exp_id = exp.experiment_id
             self._experiment_id = exp_id
@@ -191,6 +196,11 @@ def _id(exp) -> str | None:
     return None if exp is None else exp.experiment_id
 
 
-def _short(exc: BaseException | None) -> str:
+def _short(exc: BaseException | None, uri: str = "") -> str:
+    """The exception's text on one line, at most 300 characters, without the password of ``uri``."""
     text = " ".join(str(exc).split()) if exc is not None else "no answer"
+    password = urlparse(uri).password if uri else None
+    if password:
+        for secret in {password, unquote(password), url_quote(password, safe="")}:
+            text = text.replace(secret, "***")
     return text if len(text) <= 300 else text[:300] + " ..."

@@ -17,6 +17,19 @@ _METRIC_RE = re.compile(r"^(recall|ndcg)@[1-9][0-9]*$")
 _SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql")
 
 
+def redact_uri(uri: str) -> str:
+    """``uri`` with the password of its user info replaced by ``***``: what may be printed, logged or shown."""
+    try:
+        parsed = urlparse(uri)
+        password = parsed.password
+    except ValueError:
+        return uri
+    if not password:
+        return uri
+    host = parsed.netloc.rsplit("@", 1)[1]
+    return parsed._replace(netloc=f"{parsed.username or ''}:***@{host}").geturl()
+
+
 @dataclass(frozen=True)
 class TrackingConfig(_Config):
     """MLflow tracking + registry settings (embedded SQLite by default, an ``mlflow server`` in the full stack)."""
@@ -46,7 +59,8 @@ class TrackingConfig(_Config):
             scheme = urlparse(self.tracking_uri).scheme.split("+")[0]
             _require(
                 scheme in _SCHEMES,
-                f"tracking_uri={self.tracking_uri!r}: unsupported scheme {scheme!r} (use {', '.join(_SCHEMES)})",
+                f"tracking_uri={redact_uri(self.tracking_uri)!r}: unsupported scheme {scheme!r} "
+                f"(use {', '.join(_SCHEMES)})",
             )
         _require(bool(self.experiment.strip()), "experiment='': an MLflow experiment name is required")
         _require(

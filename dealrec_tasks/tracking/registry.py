@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from dealrec_tasks.errors import ConfigError, InputError
 from dealrec_tasks.tracking.client import Tracking, quote
+from dealrec_tasks.tracking.config import redact_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -103,7 +104,7 @@ def require_registered_model(tr: Tracking, name: str):
     except MlflowException as exc:
         if _error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
             raise InputError(
-                f"MLflow at {tr.uri}: no registered model {name!r}; register a version first "
+                f"MLflow at {redact_uri(tr.uri)}: no registered model {name!r}; register a version first "
                 "(`dealrec register`, or the fine-tuning DAG) or set model_name"
             ) from None
         raise

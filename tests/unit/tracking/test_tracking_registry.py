@@ -141,6 +141,30 @@ def test_unreachable_server_fails_clearly_after_bounded_retries(tracked, capsys)
     assert code == 2 and "Is the tracking server running" in capsys.readouterr().err
 
 
+def test_a_password_in_the_tracking_uri_is_never_printed(tracked, capsys):
+    """Errors, the CLI and the DEALRec view name the server with its password masked (issue 14, item 11)."""
+    from dealrec_tasks.days import MlflowLinks, mlflow_of_day
+    from dealrec_tasks.tracking.config import redact_uri
+
+    port = _free_port()
+    uri = f"http://admin:S3CRETPW@127.0.0.1:{port}"
+    assert redact_uri(uri) == f"http://admin:***@127.0.0.1:{port}"
+    assert redact_uri("sqlite:////x/mlflow.db") == "sqlite:////x/mlflow.db"
+    assert redact_uri("postgresql://u:p%40ss@db:5432/m") == "postgresql://u:***@db:5432/m"
+    cfg = TrackingConfig(tracking_uri=uri, retries=1, retry_wait_s=0.0)
+    with pytest.raises(TrackingUnavailable) as err:
+        steps.register(tracked.lake, tracked.dt, tracked.model_dir, cfg, "run__1")
+    assert "S3CRETPW" not in str(err.value) and "admin:***@" in str(err.value)
+    shown = mlflow_of_day(cfg, tracked.dt, MlflowLinks())
+    assert "S3CRETPW" not in json.dumps(shown) and "error" in shown
+    code = main(["rollback", "--reason", "x", "--tracking-uri", uri, "--retries", "1", "--retry-wait-s", "0"])
+    out = capsys.readouterr()
+    assert code == 2 and "S3CRETPW" not in out.err + out.out
+    with pytest.raises(ConfigError) as bad:
+        TrackingConfig(tracking_uri="ftp://u:S3CRETPW@host/x")
+    assert "S3CRETPW" not in str(bad.value)
+
+
 def test_config_validation_names_the_parameter(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="model_name=''"):
         TrackingConfig(model_name="")
