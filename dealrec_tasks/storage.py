@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dealrec_tasks.config import S3Config
+from dealrec_tasks.config import S3Config, parse_dt
 from dealrec_tasks.errors import InputError, PartitionNotFound
 
 MANIFEST = "_manifest.json"
@@ -183,6 +183,9 @@ class Published:
 
 
 def partition_uri(root: str, dataset: str, dt: str | None) -> str:
+    """``<root>/<dataset>/dt=<D>``; ``dt`` must be a date, so a crafted one cannot reach another partition."""
+    if dt:
+        parse_dt(dt)
     return join_uri(normalize_uri(root), dataset, f"dt={dt}" if dt else "")
 
 

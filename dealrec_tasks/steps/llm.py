@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from dealrec_tasks.config import parse_dt
 from dealrec_tasks.data.samples import TEST, TRAIN, VALID
 from dealrec_tasks.data.schema import ADAPTERS, CORESET, EFFORT, EVALUATION, ITEMS, SAMPLES, SCORES_EFFORT, VOCAB
 from dealrec_tasks.errors import InputError
@@ -120,6 +121,7 @@ def effort(
 
 
 def _effort_part(dt: str, shard: tuple[int, int]) -> str:
+    parse_dt(dt)  # part of a path: a crafted dt must not reach another partition
     return f"{EFFORT}/dt={dt}/{shard_name(shard)}"
 
 

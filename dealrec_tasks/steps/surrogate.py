@@ -59,6 +59,8 @@ class Source:
 
 
 def source(dt: str | None, dataset: str | None) -> Source:
+    if dt is not None:
+        parse_dt(dt)  # part of paths (influence/dt=D/...): a crafted dt must not reach another partition
     if (dt is None) == (dataset is None):
         raise InputError("give exactly one of dt (daily samples) or dataset (an imported dataset's samples)")
     if dt is not None:

@@ -114,3 +114,24 @@ def test_uri_errors_name_the_uri():
     with pytest.raises(InputError, match="no such file"):
         Storage().read_bytes("/nonexistent/file.parquet")
     assert normalize_uri("relative/dir").startswith("file:///")
+
+
+def test_a_crafted_dt_cannot_reach_another_partition(tmp_path):
+    """dt is part of every partition path: anything but a date is refused, naming it (issue 14, item 9)."""
+    from dealrec_tasks.errors import ConfigError
+    from dealrec_tasks.steps import llm as llm_steps
+    from dealrec_tasks.steps.surrogate import source
+
+    lake = Lake(str(tmp_path / "lake"))
+    crafted = "2026-01-04/../../samples/dt=2026-01-04"
+    for call in (
+        lambda: lake.partition("coreset", crafted),
+        lambda: lake.manifest("scores_effort", crafted),
+        lambda: lake.read("samples", crafted, "samples.parquet"),
+        lambda: llm_steps.merge_effort(lake, crafted, 2),
+        lambda: llm_steps._effort_part(crafted, (0, 2)),
+        lambda: source(crafted, None),
+    ):
+        with pytest.raises(ConfigError, match=r"dt='2026-01-04/\.\./\.\./samples/dt=2026-01-04': expected a date"):
+            call()
+    assert lake.partition("coreset", "2026-01-04").endswith("/coreset/dt=2026-01-04")
