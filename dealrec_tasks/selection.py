@@ -421,6 +421,11 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
+#: Bounds that keep a typo from becoming an infinite score or a multi-terabyte allocation (1e8 strata: ~7 TiB).
+MAX_LAMBDA = 1000.0
+MAX_STRATA = 100_000
+
+
 @dataclass(frozen=True)
 class SelectConfig(_Config):
     """``select``: which strategy picks the coreset of a day and how many samples it keeps."""
@@ -454,8 +459,10 @@ class SelectConfig(_Config):
             _require(self.n >= 1, f"n={self.n}: must be >= 1")
         if self.ratio is not None:
             _require(0 < self.ratio <= 1, f"ratio={self.ratio}: must be in (0, 1]")
-        _require(self.lam >= 0, f"lam={self.lam}: lambda must be >= 0")
-        _require(self.k >= 1, f"k={self.k}: must be >= 1")
+        _require(
+            math.isfinite(self.lam) and 0 <= self.lam <= MAX_LAMBDA, f"lam={self.lam}: must be in [0, {MAX_LAMBDA:g}]"
+        )
+        _require(1 <= self.k <= MAX_STRATA, f"k={self.k}: must be in [1, {MAX_STRATA}] (strata are allocated up front)")
         _require(0 <= self.hard_prune < 1, f"hard_prune={self.hard_prune}: must be in [0, 1)")
         _require(0 < self.pool <= 1, f"pool={self.pool}: must be in (0, 1]")
         _require(0 <= self.fit_prune < 1, f"fit_prune={self.fit_prune}: must be in [0, 1)")

@@ -233,7 +233,9 @@ def _base_model_param() -> Param:
 
 
 def daily_params() -> dict[str, Param]:
-    from dealrec_tasks.selection import STRATEGIES
+    from dealrec_tasks.selection import MAX_LAMBDA, MAX_STRATA, STRATEGIES
+
+    limits = {"lambda": MAX_LAMBDA, "k": MAX_STRATA}  # the library's bounds, in the form too
 
     return {
         "dt": _dt_param("the day the scheduled run covers, or the logical date's day"),
@@ -247,9 +249,21 @@ def daily_params() -> dict[str, Param]:
             description="Fraction of the training samples to keep; when set it replaces n.",
         ),
         "lambda": Param(
-            0.3, type="number", minimum=0, title="lambda", description="Weight of the effort score (paper: 0.3 Games)."
+            0.3,
+            type="number",
+            minimum=0,
+            maximum=limits["lambda"],
+            title="lambda",
+            description="Weight of the effort score (paper: 0.3 Games).",
         ),
-        "k": Param(50, type="integer", minimum=1, title="Strata k", description="Equal-width score strata."),
+        "k": Param(
+            50,
+            type="integer",
+            minimum=1,
+            maximum=limits["k"],
+            title="Strata k",
+            description="Equal-width score strata.",
+        ),
         "hard_prune": Param(
             0.1,
             type="number",

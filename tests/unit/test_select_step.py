@@ -143,7 +143,9 @@ def test_too_many_and_the_cli(source_lake, local_lake, capsys):
     assert "select: candidates" in capsys.readouterr().out
     assert local_lake.require_manifest("coreset", DT)["counts"]["selected"] == int(0.1 * n_train)
     assert main(["--lake", local_lake.root, "select", "--dt", DT, "--k", "0"]) == 2
-    assert "k=0: must be >= 1" in capsys.readouterr().err
+    assert "k=0: must be in [1, 100000]" in capsys.readouterr().err
+    assert main(["--lake", local_lake.root, "select", "--dt", DT, "--lam", "inf"]) == 2  # not a traceback
+    assert "lam=inf: must be in [0, 1000]" in capsys.readouterr().err
 
 
 def test_constants_match_the_producing_steps():

@@ -216,8 +216,11 @@ def test_missing_or_bad_inputs_name_the_score():
     [
         ({"n": 10, "ratio": 0.1}, r"n=10 and ratio=0.1: give exactly one"),
         ({"n": None, "ratio": None}, r"n=None and ratio=None: give exactly one"),
-        ({"lam": -0.1}, r"lam=-0.1: lambda must be >= 0"),
-        ({"k": 0}, r"k=0: must be >= 1"),
+        ({"lam": -0.1}, r"lam=-0.1: must be in \[0, 1000\]"),
+        ({"lam": float("inf")}, r"lam=inf: must be in \[0, 1000\]"),
+        ({"lam": float("nan")}, r"lam=nan: must be in \[0, 1000\]"),
+        ({"k": 0}, r"k=0: must be in \[1, 100000\]"),
+        ({"k": 10**8}, r"k=100000000: must be in \[1, 100000\] \(strata are allocated up front\)"),
         ({"hard_prune": 1.0}, r"hard_prune=1.0: must be in \[0, 1\)"),
         ({"hard_prune": -0.1}, r"hard_prune=-0.1: must be in \[0, 1\)"),
         ({"strategy": "magic"}, r"strategy='magic': choose one of \['dealrec'"),
