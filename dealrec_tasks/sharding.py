@@ -32,3 +32,9 @@ def shard_rows(n_rows: int, shard: tuple[int, int]) -> np.ndarray:
 
 def shard_name(shard: tuple[int, int]) -> str:
     return f"shard={shard[0]}-of-{shard[1]}"
+
+
+def check_shard_count(n: int) -> None:
+    """A merge's shard count: at least 1 (the number of shards the scoring ran in); the error names it."""
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"shards={n}: must be >= 1 (the number of shards the scoring ran in)")

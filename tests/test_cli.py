@@ -78,6 +78,17 @@ def test_bad_parameters_exit_2_with_a_clear_message(tmp_path, capsys):
     assert "exactly one of --dt" in capsys.readouterr().err
     assert main(["--lake", str(tmp_path), "surrogate", "--dt", "2026-01-01", "--members", "0"]) == 2
     assert "members=0: must be >= 1" in capsys.readouterr().err
+    # These ended in tracebacks (issue 14, item 7): one line naming the parameter now, exit 2.
+    for cmd, message in (
+        (["merge-effort", "--dt", "2026-01-01", "--shards", "0"], "shards=0: must be >= 1"),
+        (["merge-influence", "--dt", "2026-01-01", "--shards", "0"], "shards=0: must be >= 1"),
+        (["evaluate", "--dt", "2026-01-01", "--max-users", "-5"], "max_users=-5: must be >= 0"),
+        (["effort", "--dt", "2026-01-01", "--model", str(tmp_path / "no-model")], "not a local Hugging Face model"),
+        (["merge-effort", "--dt", "2026-01-01/../../x", "--shards", "1"], "dt='2026-01-01/../../x'"),
+    ):
+        assert main(["--lake", str(tmp_path), *cmd]) == 2, cmd
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (cmd, err)
 
 
 def test_import_of_a_malformed_release_names_file_and_line(tmp_path, capsys):

@@ -144,9 +144,22 @@ def build_tiny_llm(out_dir: str | Path, titles: list[str], cfg: TinyLLMConfig, r
     return info | {"reused": False}
 
 
+def check_model_dir(model_dir: str | Path) -> None:
+    """Refuse, by name, anything but a local model directory (a missing path would be taken for a Hub id)."""
+    from dealrec_tasks.errors import ConfigError
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise ConfigError(f"model={str(model_dir)!r}: not a local Hugging Face model directory (no config.json)")
+
+
 def load(model_dir: str | Path, dtype: torch.dtype = torch.float32):
-    """Tokenizer and causal LM from a local directory (tiny or real), the one loading path everywhere."""
+    """Tokenizer and causal LM from a local directory (tiny or real), the one loading path everywhere.
+
+    Only local directories: a missing path is refused by name instead of being taken for a Hub id (no download).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_model_dir(model_dir)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:

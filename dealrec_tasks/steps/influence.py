@@ -39,7 +39,7 @@ from dealrec_tasks.data.schema import INFLUENCE, SCORES_INFLUENCE, SURROGATE
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.scoring.influence import combine_members, influence, score_rows, solve, to_dtype
-from dealrec_tasks.sharding import shard_name, shard_rows
+from dealrec_tasks.sharding import check_shard_count, shard_name, shard_rows
 from dealrec_tasks.steps.common import StepResult, merge_shards
 from dealrec_tasks.steps.surrogate import (
     Source,
@@ -212,6 +212,7 @@ def merge_influence(lake: Lake, dt: str | None, n: int, *, dataset: str | None =
     """Concatenate the n shards (same config and weights, every training row exactly once), combine the weight
     files' scores over all rows, and publish."""
     src = source(dt, dataset)
+    check_shard_count(n)
     parts = [_part(src, shard_name((i, n))) for i in range(n)]
     first = lake.manifest(parts[0])
     expected = first["counts"]["train_samples"] if first else 0

@@ -15,7 +15,7 @@ from dealrec_tasks.errors import InputError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
 from dealrec_tasks.llm.prompts import EncodedPrompt, PromptTemplate, encode
 from dealrec_tasks.progress import progress
-from dealrec_tasks.sharding import shard_name, shard_rows
+from dealrec_tasks.sharding import check_shard_count, shard_name, shard_rows
 from dealrec_tasks.steps.common import StepResult, merge_shards
 from dealrec_tasks.storage import Lake, join_uri
 
@@ -76,8 +76,9 @@ def effort(
 
     from dealrec_tasks.llm.effort import EffortScorer, attach_lora
     from dealrec_tasks.llm.evaluate import model_fingerprint
-    from dealrec_tasks.llm.tiny import load
+    from dealrec_tasks.llm.tiny import check_model_dir, load
 
+    check_model_dir(model_dir)
     inputs = {
         name: {f: e["sha256"] for f, e in lake.require_manifest(dataset, day).get("files", {}).items()}
         for name, dataset, day in (("samples", SAMPLES, dt), ("vocab", VOCAB, dt), ("items", ITEMS, None))
@@ -127,6 +128,7 @@ def _effort_part(dt: str, shard: tuple[int, int]) -> str:
 
 def merge_effort(lake: Lake, dt: str, n: int) -> StepResult:
     """One ``scores_effort/dt=D/effort.parquet`` from the n shards (every training sample exactly once)."""
+    check_shard_count(n)
     parts = [_effort_part(dt, (i, n)) for i in range(n)]
     first = lake.manifest(parts[0])
     expected = first["counts"]["train_samples"] if first else 0
@@ -217,9 +219,12 @@ def evaluate(
     """Grounded evaluation of the adapter at ``dt`` (or of the base model) on the test rows at ``dt``."""
     import json
 
+    from dealrec_tasks.errors import ConfigError
     from dealrec_tasks.llm.evaluate import grounded_evaluation
     from dealrec_tasks.llm.tiny import load
 
+    if max_users < 0:
+        raise ConfigError(f"max_users={max_users}: must be >= 0 (0: every test user)")
     test = _split(lake.read(SAMPLES, dt, "samples.parquet"), TEST)
     if not test:
         raise InputError(f"{lake.partition(SAMPLES, dt)}: no test rows to evaluate on")
