@@ -69,8 +69,12 @@ def _parse_ts(values: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(values):
         ts = values if getattr(values.dt, "tz", None) is not None else values.dt.tz_localize("UTC")
         return ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
-    as_str = values.map(lambda v: v if isinstance(v, str) else None)
+    # Anything but text (epoch integers of unknown unit, dates without a time, nulls) is not a timestamp here:
+    # those rows become rejects with their raw value, they do not crash the day.
+    as_str = values.map(lambda v: v if isinstance(v, str) else None).astype(object)
     parsed = pd.to_datetime(as_str, format="ISO8601", utc=True, errors="coerce")
+    if not isinstance(getattr(parsed, "dtype", None), pd.DatetimeTZDtype):  # all missing: pandas gives no tz
+        return pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
     return parsed.astype("datetime64[us, UTC]")
 
 
@@ -87,7 +91,8 @@ def _frame(source: str, records: list[dict], row_numbers: list[int]) -> pd.DataF
             "ts_raw": df["ts"].astype(object).to_numpy(),
         }
     )
-    out["ts"] = _parse_ts(df["ts"]).to_numpy() if len(df) else pd.Series([], dtype="datetime64[us, UTC]")
+    # .array keeps the UTC dtype (to_numpy() gave objects, and an all-missing column then came back naive)
+    out["ts"] = _parse_ts(df["ts"]).array if len(df) else pd.Series([], dtype="datetime64[us, UTC]")
     return out
 
 
@@ -136,11 +141,19 @@ def _parse_parquet(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
             "row": np.asarray(rows, dtype=np.int64),
             "user_id": ids(df["user_id"]),
             "item_id": ids(df["item_id"]),
-            "ts_raw": df["ts"].to_numpy(),  # stringified only for rejected rows
+            "ts_raw": df["ts"].astype(object).to_numpy(),  # stringified only for rejected rows
         }
     )
-    out["ts"] = _parse_ts(df["ts"]).to_numpy()
+    out["ts"] = _parse_ts(df["ts"]).array  # keeps the UTC dtype, whatever the file's ts type was
     return ParsedLog(out)
+
+
+def _raw_text(v: object) -> str:
+    """A raw value for a reject's reason; a missing one reads "null" (astype(str) gave a missing string, so the
+    reason itself went missing and the row was accepted with no timestamp)."""
+    if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
+        return "null"
+    return str(v)
 
 
 def _id_str(v: object) -> str | None:
@@ -241,7 +254,8 @@ def validate_day(parsed: list[ParsedLog], dt: str) -> ValidatedDay:
     for col in ("user_id", "item_id"):
         empty_id = rows[col].isna() | (rows[col].astype(str).str.strip() == "")
         mark(empty_id, f"{NULL_ID}: {col} is empty")
-    mark(rows["ts"].isna(), lambda r: MALFORMED + ": ts " + r["ts_raw"].astype(str) + " is not an ISO-8601 timestamp")
+    not_ts = " is not an ISO-8601 timestamp"
+    mark(rows["ts"].isna(), lambda r: MALFORMED + ": ts " + r["ts_raw"].map(_raw_text) + not_ts)
     outside = rows["ts"].notna() & ((rows["ts"] < day_start) | (rows["ts"] >= day_end))
     mark(outside, lambda r: WRONG_DAY + ": ts " + r["ts"].astype(str) + f" is outside {dt}")
     ok = reason.isna()

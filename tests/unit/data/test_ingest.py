@@ -116,6 +116,33 @@ def test_parquet_logs_with_typed_timestamps(local_lake: Lake):
     assert reasons == ["null_id", "wrong_day"]
 
 
+def test_parquet_ts_that_is_not_a_timestamp_is_rejected_not_a_crash(local_lake: Lake):
+    """int64 epochs (unit unknown), date32 and all-null ts columns crashed the day (issue 14, item 3); a null ts in
+    a string column was even accepted with no time. Each row is now a reject naming its raw value."""
+
+    def put(name: str, ts: pa.Array, users: list[str]) -> None:
+        n = len(users)
+        table = pa.table({"user_id": users, "item_id": [f"i{k}" for k in range(n)], "ts": ts})
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        _put(local_lake, DT, name, sink.getvalue())
+
+    epoch_us = 1772323200000000  # 2026-03-01T00:00:00Z in microseconds
+    put("epoch.parquet", pa.array([epoch_us, epoch_us + 1], pa.int64()), ["u1", "u2"])
+    put("date.parquet", pa.array([20513], pa.date32()), ["u3"])
+    put("nulls.parquet", pa.nulls(2, pa.timestamp("us", tz="UTC")), ["u4", "u5"])
+    put("null_text.parquet", pa.array([None, "2026-03-01T01:00:00Z"], pa.string()), ["u6", "u7"])
+    res = steps.ingest(local_lake, DT, IngestConfig())
+    rejects = {(r["source_file"], r["row"]): r["reason"] for r in _rejects(local_lake, DT)}
+    assert rejects[("epoch.parquet", 1)] == f"malformed: ts {epoch_us} is not an ISO-8601 timestamp"
+    assert rejects[("date.parquet", 1)] == "malformed: ts 2026-03-01 is not an ISO-8601 timestamp"
+    assert rejects[("nulls.parquet", 2)] == "malformed: ts null is not an ISO-8601 timestamp"
+    assert rejects[("null_text.parquet", 1)] == "malformed: ts null is not an ISO-8601 timestamp"
+    assert len(rejects) == 6 and res.counts["accepted"] == 1  # u7, the one real timestamp: nothing lost
+    users = local_lake.read(SEQUENCES, DT, "sequences.parquet").column("user_id").to_pylist()
+    assert users == ["u7"]
+
+
 def _day(users_items: list[tuple[str, str, str]]) -> bytes:
     return "\n".join(json.dumps({"user_id": u, "item_id": i, "ts": t}) for u, i, t in users_items).encode()
 
