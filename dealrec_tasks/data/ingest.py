@@ -148,6 +148,9 @@ def _parse_parquet(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
     return ParsedLog(out)
 
 
+NULL_TEXTS = frozenset({"null", "none", "nan", "nat", "undefined"})
+
+
 def _raw_text(v: object) -> str:
     """A raw value for a reject's reason; a missing one reads "null" (astype(str) gave a missing string, so the
     reason itself went missing and the row was accepted with no timestamp)."""
@@ -252,8 +255,13 @@ def validate_day(parsed: list[ParsedLog], dt: str) -> ValidatedDay:
             reason[todo] = text(rows[todo]) if callable(text) else text
 
     for col in ("user_id", "item_id"):
-        empty_id = rows[col].isna() | (rows[col].astype(str).str.strip() == "")
+        text = rows[col].map(lambda v: v.strip() if isinstance(v, str) else v)
+        empty_id = rows[col].isna() | (text == "")
         mark(empty_id, f"{NULL_ID}: {col} is empty")
+        # A null that a producer wrote as text ("null", "None", "nan") is not an id: every such row would be one
+        # user (or item) in the vocab.
+        null_text = text.map(lambda v: isinstance(v, str) and v.lower() in NULL_TEXTS)
+        mark(null_text, lambda r, c=col: f"{NULL_ID}: {c} is " + r[c].map(repr) + ", a null written as text")
     not_ts = " is not an ISO-8601 timestamp"
     mark(rows["ts"].isna(), lambda r: MALFORMED + ": ts " + r["ts_raw"].map(_raw_text) + not_ts)
     outside = rows["ts"].notna() & ((rows["ts"] < day_start) | (rows["ts"] >= day_end))

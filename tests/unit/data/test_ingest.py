@@ -143,6 +143,27 @@ def test_parquet_ts_that_is_not_a_timestamp_is_rejected_not_a_crash(local_lake: 
     assert users == ["u7"]
 
 
+def test_ids_that_are_nulls_written_as_text_are_rejected(local_lake: Lake):
+    """ "null", "None", "nan" were accepted as ids (issue 14, item 4): each would be one user for every producer
+    that writes nulls as text."""
+    rows = [
+        ("null", "i1", "2026-03-01T01:00:00Z"),
+        ("None", "i1", "2026-03-01T01:00:00Z"),
+        ("u1", " NaN ", "2026-03-01T01:00:00Z"),
+        ("u2", "i2", "2026-03-01T01:00:00Z"),
+        ("nullable-user", "i3", "2026-03-01T01:00:00Z"),
+    ]
+    _put(local_lake, DT, "log.jsonl", _day(rows))
+    res = steps.ingest(local_lake, DT, IngestConfig())
+    reasons = sorted(r["reason"] for r in _rejects(local_lake, DT))
+    assert reasons == [
+        "null_id: item_id is ' NaN ', a null written as text",
+        "null_id: user_id is 'None', a null written as text",
+        "null_id: user_id is 'null', a null written as text",
+    ]
+    assert res.counts["accepted"] == 2  # u2 and "nullable-user": only whole null words are refused
+
+
 def _day(users_items: list[tuple[str, str, str]]) -> bytes:
     return "\n".join(json.dumps({"user_id": u, "item_id": i, "ts": t}) for u, i, t in users_items).encode()
 
