@@ -222,6 +222,18 @@ def test_every_variable_is_documented_in_env_example_and_every_documented_one_is
     assert sorted(documented - used) == [], "in .env.example, never used by docker-compose.yaml"
 
 
+def test_published_ports_listen_on_this_machine_only_by_default():
+    """S3 and MLflow have no login of their own: by default nothing is reachable from other hosts (issue 14, 12)."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    published = {
+        name: svc["ports"] for name, svc in compose["services"].items() if isinstance(svc, dict) and svc.get("ports")
+    }
+    assert set(published) >= {"s3", "mlflow", "airflow-apiserver"}, published
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("${BIND_ADDRESS:-127.0.0.1}:"), (name, port)
+
+
 def test_secrets_are_required_not_defaulted():
     """A forgotten secret must stop `docker compose up` with its name, never fall back to a public default."""
     text = COMPOSE.read_text()
