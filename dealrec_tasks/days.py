@@ -73,7 +73,7 @@ def list_days(lake: Lake) -> list[dict[str, Any]]:
     days: set[str] = set()
     for dataset, _ in STAGES:
         days.update(lake.partitions(dataset))
-    return [_summary(lake, dt) for dt in sorted(days, reverse=True)]
+    return [_summary(dt, _stages(lake, dt)) for dt in sorted(days, reverse=True)]
 
 
 def _stages(lake: Lake, dt: str) -> dict[str, dict[str, Any] | None]:
@@ -95,8 +95,8 @@ def _status(stages: dict[str, dict[str, Any] | None]) -> str:
     return f"{done[-1]} published, not scored yet"
 
 
-def _summary(lake: Lake, dt: str) -> dict[str, Any]:
-    stages = _stages(lake, dt)
+def _summary(dt: str, stages: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """A day's headline row from its stages' manifests (``_stages``)."""
     row: dict[str, Any] = {
         "dt": dt,
         "status": _status(stages),
@@ -135,7 +135,7 @@ def day_detail(lake: Lake, dt: str, tracking=None, links: MlflowLinks | None = N
     stages = _stages(lake, dt)
     if all(m is None for m in stages.values()):
         raise InputError(f"{lake.uri()}: nothing published for dt={dt}")
-    out: dict[str, Any] = _summary(lake, dt)
+    out: dict[str, Any] = _summary(dt, stages)
     out["lake"] = lake.uri()
     out["published"] = {
         label: {"uri": m.get("uri"), "created_at": m.get("created_at")} if m else None for label, m in stages.items()
@@ -155,7 +155,7 @@ def day_detail(lake: Lake, dt: str, tracking=None, links: MlflowLinks | None = N
             "coverage": coreset.get("coverage"),
             "has_report": REPORT_FILE in coreset.get("files", {}),
         }
-    out["scores"] = score_distributions(lake, dt)
+    out["scores"] = _score_distributions(lake, dt, stages)
     evaluation = stages["evaluated"]
     # One arm today (the coreset); a control arm adds rows here.
     out["arms"] = [] if evaluation is None else [{"arm": "coreset", **evaluation.get("metrics", {})}]
@@ -167,15 +167,15 @@ def _rows_of(manifest: dict[str, Any]) -> int:
     return int(sum(f.get("rows", 0) for f in manifest.get("files", {}).values()))
 
 
-def score_distributions(lake: Lake, dt: str) -> dict[str, Any]:
+def _score_distributions(lake: Lake, dt: str, stages: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     """Histograms of the day's influence and effort scores over all candidates, with the coreset's share per bin
-    (which part of the distribution the selection drew from)."""
+    (which part of the distribution the selection drew from). ``stages``: the day's manifests (``_stages``)."""
     chosen: set[int] = set()
-    if lake.manifest(CORESET, dt) is not None:
+    if stages["coreset"] is not None:
         chosen = set(lake.read(CORESET, dt, "coreset.parquet").column("sample_id").to_pylist())
     out: dict[str, Any] = {}
-    for name, (dataset, file) in SCORE_FILES.items():
-        if lake.manifest(dataset, dt) is None:
+    for name, (dataset, file) in SCORE_FILES.items():  # the names are also the stages' labels
+        if stages[name] is None:
             out[name] = None
             continue
         table = lake.read(dataset, dt, file)
