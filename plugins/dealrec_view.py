@@ -84,13 +84,13 @@ def _airflow_root(request: Request) -> str:
 
 async def _in_thread(fn, *args):
     """Lake and MLflow reads are blocking: keep them off the api-server's event loop."""
-    from dealrec_tasks.errors import InputError
+    from dealrec_tasks.errors import ConfigError, InputError
 
     try:
         return await asyncio.to_thread(fn, *args)
     except InputError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
-    except ValueError as exc:  # a malformed dt
+    except ConfigError as exc:  # a malformed dt (ConfigError is not a ValueError: this was a 500)
         raise HTTPException(status_code=400, detail=str(exc)) from exc
 
 
