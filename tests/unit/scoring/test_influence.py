@@ -32,23 +32,25 @@ from dealrec_tasks.surrogate.model import BLOCKS, SASRec, bce_expected
 N_ITEMS = 15
 
 
-def _samples(n_users: int = 24, seed: int = 0, max_len: int = 6) -> pa.Table:
-    """Train rows with empty, short and longer-than-max_len histories."""
+def _samples(n_users: int = 24, seed: int = 0, max_len: int = 6, split: str = "train") -> pa.Table:
+    """Rows with empty, short and longer-than-max_len histories; ``valid`` rows get a second target (the first one
+    is the next item)."""
     rng = np.random.default_rng(seed)
     rows = []
     for u in range(n_users):
         seq = rng.integers(1, N_ITEMS + 1, size=int(rng.integers(1, 10))).tolist()
-        rows.append(
-            {
-                "sample_id": int(rng.integers(0, 2**62)),
-                "user_idx": u,
-                "user_id": str(u),
-                "split": "train",
-                "history": seq[:-1][-max_len:],
-                "target": seq[-1],
-                "targets": [seq[-1]],
-            }
-        )
+        row = {
+            "sample_id": int(rng.integers(0, 2**62)),
+            "user_idx": u,
+            "user_id": str(u),
+            "split": split,
+            "history": seq[:-1][-max_len:],
+            "target": seq[-1],
+            "targets": [seq[-1]],
+        }
+        if split == "valid":
+            row["targets"].append(int(rng.integers(1, N_ITEMS + 1)))
+        rows.append(row)
     return pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA)
 
 
@@ -186,7 +188,7 @@ def test_influence_toward_the_validation_rows_equals_a_float64_reference(setup):
     """target="valid": u = (H_train + damping I)^-1 v_valid with v_valid the whole-network mean gradient of the
     validation sequences; each training sample's score is its own gradient dotted with u."""
     model, seqs = setup
-    valid = valid_seqs(_valid_samples(), N_ITEMS)
+    valid = valid_seqs(_samples(9, seed=1, split="valid"), N_ITEMS)
     cfg = _cfg(target="valid", damping=0.5)
     res = influence(model, seqs, cfg, target=valid)
     neg = res.solution.negatives
@@ -205,28 +207,8 @@ def test_influence_toward_the_validation_rows_equals_a_float64_reference(setup):
         _cfg(target="test")
 
 
-def _valid_samples(n_users: int = 9, seed: int = 1) -> pa.Table:
-    """Validation rows: a history and one or more targets (the first one is the next item)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        seq = rng.integers(1, N_ITEMS + 1, size=int(rng.integers(2, 9))).tolist()
-        rows.append(
-            {
-                "sample_id": int(rng.integers(0, 2**62)),
-                "user_idx": u,
-                "user_id": str(u),
-                "split": "valid",
-                "history": seq[:-1][-6:],
-                "target": seq[-1],
-                "targets": [seq[-1], int(rng.integers(1, N_ITEMS + 1))],
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA)
-
-
 def test_valid_seqs_are_bos_history_and_the_first_target_by_sample_id():
-    table = _valid_samples()
+    table = _samples(9, seed=1, split="valid")
     seqs = valid_seqs(table, N_ITEMS)
     rows = sorted(table.to_pylist(), key=lambda r: r["sample_id"])
     assert seqs.sample_id.tolist() == [r["sample_id"] for r in rows]
