@@ -207,6 +207,14 @@ class Lake:
         uri = join_uri(self.partition(dataset, dt), MANIFEST)
         return self.storage.read_json(uri) if self.storage.exists(uri) else None
 
+    def published_with(self, dataset: str, dt: str | None, config: dict[str, Any]) -> dict[str, Any] | None:
+        """The partition's manifest when it was published with ``config`` (compared as stored, i.e. after a JSON
+        round trip), else None: how a step knows its work is already done for unchanged inputs."""
+        manifest = self.manifest(dataset, dt)
+        if manifest is None or manifest.get("config") != json.loads(json.dumps(config)):
+            return None
+        return manifest
+
     def require_manifest(self, dataset: str, dt: str | None = None) -> dict[str, Any]:
         manifest = self.manifest(dataset, dt)
         if manifest is None:

@@ -134,8 +134,8 @@ def solve_influence(lake: Lake, dt: str | None, cfg: InfluenceConfig, *, dataset
 
 def _published_solve(lake: Lake, src: Source, cfg: InfluenceConfig, identity: dict) -> dict[str, Any] | None:
     """The published solve when it was made with ``cfg`` for these weights (same file checksums), else None."""
-    manifest = lake.manifest(_part(src, "solve"))
-    if manifest is None or manifest.get("config") != json.loads(json.dumps(cfg.to_dict() | identity)):
+    manifest = lake.published_with(_part(src, "solve"), None, cfg.to_dict() | identity)
+    if manifest is None:
         return None
     uri = join_uri(lake.partition(_part(src, "solve")), "solve.pt")
     data = lake.storage.read_bytes(uri)

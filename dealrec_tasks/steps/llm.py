@@ -72,8 +72,6 @@ def effort(
     vocab's and catalogue's manifests): a retry or a rerun then costs no GPU time, and float noise between two
     computations (seen under heavy CPU load) cannot republish the scores and, through them, the coreset.
     """
-    import json
-
     from dealrec_tasks.llm.effort import EffortScorer, attach_lora
     from dealrec_tasks.llm.evaluate import model_fingerprint
     from dealrec_tasks.llm.tiny import check_model_dir, load
@@ -89,8 +87,8 @@ def effort(
         "model_fingerprint": model_fingerprint(model_dir),
         "inputs_sha256": inputs,
     }
-    published = lake.manifest(_effort_part(dt, shard))
-    if published is not None and published.get("config") == json.loads(json.dumps(config)):
+    published = lake.published_with(_effort_part(dt, shard), None, config)
+    if published is not None:
         counts = {"samples": published.get("counts", {}).get("rows"), "reused": True}
         return StepResult("effort", {"effort": published["uri"]}, counts, False)
     train = _split(lake.read(SAMPLES, dt, "samples.parquet"), TRAIN)

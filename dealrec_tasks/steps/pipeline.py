@@ -6,7 +6,6 @@ see the pipeline work end to end without any service.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +55,8 @@ def train_surrogate_once(lake: Lake, dt: str, cfg: SurrogateConfig) -> StepResul
     from dealrec_tasks.data.schema import SURROGATE
     from dealrec_tasks.steps.surrogate import samples_sha256, source, train_surrogate
 
-    done = lake.manifest(SURROGATE, dt)
-    if (
-        done is not None
-        and done.get("config") == json.loads(json.dumps(cfg.to_dict()))
-        and done.get("source", {}).get("samples_sha256") == samples_sha256(lake, source(dt, None))
-    ):
+    done = lake.published_with(SURROGATE, dt, cfg.to_dict())
+    if done is not None and done.get("source", {}).get("samples_sha256") == samples_sha256(lake, source(dt, None)):
         why = f"surrogate dt={dt}: already trained with this config on these samples ({done['created_at']})"
         uris = {"surrogate": lake.partition(SURROGATE, dt)}
         return StepResult("surrogate", uris, done.get("counts", {}), False, [why])
@@ -79,9 +74,9 @@ def solve_influence_once(lake: Lake, dt: str, cfg: InfluenceConfig) -> StepResul
     from dealrec_tasks.steps.surrogate import influence_sha256, source
 
     part = _part(source(dt, None), "solve")
-    done = lake.manifest(part)
     identity = {"surrogate_sha256": influence_sha256(lake.require_manifest(SURROGATE, dt))}
-    if done is not None and done.get("config") == json.loads(json.dumps(cfg.to_dict() | identity)):
+    done = lake.published_with(part, None, cfg.to_dict() | identity)
+    if done is not None:
         why = f"influence solve dt={dt}: already published for this config and surrogate ({done['created_at']})"
         return StepResult("influence-solve", {"solve": lake.partition(part)}, done.get("counts", {}), False, [why])
     return solve_influence(lake, dt, cfg)
