@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from quality_stats import versus
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
@@ -135,18 +137,6 @@ def stability_section(result: dict) -> str:
     return text
 
 
-def _welch(a: list[float], b: list[float]) -> dict:
-    """a - b with its 95% Welch interval (the benchmark's own ``versus``)."""
-    import numpy as np
-    from scipy import stats
-
-    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-    dof = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
-    diff, half = float(x.mean() - y.mean()), float(stats.t.ppf(0.975, dof) * np.sqrt(va + vb))
-    return {"diff": diff, "ci95": half, "resolved": abs(diff) > half}
-
-
 def target_section(paths: list[Path]) -> str:
     """Influence toward the validation rows (``--influence-target valid``): its stability, and each strategy's
     quality against random and against the same strategy on the training-risk influence of the main files."""
@@ -204,7 +194,7 @@ def target_section(paths: list[Path]) -> str:
                 continue
             ours = [r["test"]["recall@20"] for r in result["runs"][strategy]]
             theirs = [r["test"]["recall@20"] for r in main_runs.get(strategy, [])]
-            vs_train = _vs(_welch(ours, theirs)) if len(ours) > 1 and len(theirs) > 1 else ""
+            vs_train = _vs(versus(ours, theirs)) if len(ours) > 1 and len(theirs) > 1 else ""
             if not comparable:
                 vs_train = f"not comparable (pretrained backend at R@20 {start:.4f} here, {main_start:.4f} there)"
             bots = ""
