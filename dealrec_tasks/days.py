@@ -235,7 +235,7 @@ def mlflow_of_day(tracking, dt: str, links: MlflowLinks) -> dict[str, Any]:
         for alias in (CHAMPION, CHALLENGER):
             mv = alias_version(tr, name, alias)
             aliases[alias] = None if mv is None else int(mv.version)
-        for mv in search_versions(tr, name, {TAG_DT: dt}) if _model_exists(tr, name) else []:
+        for mv in search_versions(tr, name, {TAG_DT: dt}):  # [] while the model is not registered yet
             tags = mv.tags
             versions.append(
                 {
@@ -253,17 +253,3 @@ def mlflow_of_day(tracking, dt: str, links: MlflowLinks) -> dict[str, Any]:
         return {"error": str(exc), "model": name}  # the message names the URI redacted
     uri = redact_uri(tr.uri)  # the page and the JSON are shown to users: never the password
     return {"model": name, "tracking_uri": uri, "runs": runs, "versions": versions, "aliases": aliases}
-
-
-def _model_exists(tr, name: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    from dealrec_tasks.tracking.registry import _error_code
-
-    try:
-        tr.call("get registered model", tr.client.get_registered_model, name)
-        return True
-    except MlflowException as exc:
-        if _error_code(exc) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-            return False
-        raise
