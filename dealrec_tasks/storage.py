@@ -4,6 +4,8 @@ Contract (DESIGN.md section 2): a partition ``<dataset>/dt=YYYY-MM-DD/`` is visi
 ``_manifest.json`` exists. A publish writes every file to a staging prefix, hides the old partition by deleting
 its manifest, moves the staged files in, and writes the manifest last. A crash at any point leaves either the
 old partition, or an invisible one that the retry overwrites. Publishing the same content again is a no-op.
+Concurrent publishers of one partition take turns behind a lock object (``_locks/``, created exclusively: O_EXCL
+locally, a conditional put on S3), so one run's manifest never lists another run's files.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import io
 import json
 import os
 import posixpath
+import socket
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,11 @@ from dealrec_tasks.errors import InputError, PartitionNotFound
 
 MANIFEST = "_manifest.json"
 STAGING = "_staging"
+LOCKS = "_locks"
 MANIFEST_VERSION = 1
+# A lock older than this is taken for a dead writer's (on another host we cannot ask whether it lives); a publish
+# holds its lock only while it moves files, seconds to minutes.
+LOCK_STALE_S = 600.0
 
 
 def normalize_uri(uri: str) -> str:
@@ -49,6 +59,7 @@ class Storage:
     def __init__(self, s3: S3Config | None = None):
         self.s3 = s3 or S3Config.from_env()
         self._s3fs: pafs.S3FileSystem | None = None
+        self._boto_client: Any = None
         self._local = pafs.LocalFileSystem()
 
     # -- resolution ---------------------------------------------------------------------------------------
@@ -73,6 +84,20 @@ class Storage:
                 kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
             self._s3fs = pafs.S3FileSystem(**kwargs)
         return self._s3fs
+
+    def _boto(self) -> Any:
+        """boto3 for what pyarrow cannot do: conditional puts."""
+        if self._boto_client is None:
+            import boto3
+
+            self._boto_client = boto3.client(
+                "s3",
+                endpoint_url=self.s3.endpoint_url,
+                region_name=self.s3.region,
+                aws_access_key_id=self.s3.access_key,
+                aws_secret_access_key=self.s3.secret_key,
+            )
+        return self._boto_client
 
     # -- queries ------------------------------------------------------------------------------------------
     def exists(self, uri: str) -> bool:
@@ -114,6 +139,35 @@ class Storage:
         else:
             with fs.open_output_stream(path) as f:
                 f.write(data)
+
+    def create_exclusive(self, uri: str, data: bytes) -> bool:
+        """Create ``uri`` holding ``data`` only if it does not exist yet: True for the one caller that created it."""
+        fs, path = self.resolve(uri)
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(posixpath.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path.partition("/")
+        try:
+            self._boto().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def modified_at(self, uri: str) -> float | None:
+        """Seconds since the epoch of the last write, None when ``uri`` does not exist."""
+        fs, path = self.resolve(uri)
+        info = fs.get_file_info(path)
+        return None if info.type == pafs.FileType.NotFound or info.mtime is None else info.mtime.timestamp()
 
     def delete(self, uri: str) -> None:
         fs, path = self.resolve(uri)
@@ -182,6 +236,37 @@ class Published:
     manifest: dict[str, Any]
 
 
+def _checked_manifest(manifest: Any, uri: str) -> dict[str, Any]:
+    """A manifest is an object whose ``files`` map names to entries with a sha256; anything else (``[]``,
+    ``"files": null``, a hand edit) is a corrupt partition, refused with its URI instead of a TypeError later."""
+    problem = None
+    if not isinstance(manifest, dict):
+        problem = f"a JSON {type(manifest).__name__}, not an object"
+    elif not isinstance(manifest.get("files"), dict):
+        problem = f"'files' is {json.dumps(manifest.get('files'))}, not an object"
+    else:
+        bad = [
+            name
+            for name, entry in manifest["files"].items()
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
+        ]
+        if bad:
+            problem = f"file entries without a sha256: {sorted(bad)[:3]}"
+    if problem:
+        raise InputError(f"{uri}: not a valid manifest ({problem}); the partition is corrupt, republish it")
+    return manifest
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def partition_uri(root: str, dataset: str, dt: str | None) -> str:
     """``<root>/<dataset>/dt=<D>``; ``dt`` must be a date, so a crafted one cannot reach another partition."""
     if dt:
@@ -204,8 +289,11 @@ class Lake:
 
     # -- reading ------------------------------------------------------------------------------------------
     def manifest(self, dataset: str, dt: str | None = None) -> dict[str, Any] | None:
+        """The partition's manifest, None when unpublished; one that is not a manifest is refused by name."""
         uri = join_uri(self.partition(dataset, dt), MANIFEST)
-        return self.storage.read_json(uri) if self.storage.exists(uri) else None
+        if not self.storage.exists(uri):
+            return None
+        return _checked_manifest(self.storage.read_json(uri), uri)
 
     def published_with(self, dataset: str, dt: str | None, config: dict[str, Any]) -> dict[str, Any] | None:
         """The partition's manifest when it was published with ``config`` (compared as stored, i.e. after a JSON
@@ -224,15 +312,35 @@ class Lake:
 
     def read(self, dataset: str, dt: str | None, name: str) -> pa.Table:
         """Read one table of a published partition, verifying its checksum against the manifest."""
-        manifest = self.require_manifest(dataset, dt)
-        entry = manifest["files"].get(name)
         uri = join_uri(self.partition(dataset, dt), name)
-        if entry is None:
-            raise InputError(f"{uri}: not listed in the partition's manifest (files: {sorted(manifest['files'])})")
+        return parquet_from_bytes(self.read_verified_bytes(dataset, dt, name), uri)
+
+    def read_verified_bytes(
+        self, dataset: str, dt: str | None, name: str, manifest: dict[str, Any] | None = None
+    ) -> bytes:
+        """One file of a published partition, only if its sha256 is the manifest's: what a reader decides on (a
+        metric, a weight file) or passes on (an MLflow artifact) is what the step published, not an edit since.
+
+        ``manifest``: check against this one (the manifest the caller already read and acts on) instead of
+        reading it again. ``name`` comes from a manifest, so it must be a plain file name of the partition: an
+        entry such as ``../x`` or ``/etc/x`` would read, or be copied to, a path outside it.
+        """
+        part = self.partition(dataset, dt)
+        manifest = manifest if manifest is not None else self.require_manifest(dataset, dt)
+        if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\x00"):
+            raise InputError(
+                f"{join_uri(part, MANIFEST)}: file entry {name!r} is not a plain file name inside the partition "
+                "(no '/', '\\', '..' or NUL); refusing it, republish the partition"
+            )
+        entry = (manifest.get("files") or {}).get(name)
+        uri = join_uri(part, name)
+        if not isinstance(entry, dict) or "sha256" not in entry:
+            listed = sorted(manifest.get("files") or {})
+            raise InputError(f"{uri}: not listed in the partition's manifest (files: {listed})")
         data = self.storage.read_bytes(uri)
         if sha256(data) != entry["sha256"]:
             raise InputError(f"{uri}: checksum differs from the manifest; the partition is corrupt, republish it")
-        return parquet_from_bytes(data, uri)
+        return data
 
     def partitions(self, dataset: str) -> list[str]:
         """Dates of the published (manifest-carrying) partitions of ``dataset``, ascending."""
@@ -267,9 +375,23 @@ class Lake:
             for name, data in files.items()
         }
         target = self.partition(dataset, dt)
-        old = self.manifest(dataset, dt)
-        if old is not None and old.get("files") == entries and old.get("config") == config:
-            return Published(target, False, old)
+        with self._partition_lock(dataset, dt):
+            old = self.manifest(dataset, dt)
+            if old is not None and old.get("files") == entries and old.get("config") == config:
+                return Published(target, False, old)
+            return self._replace(dataset, dt, target, files, entries, config, extra)
+
+    def _replace(
+        self,
+        dataset: str,
+        dt: str | None,
+        target: str,
+        files: dict[str, bytes],
+        entries: dict[str, Any],
+        config: dict[str, Any],
+        extra: dict[str, Any] | None,
+    ) -> Published:
+        """Stage, hide, move, reveal; the caller holds the partition's lock."""
 
         manifest = {
             "manifest_version": MANIFEST_VERSION,
@@ -283,8 +405,8 @@ class Lake:
         }
         st = self.storage
         # Staging lives outside every partition, so cleaning the target never touches it. Leftovers of this
-        # partition are from a writer that died (a killed task): one writer per partition at a time (tasks are
-        # keyed by dt), so the retry clears them.
+        # partition are from a writer that died (a killed task): the lock lets one writer at a time in, so the
+        # next one clears them.
         prefix = f"{dataset.replace('/', '.')}.{dt or 'all'}-"
         for name in st.list_dir(self.uri(STAGING)):
             if name.startswith(prefix) and len(name) == len(prefix) + 32:  # + a uuid4 hex
@@ -302,3 +424,46 @@ class Lake:
         st.write_json(join_uri(target, MANIFEST), manifest)
         st.delete(staging)
         return Published(target, True, manifest)
+
+    # -- concurrency --------------------------------------------------------------------------------------
+    def lock_uri(self, dataset: str, dt: str | None) -> str:
+        return self.uri(LOCKS, f"{dataset.replace('/', '.')}.{dt or 'all'}.lock")
+
+    @contextmanager
+    def _partition_lock(self, dataset: str, dt: str | None) -> Iterator[None]:
+        """Hold the partition's lock object while publishing; wait for a live holder, break a dead one's."""
+        st, uri = self.storage, self.lock_uri(dataset, dt)
+        owner = uuid.uuid4().hex
+        token = json_bytes({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()})
+        delay = 0.02
+        while not st.create_exclusive(uri, token):
+            if self._lock_is_stale(uri):
+                st.delete(uri)
+                continue
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        try:
+            yield
+        finally:
+            try:
+                holder = json.loads(st.read_bytes(uri))
+            except (InputError, ValueError):
+                holder = None
+            if isinstance(holder, dict) and holder.get("owner") == owner:  # never release a lock taken over
+                st.delete(uri)
+
+    def _lock_is_stale(self, uri: str) -> bool:
+        """A lock is stale when its holder was a process of this host that is gone (killed), or when it is older
+        than ``LOCK_STALE_S`` (a holder elsewhere, or a lock file cut short)."""
+        try:
+            holder = json.loads(self.storage.read_bytes(uri))
+        except InputError:  # released meanwhile
+            return False
+        except ValueError:
+            holder = None
+        if isinstance(holder, dict) and isinstance(holder.get("pid"), int) and isinstance(holder.get("at"), float):
+            if holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"]):
+                return True
+            return time.time() - holder["at"] > LOCK_STALE_S
+        written = self.storage.modified_at(uri)
+        return written is not None and time.time() - written > LOCK_STALE_S

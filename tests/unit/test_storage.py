@@ -135,3 +135,114 @@ def test_a_crafted_dt_cannot_reach_another_partition(tmp_path):
         with pytest.raises(ConfigError, match=r"dt='2026-01-04/\.\./\.\./samples/dt=2026-01-04': expected a date"):
             call()
     assert lake.partition("coreset", "2026-01-04").endswith("/coreset/dt=2026-01-04")
+
+
+@pytest.mark.parametrize("bad", [[], {"files": None}, {"files": {"t.parquet": None}}, {"files": {"t": {"x": 1}}}])
+def test_a_manifest_that_is_not_one_is_refused_naming_it(lake: Lake, bad):
+    """``[]``, ``"files": null`` or an entry without a checksum: one line naming the manifest, not a TypeError
+    (issue 14, item 7)."""
+    lake.publish("things", "2026-01-02", {"t.parquet": _table(2)})
+    lake.storage.write_json(join_uri(lake.partition("things", "2026-01-02"), MANIFEST), bad)
+    for call in (
+        lambda: lake.manifest("things", "2026-01-02"),
+        lambda: lake.read("things", "2026-01-02", "t.parquet"),
+        lambda: lake.publish("things", "2026-01-02", {"t.parquet": _table(2)}),
+    ):
+        with pytest.raises(InputError, match=r"dt=2026-01-02/_manifest.json: not a valid manifest"):
+            call()
+
+
+def _writer_content(writer: int) -> dict[str, pa.Table]:
+    # Different file names per writer too, so a mix of two runs would show as foreign or missing files.
+    return {"t.parquet": _table(3 + writer, offset=100 * writer), f"only-{writer}.parquet": _table(1, writer)}
+
+
+def test_concurrent_publishers_of_one_partition_take_turns(lake: Lake):
+    """Two runs publishing the same day at once: neither crashes on the other's staging, and the final
+    partition is exactly one run's files under that run's manifest (issue 14, item 6)."""
+    import threading
+
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run(writer: int) -> None:
+        try:
+            start.wait()
+            for i in range(12):
+                lake.publish("coreset", "2026-01-02", _writer_content(writer), config={"writer": writer, "i": i})
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    manifest = lake.require_manifest("coreset", "2026-01-02")
+    writer = manifest["config"]["writer"]
+    assert set(manifest["files"]) == set(_writer_content(writer))
+    base = lake.partition("coreset", "2026-01-02")
+    assert sorted(lake.storage.list_dir(base)) == sorted([MANIFEST, *_writer_content(writer)])
+    for name, table in _writer_content(writer).items():
+        assert lake.read("coreset", "2026-01-02", name).equals(table)  # checksum-verified
+    assert lake.storage.list_dir(lake.uri(STAGING)) == []
+    assert not lake.storage.exists(lake.lock_uri("coreset", "2026-01-02"))
+
+
+def test_a_live_lock_holder_is_waited_for(lake: Lake):
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lake._partition_lock("coreset", "2026-01-02"):
+            held.set()
+            release.wait(10)
+
+    threading.Thread(target=holder).start()
+    held.wait(10)
+    done = threading.Event()
+
+    def publisher() -> None:
+        lake.publish("coreset", "2026-01-02", {"t.parquet": _table(1)})
+        done.set()
+
+    threading.Thread(target=publisher).start()
+    assert not done.wait(0.5), "published while another writer held the partition"
+    release.set()
+    assert done.wait(20)
+    assert lake.read("coreset", "2026-01-02", "t.parquet").num_rows == 1
+
+
+def test_a_writer_killed_while_publishing_does_not_block_the_retry(tmp_path):
+    """SIGKILL in the middle of a publish leaves its lock and staged files; the retry on this host sees the
+    holder is gone, takes over, clears the leftovers and publishes."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    root = str(tmp_path / "lake")
+    lake = Lake(root)
+    lake.publish("coreset", "2026-01-02", {"t.parquet": _table(5)})
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        import pyarrow as pa
+        from dealrec_tasks.storage import Lake
+        lake = Lake({root!r})
+        def killed(src, dst):
+            os.kill(os.getpid(), signal.SIGKILL)
+        lake.storage.move = killed
+        lake.publish("coreset", "2026-01-02", {{"t.parquet": pa.table({{"a": [1, 2]}})}})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert lake.storage.exists(lake.lock_uri("coreset", "2026-01-02")), "the killed writer held the lock"
+    assert lake.partitions("coreset") == []  # hidden, never half-replaced
+    retry = lake.publish("coreset", "2026-01-02", {"t.parquet": _table(7)})
+    assert retry.changed and lake.read("coreset", "2026-01-02", "t.parquet").num_rows == 7
+    assert lake.storage.list_dir(lake.uri(STAGING)) == []
+    assert not lake.storage.exists(lake.lock_uri("coreset", "2026-01-02"))
