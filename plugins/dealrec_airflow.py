@@ -144,6 +144,19 @@ def result(step: StepResult) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------
 # Which day a run is for (never the wall clock)
 # ---------------------------------------------------------------------------------------------------------
+def checked_dt(value: Any, source: str = "dt") -> str:
+    """A day from a Param or an asset event's extra, refused in one line unless it is a date YYYY-MM-DD: it names
+    partitions and folders, so ``2026-01-04/../../samples/dt=2026-01-04`` must not get as far as a task."""
+    from dealrec_tasks.config import parse_dt
+    from dealrec_tasks.errors import ConfigError
+
+    if not isinstance(value, str) or len(value) > 10:  # too long for a date: shown cut, never printed whole
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ConfigError(f"{source}={shown}: expected a date YYYY-MM-DD")
+    parse_dt(value, source)
+    return value
+
+
 def _day(value: datetime | date | str) -> str:
     return value.isoformat()[:10] if not isinstance(value, str) else value[:10]
 
@@ -154,7 +167,7 @@ def daily_dt(context: dict[str, Any]) -> str:
     from dealrec_tasks.errors import ConfigError
 
     if context["params"].get("dt"):
-        return context["params"]["dt"]
+        return checked_dt(context["params"]["dt"])
     dag_run = context["dag_run"]
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
     logical = context.get("logical_date")
@@ -175,9 +188,12 @@ def finetune_dt(context: dict[str, Any], lake: Lake) -> str:
     from dealrec_tasks.errors import InputError
 
     if context["params"].get("dt"):
-        return context["params"]["dt"]
+        return checked_dt(context["params"]["dt"])
     events = context.get("triggering_asset_events") or {}
-    days = [e.extra["dt"] for evs in events.values() for e in evs if (e.extra or {}).get("dt")]
+    # An event's extra is data anyone with asset-event rights can post: checked like a Param.
+    days = [
+        checked_dt(e.extra["dt"], "asset event dt") for evs in events.values() for e in evs if (e.extra or {}).get("dt")
+    ]
     if days:
         return max(days)
     published = lake.partitions(CORESET_DATASET)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +20,9 @@ from dealrec_tasks.llm.prompts import EncodedPrompt, PromptTemplate, encode
 from dealrec_tasks.progress import progress
 from dealrec_tasks.sharding import check_shard_count, shard_name, shard_rows
 from dealrec_tasks.steps.common import StepResult, merge_shards
-from dealrec_tasks.storage import Lake, join_uri
+from dealrec_tasks.storage import MANIFEST, Lake, join_uri
+
+ADAPTER_DIR = "adapter"  # the local copy's folder name (MLflow keeps it in the logged model)
 
 
 def item_titles(lake: Lake, dt: str) -> list[str]:
@@ -76,6 +81,7 @@ def effort(
     from dealrec_tasks.llm.evaluate import model_fingerprint
     from dealrec_tasks.llm.tiny import check_model_dir, load
 
+    parse_dt(dt)  # first: a crafted dt is refused before anything is read or loaded
     check_model_dir(model_dir)
     inputs = {
         name: {f: e["sha256"] for f, e in lake.require_manifest(dataset, day).get("files", {}).items()}
@@ -126,6 +132,7 @@ def _effort_part(dt: str, shard: tuple[int, int]) -> str:
 
 def merge_effort(lake: Lake, dt: str, n: int) -> StepResult:
     """One ``scores_effort/dt=D/effort.parquet`` from the n shards (every training sample exactly once)."""
+    parse_dt(dt)
     check_shard_count(n)
     parts = [_effort_part(dt, (i, n)) for i in range(n)]
     first = lake.manifest(parts[0])
@@ -166,6 +173,7 @@ def finetune(
     from dealrec_tasks.llm.evaluate import model_fingerprint
     from dealrec_tasks.llm.tiny import load
 
+    parse_dt(dt)  # also names the checkpoint folder under work_dir
     rows, source = training_rows(lake, dt, from_samples, cfg.seed)
     valid = _split(lake.read(SAMPLES, dt, "samples.parquet"), VALID)
     if len(valid) > max_valid:
@@ -204,6 +212,32 @@ def finetune(
     return StepResult("finetune", {"adapter": pub.uri}, counts, pub.changed)
 
 
+@contextlib.contextmanager
+def local_adapter(lake: Lake, dt: str, manifest: dict[str, Any] | None = None) -> Iterator[Path]:
+    """The adapter of ``dt`` as a local folder for ``PeftModel.from_pretrained`` or MLflow, removed when the block
+    ends (also on error).
+
+    Every file is checked against ``manifest`` (default: the published one) before it is written: evaluation and
+    registration then use exactly the weights fine-tuning published, and a manifest entry cannot name a path
+    outside the folder (``../x``: ``Lake.read_verified_bytes`` refuses it).
+    """
+    manifest = manifest if manifest is not None else lake.require_manifest(ADAPTERS, dt)
+    where = join_uri(lake.partition(ADAPTERS, dt), MANIFEST)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise InputError(f"{where}: lists no adapter files; republish the adapter (`dealrec finetune --dt {dt}`)")
+    with tempfile.TemporaryDirectory(prefix="dealrec-adapter-") as tmp:
+        local = Path(tmp, ADAPTER_DIR)
+        local.mkdir()
+        for name in files:
+            data = lake.read_verified_bytes(ADAPTERS, dt, name, manifest=manifest)
+            target = local / name
+            if target.resolve().parent != local.resolve():  # a second fence: never write outside the folder
+                raise InputError(f"{where}: file entry {name!r} resolves outside the adapter folder; refusing it")
+            target.write_bytes(data)
+        yield local
+
+
 def evaluate(
     lake: Lake,
     dt: str,
@@ -221,6 +255,7 @@ def evaluate(
     from dealrec_tasks.llm.evaluate import grounded_evaluation
     from dealrec_tasks.llm.tiny import load
 
+    parse_dt(dt)
     if max_users < 0:
         raise ConfigError(f"max_users={max_users}: must be >= 0 (0: every test user)")
     test = _split(lake.read(SAMPLES, dt, "samples.parquet"), TEST)
@@ -232,11 +267,8 @@ def evaluate(
     if adapter:
         from peft import PeftModel
 
-        manifest = lake.require_manifest(ADAPTERS, dt)
-        local = Path(tempfile.mkdtemp(prefix="adapter-"))
-        for name in manifest["files"]:
-            (local / name).write_bytes(lake.storage.read_bytes(join_uri(lake.partition(ADAPTERS, dt), name)))
-        model = PeftModel.from_pretrained(model, local)
+        with local_adapter(lake, dt) as local:  # loaded into memory; the copy goes when the block ends
+            model = PeftModel.from_pretrained(model, local)
     titles = item_titles(lake, dt)
     prompts = encode_rows(test, titles, tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len, with_target=False)
     targets = [[t - 1 for t in r["targets"]] for r in test]

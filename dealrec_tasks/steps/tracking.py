@@ -46,6 +46,25 @@ def _manifest_bytes(lake: Lake, dataset: str, dt: str | None) -> bytes:
     return lake.storage.read_bytes(join_uri(lake.partition(dataset, dt), MANIFEST))
 
 
+def _verified_json(lake: Lake, dataset: str, dt: str, name: str, manifest: dict[str, Any]) -> tuple[Any, bytes]:
+    """A JSON file of a partition, parsed only after its checksum matched ``manifest``; also its bytes."""
+    data = lake.read_verified_bytes(dataset, dt, name, manifest=manifest)
+    try:
+        return json.loads(data), data
+    except ValueError as exc:
+        raise InputError(f"{join_uri(lake.partition(dataset, dt), name)}: invalid JSON ({exc})") from None
+
+
+def verified_metrics(lake: Lake, dt: str, evaluation: dict[str, Any]) -> dict[str, float]:
+    """The metrics the promotion gate compares: from the evaluation's checksummed ``metrics.json``, never from the
+    manifest's own ``metrics`` field, which no checksum covers (an edit there would otherwise pick the champion)."""
+    values, _ = _verified_json(lake, EVALUATION, dt, "metrics.json", evaluation)
+    if not isinstance(values, dict):
+        uri = join_uri(lake.partition(EVALUATION, dt), "metrics.json")
+        raise InputError(f"{uri}: expected an object of metrics, not a JSON {type(values).__name__}")
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def _stats(values: np.ndarray) -> dict[str, float]:
     values = values[np.isfinite(values)]
     if len(values) == 0:
@@ -101,6 +120,11 @@ def log_pruning(
         for key in ("items", "target_items"):
             c.add_metrics(f"coverage.{key}", manifest.get("coverage", {}).get(key, {}))
         table = lake.read(CORESET, dt, "coreset.parquet")
+        if counts.get("selected") is not None and counts["selected"] != table.num_rows:
+            raise InputError(
+                f"{join_uri(coreset_uri, MANIFEST)}: counts.selected={counts['selected']!r} but the checksummed "
+                f"coreset.parquet has {table.num_rows} rows; the partition is corrupt, republish it"
+            )
         for col in ("influence", "effort", "overall", "score"):
             values = table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
             c.add_metrics(f"coreset.{col}", _stats(values))
@@ -117,16 +141,15 @@ def log_pruning(
         if surrogate is not None:
             c.add_params("surrogate", surrogate.get("config", {}))
             c.add_metrics("surrogate", surrogate.get("counts", {}))
-            uri = join_uri(lake.partition(SURROGATE, dt), "metrics.json")
             if "metrics.json" in surrogate.get("files", {}):
-                metrics = lake.storage.read_json(uri)
-                for row in metrics.get("history", []):
+                metrics, data = _verified_json(lake, SURROGATE, dt, "metrics.json", surrogate)
+                for row in metrics.get("history", []) if isinstance(metrics, dict) else []:
                     step = int(row.get("epoch", 0))
                     c.add_metrics("surrogate.epoch", {k: v for k, v in row.items() if k != "epoch"}, step)
-                c.artifacts["surrogate/metrics.json"] = lake.storage.read_bytes(uri)
+                c.artifacts["surrogate/metrics.json"] = data
         c.artifacts["coreset/_manifest.json"] = raw
         if "report.png" in manifest.get("files", {}):
-            c.artifacts["coreset/report.png"] = lake.storage.read_bytes(join_uri(coreset_uri, "report.png"))
+            c.artifacts["coreset/report.png"] = lake.read_verified_bytes(CORESET, dt, "report.png", manifest=manifest)
         c.tags.update(
             {
                 "coreset_uri": coreset_uri,
@@ -188,8 +211,13 @@ def register(
     The model is a pyfunc holding only the adapter; it loads the base model from ``model_dir`` (recorded with
     its fingerprint). The version is tagged dt / orchestrator_run_id / coreset_uri / input_digest, the
     evaluation metrics (``eval.ndcg_at_20`` ...) and ``eval_set`` (which users, which settings).
+
+    Those metrics decide promotion, so they come from the checksummed ``metrics.json``; every file logged (it and
+    examples.json, the adapter) is checked against its partition's manifest first, so a changed byte is refused by
+    file name before MLflow holds anything of this version.
     """
     from dealrec_tasks.llm.evaluate import model_fingerprint
+    from dealrec_tasks.steps.llm import local_adapter
     from dealrec_tasks.tracking import registry as reg
     from dealrec_tasks.tracking.client import TAG_DIGEST, TAG_DT, TAG_ORCHESTRATOR_RUN, Tracking
     from dealrec_tasks.tracking.model import MODEL_ARTIFACT_PATH, save_adapter_model
@@ -215,7 +243,7 @@ def register(
             f"model_dir={model_dir!r}: fingerprint {fingerprint} differs from {trained_on['fingerprint']}, the base "
             f"model the adapter of dt={dt} was trained on ({trained_on.get('path')})"
         )
-    metrics = {k: v for k, v in evaluation.get("metrics", {}).items() if isinstance(v, (int, float))}
+    metrics = verified_metrics(lake, dt, evaluation)
     if cfg.metric not in metrics:
         raise InputError(
             f"{lake.partition(EVALUATION, dt)}: no {cfg.metric!r} in its metrics ({sorted(metrics)}); "
@@ -228,23 +256,22 @@ def register(
         coreset_digest = sha256(_manifest_bytes(lake, CORESET, dt))
     digest = hashlib.sha256(adapter_raw + b"\x00" + eval_raw).hexdigest()
     eval_cfg = evaluation.get("config", {})
+    # Everything logged is read through its checksum first, before MLflow is touched: a tampered file is refused
+    # by name instead of being published (the manifests themselves are the reference, logged as read).
+    eval_files = {
+        name: lake.read_verified_bytes(EVALUATION, dt, name, manifest=evaluation)
+        for name in ("metrics.json", "examples.json")
+        if name in evaluation.get("files", {})
+    }
 
-    tr = Tracking(cfg)
-    tr.ping()
-    pruning = _pruning_run(tr, dt, coreset_digest)
-    pruning_id = pruning.info.run_id if pruning is not None else "none"
-
-    with tempfile.TemporaryDirectory(prefix="dealrec-register-") as tmp:
+    # The adapter is copied and checked against the manifest the digest covers, before any run is created.
+    with local_adapter(lake, dt, adapter) as local, tempfile.TemporaryDirectory(prefix="dealrec-register-") as tmp:
+        tr = Tracking(cfg)
+        tr.ping()
+        pruning = _pruning_run(tr, dt, coreset_digest)
+        pruning_id = pruning.info.run_id if pruning is not None else "none"
 
         def content(_run_id: str) -> RunContent:
-            local = Path(tmp, "adapter")
-            local.mkdir()
-            for name in adapter["files"]:
-                uri = join_uri(lake.partition(ADAPTERS, dt), name)
-                data = lake.storage.read_bytes(uri)
-                if sha256(data) != adapter["files"][name]["sha256"]:
-                    raise InputError(f"{uri}: checksum differs from the manifest; republish the adapter")
-                (local / name).write_bytes(data)
             model_config = {
                 "base_model": str(base_dir),
                 "base_model_fingerprint": fingerprint,
@@ -276,10 +303,8 @@ def register(
             for key in ("best_epoch", "best_valid_loss"):
                 c.add_metric(key, adapter.get("metrics", {}).get(key))
             c.add_metrics("eval", metrics)
-            for name in ("metrics.json", "examples.json"):
-                if name in evaluation.get("files", {}):
-                    uri = join_uri(lake.partition(EVALUATION, dt), name)
-                    c.artifacts[f"evaluation/{name}"] = lake.storage.read_bytes(uri)
+            for name, data in eval_files.items():
+                c.artifacts[f"evaluation/{name}"] = data
             c.artifacts["evaluation/_manifest.json"] = eval_raw
             c.artifacts["adapter/_manifest.json"] = adapter_raw
             c.tags.update(

@@ -70,6 +70,27 @@ def test_finetune_dt_from_param_event_or_newest_coreset(tmp_path):
     assert dx.finetune_dt(context(dt="2026-01-01", events=events), lake) == "2026-01-01"
 
 
+@pytest.mark.parametrize(
+    "bad", ["2026-01-04/../../samples/dt=2026-01-04", "2026-01-04" + "x" * 5000, "2026-02-30", "2026-01-04\n", 20260104]
+)
+def test_a_crafted_dt_from_a_param_or_an_asset_event_is_refused_in_one_line(tmp_path, bad):
+    """The day names partitions and folders: a Param or an event's extra that is not a date stops the run at once
+    (ConfigError: no retry), with a short message, before any task gets it."""
+    lake = Lake(str(tmp_path / "lake"))
+    lake.publish("coreset", "2026-01-02", {}, blobs={"x": b"x"})
+    event = lambda dt: SimpleNamespace(extra={"dt": dt, "coreset": "..."})  # noqa: E731
+    calls = {
+        "daily Param": lambda: dx.daily_dt(context("manual", at(7), dt=bad)),
+        "finetune Param": lambda: dx.finetune_dt(context(dt=bad), lake),
+        "asset event": lambda: dx.finetune_dt(context(events={dx.CORESET: [event("2026-01-02"), event(bad)]}), lake),
+    }
+    for where, call in calls.items():
+        with pytest.raises(ConfigError, match=r"dt=.*: ") as err:
+            call()
+        message = str(err.value)
+        assert "\n" not in message and len(message) < 200, where
+
+
 def test_run_key_and_shards():
     assert dx.run_key(context(), "2026-01-07") == "dealrec_daily/dt=2026-01-07"
     assert dx.shards(3) == [[0, 3], [1, 3], [2, 3]]
