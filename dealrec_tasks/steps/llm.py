@@ -23,6 +23,7 @@ from dealrec_tasks.steps.common import StepResult, merge_shards
 from dealrec_tasks.storage import MANIFEST, Lake, join_uri
 
 ADAPTER_DIR = "adapter"  # the local copy's folder name (MLflow keeps it in the logged model)
+SCORED_ADAPTER = "scored_adapter.json"  # in an evaluation: checksums of the adapter files it scored
 
 
 def item_titles(lake: Lake, dt: str) -> list[str]:
@@ -264,11 +265,14 @@ def evaluate(
     if max_users and len(test) > max_users:
         test = [test[i] for i in sorted(np.random.default_rng(seed).choice(len(test), max_users, replace=False))]
     tokenizer, model = load(model_dir)
+    scored: dict[str, str] = {}  # the adapter's file checksums: which weights these metrics belong to
     if adapter:
         from peft import PeftModel
 
-        with local_adapter(lake, dt) as local:  # loaded into memory; the copy goes when the block ends
+        adapter_manifest = lake.require_manifest(ADAPTERS, dt)
+        with local_adapter(lake, dt, adapter_manifest) as local:  # loaded in memory; the copy goes after the block
             model = PeftModel.from_pretrained(model, local)
+        scored = {name: entry["sha256"] for name, entry in adapter_manifest["files"].items()}
     titles = item_titles(lake, dt)
     prompts = encode_rows(test, titles, tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len, with_target=False)
     targets = [[t - 1 for t in r["targets"]] for r in test]
@@ -291,6 +295,7 @@ def evaluate(
         blobs={
             "metrics.json": json.dumps(metrics, indent=2).encode(),
             "examples.json": json.dumps(examples, indent=2).encode(),
+            SCORED_ADAPTER: json.dumps(scored, indent=2, sort_keys=True).encode(),
         },
         extra={"metrics": metrics, "base_model": str(Path(model_dir).resolve())},
     )

@@ -65,6 +65,23 @@ def verified_metrics(lake: Lake, dt: str, evaluation: dict[str, Any]) -> dict[st
     return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _check_scored_adapter(lake: Lake, dt: str, evaluation: dict[str, Any], adapter: dict[str, Any]) -> None:
+    """The metrics must be the published adapter's: an adapter republished after its evaluation (a retried
+    fine-tune) would otherwise be registered with the previous weights' numbers. Evaluations from before this
+    record was kept have no ``scored_adapter.json`` and are taken as they are."""
+    from dealrec_tasks.steps.llm import SCORED_ADAPTER
+
+    if SCORED_ADAPTER not in evaluation.get("files", {}):
+        return
+    scored, _ = _verified_json(lake, EVALUATION, dt, SCORED_ADAPTER, evaluation)
+    published = {name: entry["sha256"] for name, entry in adapter["files"].items()}
+    if scored != published:
+        raise InputError(
+            f"{lake.partition(EVALUATION, dt)}: scored other adapter weights than the ones published in "
+            f"{lake.partition(ADAPTERS, dt)} (republished since?); run `dealrec evaluate --dt {dt}` again"
+        )
+
+
 def _stats(values: np.ndarray) -> dict[str, float]:
     values = values[np.isfinite(values)]
     if len(values) == 0:
@@ -266,6 +283,7 @@ def register(
 
     # The adapter is copied and checked against the manifest the digest covers, before any run is created.
     with local_adapter(lake, dt, adapter) as local, tempfile.TemporaryDirectory(prefix="dealrec-register-") as tmp:
+        _check_scored_adapter(lake, dt, evaluation, adapter)
         tr = Tracking(cfg)
         tr.ping()
         pruning = _pruning_run(tr, dt, coreset_digest)

@@ -128,3 +128,18 @@ def test_the_surrogate_metrics_are_logged_only_when_verified(tracked, cfg, copy)
     path.write_bytes(path.read_bytes().replace(b"}", b" }", 1))
     with pytest.raises(InputError, match=rf"surrogate/dt={tracked.dt}/metrics[.]json: checksum differs"):
         steps.log_pruning(copy, tracked.dt, cfg, "daily__1")
+
+
+def test_an_adapter_republished_after_its_evaluation_is_not_registered_with_the_old_numbers(tracked, cfg, copy):
+    """A retried fine-tune republishes the adapter (valid checksums, other weights): the evaluation on file
+    scored the previous weights, so register refuses until evaluate runs again."""
+    dt = tracked.dt
+    adapter = copy.require_manifest("adapters", dt)
+    files = {name: copy.read_verified_bytes("adapters", dt, name) for name in adapter["files"]}
+    weights = next(n for n in files if n.endswith(".safetensors"))
+    files[weights] = files[weights][:-1] + bytes([files[weights][-1] ^ 0x01])
+    extra = {k: v for k, v in adapter.items() if k not in ("files", "config", "uri", "dt", "dataset")}
+    assert copy.publish("adapters", dt, {}, blobs=files, config=adapter["config"], extra=extra).changed
+    with pytest.raises(InputError, match="scored other adapter weights"):
+        steps.register(copy, dt, tracked.model_dir, cfg, "run__3")
+    assert _nothing_logged(cfg)
