@@ -53,8 +53,35 @@ AIRFLOW_SERVICES = (
     "airflow-worker",
     "airflow-worker-gpu",
 )
+# Who may hold each secret of .env (issue 14, item 12: least privilege). The S3 admin keys reach only the jobs that
+# configure the S3 server; the MLflow admin only the server and the job that creates the tasks' user; the tasks
+# hold their own S3 keys (lake bucket) and their own MLflow login.
+_AIRFLOW = frozenset(AIRFLOW_SERVICES)
+SECRET_HOLDERS = {
+    "S3_ADMIN_ACCESS_KEY": {"s3-config", "s3-init"},
+    "S3_ADMIN_SECRET_KEY": {"s3-config", "s3-init"},
+    "S3_WORKER_ACCESS_KEY": {"s3-config", *_AIRFLOW},
+    "S3_WORKER_SECRET_KEY": {"s3-config", *_AIRFLOW},
+    "S3_MLFLOW_ACCESS_KEY": {"s3-config", "mlflow"},
+    "S3_MLFLOW_SECRET_KEY": {"s3-config", "mlflow"},
+    "MLFLOW_ADMIN_PASSWORD": {"mlflow", "mlflow-init"},
+    "MLFLOW_TRACKING_PASSWORD": {"mlflow-init", *_AIRFLOW},
+    "MLFLOW_SERVER_SECRET_KEY": {"mlflow"},
+    "MLFLOW_DB_PASSWORD": {"postgres", "mlflow"},
+    "AIRFLOW_DB_PASSWORD": {"postgres", *_AIRFLOW},
+    "POSTGRES_PASSWORD": {"postgres"},
+    "AIRFLOW_ADMIN_PASSWORD": set(_AIRFLOW),
+    "AIRFLOW_JWT_SECRET": set(_AIRFLOW),
+    "AIRFLOW_API_SECRET_KEY": set(_AIRFLOW),
+    "AIRFLOW_FERNET_KEY": set(_AIRFLOW),
+}
+SECRETS_OF_ROLES = tuple(n for n in SECRET_HOLDERS if n.startswith(("S3_", "MLFLOW_ADMIN", "MLFLOW_T", "MLFLOW_S")))
 # Third-party images: the program their command or health check must start (their CLIs are not installed here).
-THIRD_PARTY_PROGRAMS = {"postgres": {"pg_isready"}, "redis": {"redis-server", "redis-cli"}, "s3": {"weed", "wget"}}
+THIRD_PARTY_PROGRAMS = {
+    "postgres": {"/usr/local/bin/dealrec-check-secrets.sh", "pg_isready"},
+    "redis": {"redis-server", "redis-cli"},
+    "s3": {"weed", "wget"},
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -223,7 +250,7 @@ def test_every_variable_is_documented_in_env_example_and_every_documented_one_is
 
 
 def test_published_ports_listen_on_this_machine_only_by_default():
-    """S3 and MLflow have no login of their own: by default nothing is reachable from other hosts (issue 14, 12)."""
+    """None of the three speaks TLS: by default nothing is reachable from other hosts (issue 14, 12)."""
     compose = yaml.safe_load(COMPOSE.read_text())
     published = {
         name: svc["ports"] for name, svc in compose["services"].items() if isinstance(svc, dict) and svc.get("ports")
@@ -239,7 +266,7 @@ def test_secrets_are_required_not_defaulted():
     text = COMPOSE.read_text()
     for name in ("AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD", "POSTGRES_PASSWORD"):
         assert re.search(r"\$\{" + name + r":\?", text), f"{name} should be ${{{name}:?...}}"
-    for name in ("AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY"):
+    for name in ("AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "AIRFLOW_FERNET_KEY", *SECRETS_OF_ROLES):
         uses = re.findall(r"\$\{" + name + r"([^}]*)\}", text)
         assert uses and all(u.startswith(":?") for u in uses), f"{name}: every use must be required"
     empty = {k: v for k, v in read_env_file(ENV_EXAMPLE).items() if k != "AIRFLOW_JWT_SECRET"}
@@ -304,15 +331,8 @@ def test_urls_point_at_the_services_that_serve_them():
         e = env_of(svc)
         endpoint = e.get("MLFLOW_S3_ENDPOINT_URL") or e.get("AWS_ENDPOINT_URL")
         assert endpoint == env["AWS_ENDPOINT_URL"], svc
-        assert (e["AWS_ACCESS_KEY_ID"], e["AWS_SECRET_ACCESS_KEY"]) == (
-            env["AWS_ACCESS_KEY_ID"],
-            env["AWS_SECRET_ACCESS_KEY"],
-        ), svc
-    s3_env = env_of("s3")
-    assert (s3_env["S3_ACCESS_KEY"], s3_env["S3_SECRET_KEY"]) == (
-        env["AWS_ACCESS_KEY_ID"],
-        env["AWS_SECRET_ACCESS_KEY"],
-    )
+    mlflow_init = urlsplit(env_of("mlflow-init")["MLFLOW_TRACKING_URI"])
+    assert (mlflow_init.hostname, mlflow_init.port) == ("mlflow", _port_of("mlflow", "--port", 5000))
 
 
 def test_bucket_job_creates_the_buckets_of_the_lake_and_of_mlflow():
@@ -618,3 +638,336 @@ def test_postgres_init_creates_both_databases_once():
             _psql("-c", f"drop database if exists {db}")
         for role in (names["AIRFLOW_DB_USER"], names["MLFLOW_DB_USER"]):
             _psql("-c", f"drop role if exists {role}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Security of the stack (issue 14, item 12): least-privilege identities, MLflow login, no placeholder secrets
+# ---------------------------------------------------------------------------------------------------------
+def _docker_module(name: str):
+    sys.path.insert(0, str(REPO / "docker"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(REPO / "docker"))
+
+
+def _distinct_secrets_env() -> dict[str, str]:
+    """.env.example with every secret set to a value of its own, so each can be traced to where it lands."""
+    env = read_env_file(ENV_EXAMPLE)
+    for name in SECRET_HOLDERS:
+        env[name] = f"{name.lower().replace('_', '')}{uuid.uuid4().hex[:12]}"
+    return env
+
+
+def test_each_secret_reaches_only_the_services_that_need_it():
+    """The S3 admin keys only in s3-config and s3-init; MLflow's admin only in mlflow and mlflow-init; the workers,
+    the scheduler and MLflow hold their own identities, never an admin's."""
+    env = _distinct_secrets_env()
+    doc = interpolate(raw_compose(), env, set())
+    where: dict[str, set[str]] = {name: set() for name in SECRET_HOLDERS}
+    for svc_name, svc in doc["services"].items():
+        # Environment, command and entrypoint: anything the service's processes can read.
+        text = json.dumps([svc.get("environment"), svc.get("command"), svc.get("entrypoint")])
+        for name in SECRET_HOLDERS:
+            if env[name] in text:
+                where[name].add(svc_name)
+    assert where == SECRET_HOLDERS
+    for svc in ("airflow-worker", "airflow-worker-gpu", "airflow-scheduler", "mlflow"):
+        held = {n for n, holders in where.items() if svc in holders}
+        assert not held & {"S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY"}, (svc, held)
+        if svc != "mlflow":  # the server itself bootstraps its admin
+            assert "MLFLOW_ADMIN_PASSWORD" not in held, (svc, held)
+    assert not (services()["s3"].get("environment") or {}), "the S3 server reads its identities from a file"
+
+
+def test_s3_identities_are_scoped_to_their_buckets(tmp_path):
+    s3_identities = _docker_module("s3_identities")
+    argv = as_argv(services()["s3-config"]["command"])
+    lake, artifacts = argv[2], argv[3]
+    out = Path(argv[argv.index("--out") + 1])
+    # The s3 server reads the file the job writes, through the volume they share.
+    config_flag = next(a for a in " ".join(as_argv(services()["s3"]["command"])).split() if a.startswith("-s3.config="))
+    assert config_flag == f"-s3.config={out}"
+    shared = {v.split(":")[0] for v in services()["s3-config"]["volumes"]} & {
+        v.split(":")[0] for v in services()["s3"]["volumes"]
+    }
+    assert shared and all(
+        str(out).startswith(v.split(":")[1]) for v in services()["s3"]["volumes"] if v.startswith(tuple(shared))
+    )
+
+    env = {k: f"{k.lower()}-value" for k in ("S3_ADMIN_ACCESS_KEY", "S3_WORKER_ACCESS_KEY", "S3_MLFLOW_ACCESS_KEY")}
+    env |= {"S3_ADMIN_SECRET_KEY": 'a"b\\\\c', "S3_WORKER_SECRET_KEY": "w", "S3_MLFLOW_SECRET_KEY": "m"}
+    target = tmp_path / "cfg" / "s3.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "docker" / "s3_identities.py"), lake, artifacts, "--out", str(target)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+    doc = json.loads(target.read_text())  # a quote or backslash in a key cannot break the file
+    by_name = {i["name"]: i for i in doc["identities"]}
+    assert by_name["dealrec-admin"]["credentials"][0]["secretKey"] == 'a"b\\\\c'
+    lake_bucket, artifact_bucket = urlsplit(lake).hostname, urlsplit(artifacts).hostname
+    assert sorted(by_name["dealrec-worker"]["actions"]) == sorted(
+        f"{a}:{lake_bucket}" for a in ("Read", "Write", "List")
+    )
+    assert sorted(by_name["dealrec-mlflow"]["actions"]) == sorted(
+        f"{a}:{artifact_bucket}" for a in ("Read", "Write", "List")
+    )
+    assert "Admin" in by_name["dealrec-admin"]["actions"]
+    unscoped = [a for n, i in by_name.items() if n != "dealrec-admin" for a in i["actions"] if ":" not in a]
+    assert unscoped == [], "only the admin may act on every bucket"
+
+    with pytest.raises(SystemExit, match="share bucket"):
+        s3_identities.identities(env, "s3://one/lake", "s3://one/mlflow")
+    with pytest.raises(SystemExit, match="S3_MLFLOW_ACCESS_KEY is the same access key as S3_ADMIN_ACCESS_KEY"):
+        s3_identities.identities({**env, "S3_MLFLOW_ACCESS_KEY": env["S3_ADMIN_ACCESS_KEY"]}, lake, artifacts)
+    with pytest.raises(SystemExit, match="S3_WORKER_ACCESS_KEY and S3_WORKER_SECRET_KEY"):
+        s3_identities.identities({**env, "S3_WORKER_SECRET_KEY": ""}, lake, artifacts)
+
+
+def _our_services() -> list[str]:
+    return [n for n, svc in services().items() if "build" in svc]
+
+
+def test_every_service_of_our_images_checks_the_secrets_it_holds():
+    """Each secret-looking variable of a service built from our images is listed in its DEALREC_REQUIRED_SECRETS,
+    and with .env.example copied as it is to .env every such service refuses to start."""
+    check_secrets = _docker_module("check_secrets")
+    secret_like = re.compile(r"PASSWORD|SECRET|FERNET|SQL_ALCHEMY_CONN|RESULT_BACKEND|DATABASE_URI|ACCESS_KEY")
+    for name in _our_services():
+        env = env_of(name)
+        listed = set(env.get("DEALREC_REQUIRED_SECRETS", "").split())
+        held = {k for k in env if secret_like.search(k) and k != "DEALREC_REQUIRED_SECRETS"}
+        assert listed == held, f"{name}: DEALREC_REQUIRED_SECRETS {sorted(listed)} != secrets held {sorted(held)}"
+        if held:
+            errors = check_secrets.check(env)
+            assert errors and all(e.startswith("refusing to start: ") for e in errors), name
+    pg = subprocess.run(["sh", str(REPO / "docker" / "postgres" / "check-secrets.sh")], env=env_of("postgres"))
+    assert pg.returncode == 1
+
+
+def _fernet() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+_GOOD = {
+    "AIRFLOW__CORE__FERNET_KEY": None,  # filled per test: a fresh key
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://airflow:Zx9_long-enough@postgres:5432/airflow",
+    "AIRFLOW__API__SECRET_KEY": "k" * 20,
+    "MLFLOW_TRACKING_PASSWORD": "p" * 16,
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("AIRFLOW__CORE__FERNET_KEY", "", "AIRFLOW__CORE__FERNET_KEY (AIRFLOW_FERNET_KEY in .env) is empty"),
+        ("AIRFLOW__CORE__FERNET_KEY", "change-me", "AIRFLOW_FERNET_KEY in .env) is still the .env.example placeholder"),
+        (
+            "AIRFLOW__CORE__FERNET_KEY",
+            "not-a-key",
+            "AIRFLOW__CORE__FERNET_KEY (AIRFLOW_FERNET_KEY in .env) is not a Fernet key",
+        ),
+        ("AIRFLOW__CORE__FERNET_KEY", None, "AIRFLOW__CORE__FERNET_KEY (AIRFLOW_FERNET_KEY in .env) is not set"),
+        (
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+            "postgresql+psycopg2://airflow:change-me@postgres:5432/airflow",
+            "(AIRFLOW_DB_PASSWORD in .env): its password is still the .env.example placeholder 'change-me'",
+        ),
+        ("AIRFLOW__API__SECRET_KEY", "  ", "AIRFLOW__API__SECRET_KEY (AIRFLOW_API_SECRET_KEY in .env) is empty"),
+        ("MLFLOW_TRACKING_PASSWORD", "short", "MLFLOW_TRACKING_PASSWORD is shorter than 12 characters"),
+    ],
+)
+def test_entrypoint_refuses_to_start_with_a_bad_secret(tmp_path, name, value, message):
+    env = {
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "DEALREC_REQUIRED_SECRETS": ",".join(_GOOD),
+        **_GOOD,
+        "AIRFLOW__CORE__FERNET_KEY": f"{_fernet()},{_fernet()}",  # a rotation list is valid
+    }
+    entrypoint = ["bash", str(REPO / "docker" / "entrypoint.sh"), "python", "-c", "print('started')"]
+    ok = subprocess.run(entrypoint, env=env, capture_output=True, text=True)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "started"), ok.stderr
+    if value is None:
+        del env[name]
+    else:
+        env[name] = value
+    bad = subprocess.run(entrypoint, env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "started" not in bad.stdout
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], bad.stderr
+    assert value in (None, "", "  ", "change-me") or value not in lines[0].replace(message, ""), "never echo a secret"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("POSTGRES_PASSWORD", "change-me", "POSTGRES_PASSWORD is still the .env.example placeholder"),
+        ("AIRFLOW_DB_PASSWORD", "", "AIRFLOW_DB_PASSWORD is empty"),
+        ("MLFLOW_DB_PASSWORD", "p@ss/word", "MLFLOW_DB_PASSWORD has a character other than"),
+    ],
+)
+def test_postgres_refuses_to_start_with_a_bad_password(tmp_path, name, value, message):
+    """docker/postgres/check-secrets.sh, run with a stand-in for the image's docker-entrypoint.sh."""
+    fake = tmp_path / "docker-entrypoint.sh"
+    fake.write_text('#!/bin/sh\necho "handed over: $*"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "POSTGRES_PASSWORD": "Pg_pass-1", "AIRFLOW_DB_PASSWORD": "Af.pass~2"}
+    env["MLFLOW_DB_PASSWORD"] = "Mlpass3"
+    script = str(REPO / "docker" / "postgres" / "check-secrets.sh")
+    ok = subprocess.run([script, "postgres"], env=env, capture_output=True, text=True)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "handed over: postgres"), ok.stderr
+    bad = subprocess.run([script, "postgres"], env={**env, name: value}, capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert len(bad.stderr.strip().splitlines()) == 1 and message in bad.stderr, bad.stderr
+    assert os.access(script, os.X_OK)
+
+
+def test_mlflow_requires_a_login_and_the_tasks_have_their_own():
+    mlflow = as_argv(services()["mlflow"]["command"])
+    assert mlflow[mlflow.index("--app-name") + 1] == "basic-auth"
+    env = env_of("mlflow")
+    assert env["MLFLOW_AUTH_DEFAULT_PERMISSION"] in ("READ", "NO_PERMISSIONS"), "logged-in users must not write"
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] and env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    store = mlflow[mlflow.index("--backend-store-uri") + 1]
+    assert env["MLFLOW_AUTH_DATABASE_URI"] == store, "users and grants live in MLflow's own database"
+    init = env_of("mlflow-init")
+    worker = env_of("airflow-worker")
+    assert init["MLFLOW_WORKER_USER"] == worker["MLFLOW_TRACKING_USERNAME"] != env["MLFLOW_AUTH_ADMIN_USERNAME"]
+    assert init["MLFLOW_ADMIN_USER"] == env["MLFLOW_AUTH_ADMIN_USERNAME"]
+    assert services()["mlflow-init"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    # The basic-auth app imports Flask-WTF (mlflow's `auth` extra): the image that runs MLflow must install it.
+    dockerfile = (REPO / "docker" / "airflow.Dockerfile").read_text().replace("\\\n", " ")
+    lock = (REPO / "requirements.lock").read_text().lower()
+    assert re.search(r"^RUN pip install .*Flask-WTF==", dockerfile, flags=re.M | re.I) or "flask-wtf==" in lock
+
+
+def test_entrypoint_writes_an_auth_config_mlflow_reads(tmp_path):
+    ini = tmp_path / "auth" / "basic_auth.ini"
+    env = {
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_DATABASE_URI": "postgresql+psycopg2://mlflow:pa%25ss@postgres:5432/mlflow",
+        "MLFLOW_AUTH_DEFAULT_PERMISSION": "NO_PERMISSIONS",
+        "MLFLOW_AUTH_ADMIN_USERNAME": "root",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "a-long-admin-password",
+    }
+    # MLflow's own reader, loaded by path: importing the mlflow.server.auth package would need Flask-WTF.
+    read = (
+        "import importlib.util, pathlib, mlflow\n"
+        "path = pathlib.Path(mlflow.__file__).parent / 'server' / 'auth' / 'config.py'\n"
+        "spec = importlib.util.spec_from_file_location('auth_config', path)\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); c = m.read_auth_config()\n"
+        "print(c.default_permission, c.database_uri, c.admin_username, c.admin_password)"
+    )
+    proc = subprocess.run(
+        ["bash", str(REPO / "docker" / "entrypoint.sh"), "python", "-c", read], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [
+        "NO_PERMISSIONS",
+        "postgresql+psycopg2://mlflow:pa%25ss@postgres:5432/mlflow",
+        "root",
+        "a-long-admin-password",
+    ]
+    assert oct(ini.stat().st_mode & 0o777) == "0o600"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bundled_mlflow_refuses_anonymous_requests_and_lets_only_owners_write(tmp_path):
+    """The mlflow service's command line, through docker/entrypoint.sh, on SQLite: anonymous -> 401; the tasks' user
+    (created by docker/create_mlflow_user.py, as mlflow-init does) creates and changes its registered model; another
+    logged-in user can read it but cannot move `champion`; only the admin creates users."""
+    pytest.importorskip("flask_wtf", reason="Flask-WTF (mlflow[auth]) not installed here; the image installs it")
+    import requests
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    admin = ("admin", "admin-password-long")
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+        "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{tmp_path}/auth.db",
+        "MLFLOW_AUTH_DEFAULT_PERMISSION": env_of("mlflow")["MLFLOW_AUTH_DEFAULT_PERMISSION"],
+        "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-secret-for-the-test",
+        "DEALREC_REQUIRED_SECRETS": "MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY",
+    }
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    argv = as_argv(services()["mlflow"]["command"])
+    argv[argv.index("--backend-store-uri") + 1] = f"sqlite:///{tmp_path}/mlflow.db"
+    argv[argv.index("--artifacts-destination") + 1] = str(tmp_path / "artifacts")
+    argv[argv.index("--host") + 1] = "127.0.0.1"
+    argv[argv.index("--port") + 1] = str(port)
+    argv += ["--workers", "1"]
+    log = open(tmp_path / "mlflow.log", "w")  # noqa: SIM115 (closed in the finally below, after the server)
+    server = subprocess.Popen(
+        ["bash", str(REPO / "docker" / "entrypoint.sh"), *argv],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        init_env = {**env, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ADMIN_USER": admin[0], "MLFLOW_ADMIN_PASSWORD": admin[1]}
+        init_env |= {"MLFLOW_WORKER_USER": "dealrec", "MLFLOW_WORKER_PASSWORD": "tasks-password-long"}
+        job = [sys.executable, str(REPO / "docker" / "create_mlflow_user.py"), "--wait", "180"]
+        first = subprocess.run(job, env=init_env, capture_output=True, text=True, timeout=240)
+        assert first.returncode == 0, first.stderr + (tmp_path / "mlflow.log").read_text()[-3000:]
+        assert first.stdout.strip() == "MLflow user 'dealrec' created"
+        again = subprocess.run(job, env=init_env, capture_output=True, text=True, timeout=240)
+        assert again.stdout.strip() == "MLflow user 'dealrec' updated", again.stderr
+
+        tasks = ("dealrec", "tasks-password-long")
+        api = f"{uri}/api/2.0/mlflow"
+        assert requests.get(f"{api}/experiments/search", params={"max_results": 1}, timeout=60).status_code == 401
+        assert (
+            requests.get(
+                f"{api}/experiments/search", params={"max_results": 1}, auth=("dealrec", "wrong-password!"), timeout=60
+            ).status_code
+            == 401
+        )
+        made = requests.post(f"{api}/registered-models/create", json={"name": "dealrec-bigrec"}, auth=tasks, timeout=60)
+        assert made.status_code == 200, made.text
+        tag = {"name": "dealrec-bigrec", "key": "k", "value": "v"}
+        assert requests.post(f"{api}/registered-models/set-tag", json=tag, auth=tasks, timeout=60).status_code == 200
+        other = subprocess.run(
+            job,
+            env={**init_env, "MLFLOW_WORKER_USER": "viewer", "MLFLOW_WORKER_PASSWORD": "viewer-password-long"},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert other.returncode == 0, other.stderr
+        viewer = ("viewer", "viewer-password-long")
+        got = requests.get(f"{api}/registered-models/get", params={"name": "dealrec-bigrec"}, auth=viewer, timeout=60)
+        assert got.status_code == 200, got.text
+        alias = {"name": "dealrec-bigrec", "alias": "champion", "version": "1"}
+        assert requests.post(f"{api}/registered-models/alias", json=alias, auth=viewer, timeout=60).status_code == 403
+        assert requests.post(f"{api}/registered-models/set-tag", json=tag, auth=viewer, timeout=60).status_code == 403
+        new_user = {"username": "intruder", "password": "intruder-password"}
+        assert requests.post(f"{api}/users/create", json=new_user, auth=tasks, timeout=60).status_code == 403
+    finally:
+        os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+            server.wait(timeout=30)
+        log.close()
