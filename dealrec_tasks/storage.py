@@ -425,6 +425,16 @@ class Lake:
         st.delete(staging)
         return Published(target, True, manifest)
 
+    def withdraw(self, dataset: str, dt: str | None) -> bool:
+        """Hide a published partition (its manifest goes; files stay until the next publish replaces them), for
+        derived data that went stale: readers then get 'no published partition; run the step that writes it'.
+        True when there was one to hide."""
+        with self._partition_lock(dataset, dt):
+            uri = join_uri(self.partition(dataset, dt), MANIFEST)
+            existed = self.storage.exists(uri)
+            self.storage.delete(uri)
+            return existed
+
     # -- concurrency --------------------------------------------------------------------------------------
     def lock_uri(self, dataset: str, dt: str | None) -> str:
         return self.uri(LOCKS, f"{dataset.replace('/', '.')}.{dt or 'all'}.lock")

@@ -35,11 +35,36 @@ NULL_ID = "null_id"
 WRONG_DAY = "wrong_day"
 UNKNOWN_COLUMNS = "unknown_columns"
 DUPLICATE = "duplicate"
-REASONS = (MALFORMED, NULL_ID, WRONG_DAY, UNKNOWN_COLUMNS, DUPLICATE)
+INVALID_UTF8 = "invalid_utf8"
+REASONS = (MALFORMED, NULL_ID, WRONG_DAY, UNKNOWN_COLUMNS, DUPLICATE, INVALID_UTF8)
 
 
 def is_log_file(name: str) -> bool:
     return not name.startswith(("_", ".")) and name.lower().endswith(LOG_SUFFIXES)
+
+
+def escaped_text(value: bytes | str) -> str:
+    """Bytes or a string that is not valid UTF-8, as text that keeps every byte (``\\xff``, ``\\udcff``), so a
+    reject can be stored and still shows what the producer wrote."""
+    data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+    return data.decode("utf-8", "backslashreplace")
+
+
+def is_utf8_text(value: object) -> bool:
+    """False for bytes and for strings holding lone surrogates (a JSON ``"\\udcff"`` escape): neither is an id."""
+    if isinstance(value, bytes):
+        return False
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
+def duplicated_names(names: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({n for n in names if n in seen or seen.add(n)})
 
 
 @dataclass
@@ -56,11 +81,13 @@ def _json_safe(value: object) -> object:
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
+    if isinstance(value, bytes) or (isinstance(value, str) and not is_utf8_text(value)):
+        return escaped_text(value)
     return None if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT else value
 
 
 def _reject(source: str, row: int, reason: str, raw: object) -> dict:
-    text = raw if isinstance(raw, str) else json.dumps(_json_safe(raw), default=str, sort_keys=True)
+    text = escaped_text(raw) if isinstance(raw, str) else json.dumps(_json_safe(raw), default=str, sort_keys=True)
     return {"source_file": source, "row": int(row), "reason": reason, "raw": text}
 
 
@@ -96,6 +123,18 @@ def _frame(source: str, records: list[dict], row_numbers: list[int]) -> pd.DataF
     return out
 
 
+def _unreadable(source: str, reason: str) -> ParsedLog:
+    """The whole file is refused (its bytes are kept beside the rejects)."""
+    return ParsedLog(_frame(source, [], []), [_reject(source, 0, f"{MALFORMED}: {reason}", "")], True)
+
+
+def _duplicated_columns(source: str, columns: list[str]) -> ParsedLog | None:
+    """A file with two columns of one name is refused: which of them is meant cannot be known (a CSV reader
+    silently kept the last one)."""
+    dups = duplicated_names(columns)
+    return _unreadable(source, f"duplicated column(s) {', '.join(dups)} in the header of {source}") if dups else None
+
+
 def _check_columns(source: str, columns: list[str], allow_extra: bool) -> str | None:
     """A reason when the file's columns break the contract, else None."""
     missing = [c for c in INTERACTION_COLUMNS if c not in columns]
@@ -119,11 +158,12 @@ def parse_log_file(source: str, data: bytes, allow_extra_columns: bool = False) 
 
 def _parse_parquet(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
     try:
+        refused = _duplicated_columns(source, pq.read_schema(pa.BufferReader(data)).names)
+        if refused:
+            return refused
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowInvalid, OSError) as exc:
-        return ParsedLog(
-            _frame(source, [], []), [_reject(source, 0, f"{MALFORMED}: unreadable Parquet ({exc})", "")], True
-        )
+        return _unreadable(source, f"unreadable Parquet ({exc})")
     df = table.to_pandas(types_mapper=None)
     rows = list(range(1, len(df) + 1))
     bad_columns = _check_columns(source, list(df.columns), allow_extra)
@@ -141,11 +181,35 @@ def _parse_parquet(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
             "row": np.asarray(rows, dtype=np.int64),
             "user_id": ids(df["user_id"]),
             "item_id": ids(df["item_id"]),
-            "ts_raw": df["ts"].astype(object).to_numpy(),  # stringified only for rejected rows
+            "ts_raw": _ts_raw(df["ts"]),  # stringified only for rejected rows
         }
     )
     out["ts"] = _parse_ts(df["ts"]).array  # keeps the UTC dtype, whatever the file's ts type was
     return ParsedLog(out)
+
+
+# Seconds since the epoch of 0001-01-01 and 9999-12-31T23:59:59: the years Python datetimes (and pandas' text
+# formatting) can show.
+_PY_SECONDS = (-62135596800, 253402300799)
+_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+
+
+def ts_text(ts: pd.Series) -> pd.Series:
+    """Typed timestamps as exact text, None for missing: ISO within Python's years, else the stored count and unit
+    as given. ``astype(object)`` went through Python datetimes, so 2**62 microseconds came back as a date in 1970,
+    and pandas cannot format such a value at all."""
+    counts = ts.array.asi8
+    per_second = _PER_SECOND[ts.dt.unit]
+    shown = ts.notna().to_numpy() & (counts >= _PY_SECONDS[0] * per_second) & (counts <= _PY_SECONDS[1] * per_second)
+    out = pd.Series(None, index=ts.index, dtype=object)
+    out[shown] = ts[shown].astype(str).astype(object)
+    beyond = ts.notna().to_numpy() & ~shown
+    out[beyond] = [f"{n} {ts.dt.unit} since 1970-01-01" for n in counts[beyond]]
+    return out
+
+
+def _ts_raw(ts: pd.Series) -> np.ndarray:
+    return (ts_text(ts) if pd.api.types.is_datetime64_any_dtype(ts) else ts.astype(object)).to_numpy()
 
 
 NULL_TEXTS = frozenset({"null", "none", "nan", "nat", "undefined"})
@@ -160,9 +224,15 @@ def _raw_text(v: object) -> str:
 
 
 def _id_str(v: object) -> str | None:
-    """Ids are strings in the contract; integral ids from typed files are accepted as their decimal text."""
+    """Ids are strings in the contract; integral ids from typed files are accepted as their decimal text, binary
+    ones when they are UTF-8 (other bytes stay bytes, for ``validate_day`` to reject with their escaped value)."""
     if v is None:
         return None
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            return v
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     return v if isinstance(v, str) else str(v)
@@ -172,12 +242,15 @@ def _parse_csv(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        return ParsedLog(_frame(source, [], []), [_reject(source, 0, f"{MALFORMED}: not UTF-8 ({exc})", "")], True)
+        return _unreadable(source, f"not UTF-8 ({exc})")
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
         return ParsedLog(_frame(source, [], []))
     header = [h.strip() for h in header]
+    refused = _duplicated_columns(source, header)
+    if refused:
+        return refused
     bad_columns = _check_columns(source, header, allow_extra)
     records, numbers, rejects = [], [], []
     for fields in reader:
@@ -198,15 +271,38 @@ def _parse_csv(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
     return ParsedLog(_frame(source, records, numbers), rejects)
 
 
+class _DuplicatedKeys(ValueError):
+    pass
+
+
+def _object_or_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads`` keeps the last of repeated keys silently; a row saying two things is refused instead."""
+    dups = duplicated_names([k for k, _ in pairs])
+    if dups:
+        raise _DuplicatedKeys(", ".join(dups))
+    return dict(pairs)
+
+
 def _parse_jsonl(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
     records, numbers, rejects = [], [], []
-    for line_no, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+    # Line by line: a line that is not UTF-8 is a reject with its bytes escaped (decoding the whole file with
+    # errors="replace" turned them into U+FFFD, and the mangled ids were accepted).
+    for line_no, raw_line in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            why = f"{INVALID_UTF8}: line is not UTF-8 ({exc.reason} at byte {exc.start})"
+            rejects.append(_reject(source, line_no, why, escaped_text(raw_line)))
+            continue
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = json.loads(line, object_pairs_hook=_object_or_duplicates)
         except json.JSONDecodeError as exc:
             rejects.append(_reject(source, line_no, f"{MALFORMED}: invalid JSON ({exc.msg})", line))
+            continue
+        except _DuplicatedKeys as exc:
+            rejects.append(_reject(source, line_no, f"{MALFORMED}: duplicated key(s) {exc}", line))
             continue
         if not isinstance(rec, dict):
             rejects.append(_reject(source, line_no, f"{MALFORMED}: a line must be a JSON object", line))
@@ -214,6 +310,10 @@ def _parse_jsonl(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
         bad_columns = _check_columns(source, list(rec), allow_extra)
         if bad_columns:
             rejects.append(_reject(source, line_no, bad_columns, rec))
+            continue
+        not_text = [c for c in INTERACTION_COLUMNS if not is_utf8_text(rec[c])]
+        if not_text:  # a "\udcff" escape: no UTF-8 text can hold it
+            rejects.append(_reject(source, line_no, f"{INVALID_UTF8}: {', '.join(not_text)} is not UTF-8", line))
             continue
         records.append({c: rec[c] for c in INTERACTION_COLUMNS})
         numbers.append(line_no)
@@ -241,10 +341,12 @@ def validate_day(parsed: list[ParsedLog], dt: str) -> ValidatedDay:
     day_start = pd.Timestamp(dt_mod.date.fromisoformat(dt), tz="UTC")
     day_end = day_start + pd.Timedelta(days=1)
     rejects = [r for p in parsed for r in p.rejects]
+    # Also when no file had a row: a day of only unreadable files lost them (they were not kept).
+    unreadable = [p.rejects[0]["source_file"] for p in parsed if p.unreadable]
     frames = [p.rows for p in parsed if len(p.rows)]
     if not frames:
         empty = pd.DataFrame({"user_id": [], "item_id": [], "ts": pd.Series([], dtype="datetime64[us, UTC]")})
-        return ValidatedDay(empty, _rejects_table(rejects), [])
+        return ValidatedDay(empty, _rejects_table(rejects), unreadable)
     rows = pd.concat(frames, ignore_index=True)
     reason = pd.Series(None, index=rows.index, dtype=object)
 
@@ -255,6 +357,8 @@ def validate_day(parsed: list[ParsedLog], dt: str) -> ValidatedDay:
             reason[todo] = text(rows[todo]) if callable(text) else text
 
     for col in ("user_id", "item_id"):
+        not_text = ~rows[col].map(is_utf8_text).astype(bool)
+        mark(not_text, lambda r, c=col: f"{INVALID_UTF8}: {c} " + r[c].map(escaped_text) + " is not UTF-8")
         text = rows[col].map(lambda v: v.strip() if isinstance(v, str) else v)
         empty_id = rows[col].isna() | (text == "")
         mark(empty_id, f"{NULL_ID}: {col} is empty")
@@ -265,7 +369,7 @@ def validate_day(parsed: list[ParsedLog], dt: str) -> ValidatedDay:
     not_ts = " is not an ISO-8601 timestamp"
     mark(rows["ts"].isna(), lambda r: MALFORMED + ": ts " + r["ts_raw"].map(_raw_text) + not_ts)
     outside = rows["ts"].notna() & ((rows["ts"] < day_start) | (rows["ts"] >= day_end))
-    mark(outside, lambda r: WRONG_DAY + ": ts " + r["ts"].astype(str) + f" is outside {dt}")
+    mark(outside, lambda r: WRONG_DAY + ": ts " + ts_text(r["ts"]) + f" is outside {dt}")
     ok = reason.isna()
     key = ["user_id", "item_id", "ts"]
     dup = ok & rows.duplicated(subset=key, keep="first") & ok
@@ -283,7 +387,7 @@ def validate_day(parsed: list[ParsedLog], dt: str) -> ValidatedDay:
             rejects.append(_reject(src, row, why, rec))
     clean = rows.loc[~bad, ["user_id", "item_id", "ts", "source_file", "row"]]
     clean = clean.sort_values(["ts", "source_file", "row"], kind="stable").reset_index(drop=True)
-    return ValidatedDay(clean, _rejects_table(rejects), [p.rejects[0]["source_file"] for p in parsed if p.unreadable])
+    return ValidatedDay(clean, _rejects_table(rejects), unreadable)
 
 
 def _rejects_table(rejects: list[dict]) -> pa.Table:

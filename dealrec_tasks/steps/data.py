@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from dealrec_tasks.config import (
     ImportConfig,
@@ -29,10 +32,10 @@ from dealrec_tasks.data.schema import (
     SPLIT_SEQUENCES_SCHEMA,
     VOCAB,
 )
-from dealrec_tasks.errors import OrderError
+from dealrec_tasks.errors import ConfigError, InputError, OrderError
 from dealrec_tasks.progress import progress
 from dealrec_tasks.steps.common import StepResult
-from dealrec_tasks.storage import Lake, join_uri, sha256
+from dealrec_tasks.storage import MANIFEST, Lake, join_uri, parquet_bytes, parquet_from_bytes, sha256
 
 
 def _dataset_name(name: str) -> str:
@@ -118,47 +121,152 @@ def synthetic(lake: Lake, cfg: SyntheticConfig) -> StepResult:
 # ---------------------------------------------------------------------------------------------------------
 # Ingest
 # ---------------------------------------------------------------------------------------------------------
+VOCAB_RECORD = "vocab_sha256"  # sequences manifest key: checksums of the vocab files they were built with
+NOT_READ = {"symlink": "a symlink, not followed", "directory": "a directory", "other": "not a regular file"}
+
+
+def _log_day(name: str) -> str | None:
+    """The day of a log folder name ``dt=YYYY-MM-DD``, else None."""
+    try:
+        return parse_dt(name[3:]).isoformat() if name.startswith("dt=") else None
+    except ConfigError:
+        return None
+
+
 def log_days(lake: Lake) -> list[str]:
-    """Days that have a raw log folder (producers need not write manifests)."""
-    return sorted(n[3:] for n in lake.storage.list_dir(lake.uri(INTERACTIONS)) if n.startswith("dt="))
+    """Days that have a raw log folder (producers need not write manifests).
+
+    Other names are ignored (see ``_stray_notes``): a stray ``dt=2026-01-02.bak`` sorted between real days and
+    blocked every later one as "not ingested yet".
+    """
+    return sorted(d for d in map(_log_day, lake.storage.list_dir(lake.uri(INTERACTIONS))) if d is not None)
 
 
-def _log_files(lake: Lake, dt: str) -> dict[str, bytes]:
+def _stray_notes(lake: Lake) -> list[str]:
+    names = lake.storage.list_dir(lake.uri(INTERACTIONS))
+    return [f"{lake.uri(INTERACTIONS, n)}: ignored, not a log folder dt=YYYY-MM-DD" for n in names if not _log_day(n)]
+
+
+def _local_kind(entry: os.DirEntry) -> str:
+    """From the directory listing (lstat at most): a symlink is never followed, nothing is opened."""
+    if entry.is_symlink():
+        return "symlink"
+    if entry.is_file(follow_symlinks=False):
+        return "file"
+    return "directory" if entry.is_dir(follow_symlinks=False) else "other"
+
+
+def _entry_kinds(lake: Lake, folder: str) -> dict[str, str]:
+    """Name -> "file", "directory", "symlink" or "other" (a FIFO, a socket), read without opening anything.
+
+    Opening a FIFO blocks forever, a directory crashed the read, and a symlink led outside the lake (its target
+    was then copied into rejects), so only regular files are read.
+    """
+    fs, path = lake.storage.resolve(folder)
+    if isinstance(fs, pafs.LocalFileSystem):
+        if not os.path.isdir(path):
+            return {}
+        with os.scandir(path) as entries:
+            return {e.name: _local_kind(e) for e in entries}
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    kinds = {pafs.FileType.File: "file", pafs.FileType.Directory: "directory"}
+    return {i.base_name: kinds.get(i.type, "other") for i in infos}
+
+
+def _log_files(lake: Lake, dt: str) -> tuple[dict[str, bytes], list[str]]:
+    """The day's log files by name, and what was not read, each named with why (never skipped silently)."""
     folder = lake.partition(INTERACTIONS, dt)
-    names = [n for n in lake.storage.list_dir(folder) if ingest_mod.is_log_file(n)]
-    return {n: lake.storage.read_bytes(join_uri(folder, n)) for n in names}
+    files, skipped = {}, []
+    for name, kind in sorted(_entry_kinds(lake, folder).items()):
+        if name == MANIFEST:  # a producer's manifest (replay, synthetic), not a log
+            continue
+        if kind != "file":
+            skipped.append(f"{name} ({NOT_READ[kind]})")
+        elif not ingest_mod.is_log_file(name):
+            skipped.append(f"{name} (not a log file name: {'/'.join(ingest_mod.LOG_SUFFIXES)}, no leading _ or .)")
+        else:
+            files[name] = lake.storage.read_bytes(join_uri(folder, name))
+    return files, skipped
+
+
+def _vocab_sha256(vocab_manifest: dict) -> dict[str, str]:
+    return {name: entry["sha256"] for name, entry in vocab_manifest["files"].items()}
+
+
+def _state_problem(lake: Lake, dt: str, sequences_manifest: dict) -> str | None:
+    """Why day ``dt``'s vocab and sequences do not belong together, or None.
+
+    They are two partitions, published one after the other: a re-ingest killed between the two leaves both
+    valid by checksum, the new vocab beside the old sequences. The sequences manifest names the vocab files it
+    was built with; partitions from before that record are taken as consistent (nothing to compare).
+    """
+    built_with = sequences_manifest.get(VOCAB_RECORD)
+    if built_with is None:
+        return None
+    vocab = lake.manifest(VOCAB, dt)
+    if vocab is None:
+        return "its vocab partition is not published (an interrupted ingest?)"
+    if _vocab_sha256(vocab) != built_with:
+        return "its vocab is not the one its sequences were built with (an interrupted re-ingest?)"
+    return None
+
+
+def _late_day_error(lake: Lake, day: str, last: str) -> OrderError:
+    """Logs that arrived after later days were ingested: their rows are in no sequence, so say so and stop."""
+    return OrderError(
+        f"dt={day}: its logs were never ingested and days go in order, but later days (up to {last}) are "
+        f"ingested already: its rows are in no sequence. To include them, remove {lake.uri(SEQUENCES)}/dt>{day} "
+        f"and ingest again from {day}; to drop them, rename {lake.partition(INTERACTIONS, day)} (a folder not "
+        "named dt=YYYY-MM-DD is ignored)"
+    )
 
 
 def ingest(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
     """Validate day ``dt``'s logs, quarantine bad rows, extend the vocab and the cumulative sequences.
 
     Days go in order: a day before an already ingested one is refused, as is skipping a day that has logs.
-    Re-ingesting a day with unchanged logs is a no-op.
+    Re-ingesting a day with unchanged logs is a no-op, unless its vocab and sequences do not belong together
+    (a killed re-ingest): then it runs again. A republished day hides its stale ``samples`` partition.
     """
     parse_dt(dt)
-    files = _log_files(lake, dt)
+    files, skipped_files = _log_files(lake, dt)
+    notes = _stray_notes(lake)
+    if skipped_files:
+        notes.append(f"dt={dt}: {len(skipped_files)} entry(ies) not read: {'; '.join(skipped_files)}")
     fingerprint = {name: sha256(data) for name, data in files.items()}
     done = lake.partitions(SEQUENCES)
     later = [d for d in done if d > dt]
     if dt in done:
         manifest = lake.require_manifest(SEQUENCES, dt)
-        if manifest.get("source", {}).get("files") == fingerprint and manifest.get("config") == cfg.to_dict():
-            return StepResult("ingest", _ingest_uris(lake, dt), manifest.get("counts", {}), changed=False)
+        problem = _state_problem(lake, dt, manifest)
+        unchanged = manifest.get("source", {}).get("files") == fingerprint and manifest.get("config") == cfg.to_dict()
+        if unchanged and problem is None:
+            return StepResult("ingest", _ingest_uris(lake, dt), manifest.get("counts", {}), False, notes)
         if later:
+            why = problem or "its logs or config changed since it was ingested"
             raise OrderError(
-                f"dt={dt}: its logs or config changed since it was ingested, but later days {later[:3]} were built "
-                f"on it; re-ingest from {dt} onward after removing {lake.uri(SEQUENCES)}/dt>{dt}"
+                f"dt={dt}: {why}, but later days {later[:3]} were built on it; re-ingest from {dt} onward after "
+                f"removing {lake.uri(SEQUENCES)}/dt>{dt}"
             )
+    elif later and files:
+        raise _late_day_error(lake, dt, later[-1])
     elif later:
         raise OrderError(f"dt={dt}: days must be ingested in order, and {later[-1]} is already ingested")
     previous = max((d for d in done if d < dt), default=None)
-    skipped = [d for d in log_days(lake) if (previous is None or d > previous) and d < dt]
-    if skipped:
-        raise OrderError(f"dt={dt}: day {skipped[0]} has logs that were not ingested yet; ingest it first")
+    never = [d for d in log_days(lake) if d < dt and d not in done]
+    if never and previous is not None and never[0] < previous:
+        raise _late_day_error(lake, never[0], max(done))
+    if never:
+        raise OrderError(f"dt={dt}: day {never[0]} has logs that were not ingested yet; ingest it first")
 
     parsed = [ingest_mod.parse_log_file(name, data, cfg.allow_extra_columns) for name, data in files.items()]
     day = ingest_mod.validate_day(parsed, dt)
     if previous is not None:
+        problem = _state_problem(lake, previous, lake.require_manifest(SEQUENCES, previous))
+        if problem:
+            raise InputError(
+                f"dt={previous}: {problem}; re-ingest it (ingest --dt {previous}) before ingesting dt={dt}"
+            )
         prev_seq = lake.read(SEQUENCES, previous, "sequences.parquet")
         users = lake.read(VOCAB, previous, "users.parquet")
         items = lake.read(VOCAB, previous, "items.parquet")
@@ -176,6 +284,7 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
     read = len(day.clean) + day.rejects.num_rows
     counts = {
         "files": len(files),
+        "skipped_files": len(skipped_files),
         "rows_read": read,
         "accepted": len(day.clean),
         "rejected": day.rejects.num_rows,
@@ -186,22 +295,43 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
         "new_items": new_items,
         "interactions_total": int(sum(list_lengths(sequences.column("items")))),
     }
-    notes = []
     if not files:
         notes.append(f"dt={dt}: no log files in {lake.partition(INTERACTIONS, dt)} (an empty day)")
     if day.rejects.num_rows:
         notes.append(f"dt={dt}: {day.rejects.num_rows:,} row(s) quarantined to {lake.partition(REJECTS, dt)}")
+    # Hidden before anything is republished, so a crash cannot leave samples of other sequences visible.
+    if _hide_stale_samples(lake, dt, sequences):
+        notes.append(
+            f"dt={dt}: {lake.partition(SAMPLES, dt)} hidden, it was built from the sequences this ingest replaced; "
+            "run samples for this day again"
+        )
     config = cfg.to_dict()
     extra = {"counts": counts, "source": {"files": fingerprint, "previous_dt": previous}}
     # Unreadable files are kept whole, so nothing is lost even when no row could be parsed.
     blobs = {f"files/{n}": files[n] for n in day.unreadable_files}
-    pubs = [
-        lake.publish(REJECTS, dt, {"rejects.parquet": day.rejects}, config=config, extra=extra, blobs=blobs),
-        lake.publish(VOCAB, dt, {"users.parquet": users, "items.parquet": items}, config=config, extra=extra),
-        # Last: a sequences manifest is what marks the day as ingested.
-        lake.publish(SEQUENCES, dt, {"sequences.parquet": sequences}, config=config, extra=extra),
-    ]
-    return StepResult("ingest", _ingest_uris(lake, dt), counts, any(p.changed for p in pubs), notes)
+    rejects_pub = lake.publish(REJECTS, dt, {"rejects.parquet": day.rejects}, config=config, extra=extra, blobs=blobs)
+    vocab_pub = lake.publish(VOCAB, dt, {"users.parquet": users, "items.parquet": items}, config=config, extra=extra)
+    # Last: a sequences manifest is what marks the day as ingested; it names the vocab it belongs with.
+    seq_extra = extra | {VOCAB_RECORD: _vocab_sha256(vocab_pub.manifest)}
+    seq_pub = lake.publish(SEQUENCES, dt, {"sequences.parquet": sequences}, config=config, extra=seq_extra)
+    if seq_pub.manifest.get(VOCAB_RECORD) != seq_extra[VOCAB_RECORD]:
+        # Equal sequences were a no-op that kept the old manifest, whose record names the vocab just replaced.
+        lake.withdraw(SEQUENCES, dt)
+        seq_pub = lake.publish(SEQUENCES, dt, {"sequences.parquet": sequences}, config=config, extra=seq_extra)
+    changed = rejects_pub.changed or vocab_pub.changed or seq_pub.changed
+    return StepResult("ingest", _ingest_uris(lake, dt), counts, changed, notes)
+
+
+def _hide_stale_samples(lake: Lake, dt: str, sequences: pa.Table) -> bool:
+    """Hide ``samples/dt=<dt>`` when it was not built from ``sequences`` (or does not say what it was built from);
+    True when it was hidden. Serialises the sequences only when such a partition exists (a re-ingest)."""
+    manifest = lake.manifest(SAMPLES, dt)
+    if manifest is None:
+        return False
+    if manifest.get("source", {}).get("sequences_sha256") == sha256(parquet_bytes(sequences)):
+        return False
+    lake.withdraw(SAMPLES, dt)
+    return True
 
 
 def _ingest_uris(lake: Lake, dt: str) -> dict[str, str]:
@@ -209,9 +339,18 @@ def _ingest_uris(lake: Lake, dt: str) -> dict[str, str]:
 
 
 def pending_days(lake: Lake) -> list[str]:
-    """Log days after the last ingested one, in order."""
-    last = max(lake.partitions(SEQUENCES), default="")
-    return [d for d in log_days(lake) if d > last]
+    """Log days after the last ingested one, in order.
+
+    A log day before it that was never ingested (its logs arrived late) is an OrderError: returning only the days
+    after the last one dropped it silently, with "no pending days".
+    """
+    done = lake.partitions(SEQUENCES)
+    last = max(done, default="")
+    days = log_days(lake)
+    late = [d for d in days if d < last and d not in done]
+    if late:
+        raise _late_day_error(lake, late[0], last)
+    return [d for d in days if d > last]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -220,9 +359,16 @@ def pending_days(lake: Lake) -> list[str]:
 def samples(lake: Lake, dt: str, cfg: SamplesConfig) -> StepResult:
     """Samples at ``dt`` from the cumulative sequences, split by day windows (see ``SamplesConfig``)."""
     parse_dt(dt)
-    seqs = lake.read(SEQUENCES, dt, "sequences.parquet")
+    manifest = lake.require_manifest(SEQUENCES, dt)
+    uri = join_uri(lake.partition(SEQUENCES, dt), "sequences.parquet")
+    seqs = parquet_from_bytes(lake.read_verified_bytes(SEQUENCES, dt, "sequences.parquet", manifest), uri)
     split = samples_mod.time_split(seqs, dt, cfg.valid_days, cfg.test_days)
-    return _publish_samples(lake, SAMPLES, dt, split, cfg, {"sequences": lake.partition(SEQUENCES, dt)})
+    # The checksum of the sequences read, so a re-ingest that replaces them knows these samples are stale.
+    source = {
+        "sequences": lake.partition(SEQUENCES, dt),
+        "sequences_sha256": manifest["files"]["sequences.parquet"]["sha256"],
+    }
+    return _publish_samples(lake, SAMPLES, dt, split, cfg, source)
 
 
 def samples_from_dataset(lake: Lake, dataset: str, cfg: SamplesConfig) -> StepResult:
