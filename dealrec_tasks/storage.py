@@ -214,8 +214,11 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def parquet_from_bytes(data: bytes, name: str = "<bytes>") -> pa.Table:
+    """Read with ``ParquetFile`` on the calling thread: ``pq.read_table`` hands the buffer to pyarrow's thread pool,
+    and a step that failed right after a read then sometimes aborted at interpreter exit (exit 134, not its one-line
+    error) while a pool thread released the buffer."""
     try:
-        return pq.read_table(pa.BufferReader(data))
+        return pq.ParquetFile(pa.BufferReader(data)).read()
     except pa.ArrowInvalid as exc:
         raise InputError(f"{name}: not a readable Parquet file ({exc})") from None
 

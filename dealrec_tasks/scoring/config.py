@@ -42,6 +42,12 @@ class InfluenceConfig(_Config):
     spill: bool = opt(True, "keep per-position (g, a) in temporary files so scoring needs no second pass")
     batch_size: int = opt(512, "samples per batch in the gradient and scoring passes (bounds memory)")
     hvp_chunk: int = opt(16384, "positions per chunk in a Hessian-vector product (bounds memory)")
+    hvp_memory_mb: int = opt(
+        1024,
+        "memory budget (MiB) of one batched Hessian-vector product of the explicit Hessian (solver explicit, and "
+        "CG's fallback on negative curvature): sets how many basis columns go through one product (and fewer "
+        "positions per chunk when even one column would not fit); H itself (P x P) comes on top",
+    )
     dtype: str = opt("float32", "float32 or float64")
     threads: int = opt(0, "torch intra-op threads; 0 keeps torch's default")
 
@@ -66,6 +72,7 @@ class InfluenceConfig(_Config):
         _require(self.lissa_batch >= 1, f"lissa_batch={self.lissa_batch}: must be >= 1")
         _require(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
         _require(self.hvp_chunk >= 1, f"hvp_chunk={self.hvp_chunk}: must be >= 1")
+        _require(self.hvp_memory_mb >= 1, f"hvp_memory_mb={self.hvp_memory_mb}: must be >= 1 (MiB)")
         _require(self.dtype in ("float32", "float64"), f"dtype={self.dtype!r}: float32 or float64")
         _require(self.threads >= 0, f"threads={self.threads}: must be >= 0")
 

@@ -362,15 +362,56 @@ def conjugate_gradient(
     return x
 
 
-def explicit_hessian(problem: BlockProblem, cache: Positions, chunk: int, columns: int = 256) -> Tensor:
-    """H [P, P] (P = out * in) of the mean loss over the cached samples, from batched HVPs on basis vectors."""
+# Bytes per position per HVP column, in units of the dtype's size: the batched double backward keeps about 6
+# [M, c, K] tensors of the K-negative head and a few [M, c, width] ones of the tail. Measured on CPU (peak RSS, c =
+# 16384, float32, hidden 64): 6320 (K 1024), 1740-2340 (K 256), 854 (K 64); this bound is 7296, 2688, 1536 there.
+HVP_PER_NEGATIVE = 6
+HVP_PER_WIDTH = 6
+
+
+def hvp_column_bytes(problem: BlockProblem, positions: int) -> int:
+    """Upper bound on the memory one basis column adds to a batched HVP over ``positions`` positions per chunk
+    (the product's unbatched part, its first-order graph, costs about as much again)."""
+    out, in_ = problem.weight.shape
+    per_position = HVP_PER_NEGATIVE * len(problem.negatives) + HVP_PER_WIDTH * (problem.model.hidden + out + in_)
+    return problem.weight.element_size() * (positions * per_position + 4 * out * in_)  # + vec, basis, hv, out
+
+
+def columns_per_hvp(budget_bytes: int, bytes_per_column: int) -> int:
+    """Basis columns one batched HVP may carry: the budget holds the columns plus one column's worth for the
+    unbatched part; at least 1 (``hvp_plan`` shrinks the positions per chunk until one column fits)."""
+    return max(1, budget_bytes // bytes_per_column - 1)
+
+
+def hvp_plan(problem: BlockProblem, cache: Positions, chunk: int, budget_bytes: int) -> tuple[int, int]:
+    """(positions per chunk, columns per batched HVP) of the explicit Hessian within ``budget_bytes``.
+
+    Why: a column's memory grows with the positions per chunk (min(chunk, cached positions)) times the head's K, so a
+    fixed column count (256 before: about 110 GB on Games) follows the subsample size, not the machine.
+    """
+    positions = max(1, min(chunk, len(cache.targets)))
+    while positions > 1 and 2 * hvp_column_bytes(problem, positions) > budget_bytes:
+        positions = max(1, positions // 2)
+    return positions, columns_per_hvp(budget_bytes, hvp_column_bytes(problem, positions))
+
+
+def explicit_hessian(problem: BlockProblem, cache: Positions, chunk: int, budget_bytes: int) -> Tensor:
+    """H [P, P] (P = out * in) of the mean loss over the cached samples, from batched HVPs on basis vectors.
+
+    ``budget_bytes`` bounds each batched HVP (``hvp_plan``); H and its symmetrisation (2 P^2 values) come on top.
+    """
     shape = problem.weight.shape
     n = shape[0] * shape[1]
-    sw = torch.full((cache.n_samples,), 1.0 / cache.n_samples, dtype=cache.a.dtype)
-    eye = torch.eye(n, dtype=cache.a.dtype)
-    cols = [problem.hvp(cache, sw, eye[i : i + columns].view(-1, *shape), chunk) for i in range(0, n, columns)]
-    h = torch.cat(cols).view(n, n)
-    return (h + h.T) / 2
+    positions, columns = hvp_plan(problem, cache, chunk, budget_bytes)
+    dtype = cache.a.dtype
+    sw = torch.full((cache.n_samples,), 1.0 / cache.n_samples, dtype=dtype)
+    h = torch.empty(n, n, dtype=dtype)
+    for i in progress(range(0, n, columns), desc="explicit Hessian", unit="hvp"):
+        m = min(columns, n - i)
+        basis = torch.zeros(m, n, dtype=dtype)  # [m, P] rows i..i+m-1 of the identity
+        basis[torch.arange(m), torch.arange(i, i + m)] = 1
+        h[i : i + m] = problem.hvp(cache, sw, basis.view(m, *shape), positions).view(m, n)
+    return (h + h.T).mul_(0.5)
 
 
 def lissa(
@@ -461,7 +502,7 @@ def solve(
         else:
             sw = torch.full((cache.n_samples,), 1.0 / cache.n_samples, dtype=v.dtype)
             if cfg.solver == "explicit":
-                h = explicit_hessian(problem, cache, cfg.hvp_chunk)
+                h = explicit_hessian(problem, cache, cfg.hvp_chunk, cfg.hvp_memory_mb * 2**20)
                 info.hvps = h.shape[0]
                 eig = torch.linalg.eigvalsh(h)
                 info.min_eig, info.max_eig = float(eig[0]), float(eig[-1])
@@ -477,7 +518,7 @@ def solve(
                     u = conjugate_gradient(matvec, v, cfg.cg_tol, cfg.cg_max_iter, info)
                 except NonPositiveCurvature:
                     # Indefinite beyond the damping: build H once (P HVPs) and solve on its PSD part.
-                    h = explicit_hessian(problem, cache, cfg.hvp_chunk)
+                    h = explicit_hessian(problem, cache, cfg.hvp_chunk, cfg.hvp_memory_mb * 2**20)
                     info.solver, info.hvps = "cg->psd_explicit", info.hvps + h.shape[0]
                     u = psd_solve(h, v, cfg.damping, info)
                     info.rel_residual = None

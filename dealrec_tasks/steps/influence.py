@@ -46,10 +46,11 @@ from dealrec_tasks.steps.surrogate import (
     influence_sha256,
     influence_weights,
     load_influence_models,
+    load_verified_pt,
     read_samples,
     source,
 )
-from dealrec_tasks.storage import Lake, join_uri, sha256
+from dealrec_tasks.storage import Lake, join_uri
 from dealrec_tasks.surrogate.batching import train_seqs, valid_seqs
 from dealrec_tasks.surrogate.model import negatives_from_payload
 
@@ -81,20 +82,31 @@ def _part(src: Source, name: str) -> str:
     return f"{src.path(INFLUENCE)}/{where}/{name}"
 
 
-def _inputs(lake: Lake, src: Source, cfg: InfluenceConfig):
-    """The models of the surrogate's ``influence_weights`` files (in order), the training rows, the validation rows
-    when ``cfg.target`` is "valid" (else None), the weights' identity (their files' checksums) and the list."""
+def _weights(lake: Lake, src: Source):
+    """The models of the surrogate's ``influence_weights`` files (in order), the weights' identity (their files'
+    checksums) and the list."""
     models, manifest = load_influence_models(lake, src)
+    return models, {"surrogate_sha256": influence_sha256(manifest)}, influence_weights(manifest)
+
+
+def _rows(lake: Lake, src: Source, cfg: InfluenceConfig, n_items_model: int):
+    """The training rows, and the validation rows when ``cfg.target`` is "valid" (else None)."""
     samples, n_items = read_samples(lake, src)
-    if n_items != models[0].n_items:
-        raise InputError(f"surrogate {src.label} has {models[0].n_items} items, the samples' vocab {n_items}")
-    identity = {"surrogate_sha256": influence_sha256(manifest)}
+    if n_items != n_items_model:
+        raise InputError(f"surrogate {src.label} has {n_items_model} items, the samples' vocab {n_items}")
     target = None
     if cfg.target == "valid":
         target = valid_seqs(samples, n_items)
         if len(target) == 0:
             raise InputError(f"samples of {src.label}: no validation rows, which influence target='valid' needs")
-    return models, train_seqs(samples, n_items), target, identity, influence_weights(manifest)
+    return train_seqs(samples, n_items), target
+
+
+def _inputs(lake: Lake, src: Source, cfg: InfluenceConfig):
+    """``_weights`` and ``_rows`` together: models, training rows, validation rows or None, identity, weight list."""
+    models, identity, weights = _weights(lake, src)
+    seqs, target = _rows(lake, src, cfg, models[0].n_items)
+    return models, seqs, target, identity, weights
 
 
 def _sizes(weights: list[dict[str, Any]]) -> dict[str, int]:
@@ -133,18 +145,19 @@ def solve_influence(lake: Lake, dt: str | None, cfg: InfluenceConfig, *, dataset
 
 
 def _published_solve(lake: Lake, src: Source, cfg: InfluenceConfig, identity: dict) -> dict[str, Any] | None:
-    """The published solve when it was made with ``cfg`` for these weights (same file checksums), else None."""
+    """The published solve when it was made with ``cfg`` for these weights (same file checksums), else None.
+
+    ``solve.pt`` is checksum-verified before torch.load (weights_only): a damaged one is an InputError, never a u.
+    """
     manifest = lake.published_with(_part(src, "solve"), None, cfg.to_dict() | identity)
     if manifest is None:
         return None
+    remedy = "rerun the solve (dealrec influence-solve)"
+    payload = load_verified_pt(lake, _part(src, "solve"), None, "solve.pt", remedy, manifest)
     uri = join_uri(lake.partition(_part(src, "solve")), "solve.pt")
-    data = lake.storage.read_bytes(uri)
-    if sha256(data) != manifest["files"]["solve.pt"]["sha256"]:
-        raise InputError(f"{uri}: checksum differs from the manifest; rerun the solve")
-    payload = torch.load(io.BytesIO(data), weights_only=True)
     files = len(identity["surrogate_sha256"])
-    if not isinstance(payload.get("u"), list) or len(payload["u"]) != files:
-        raise InputError(f"{uri}: does not hold one u per weight file ({files}); rerun the solve")
+    if not isinstance(payload, dict) or not isinstance(payload.get("u"), list) or len(payload["u"]) != files:
+        raise InputError(f"{uri}: does not hold one u per weight file ({files}); {remedy}")
     return payload
 
 
@@ -159,9 +172,12 @@ def score_influence(
     """
     src = source(dt, dataset)
     i, n = shard
-    models, seqs, target, identity, weights = _inputs(lake, src, cfg)
-    rows = shard_rows(len(seqs), shard)
+    models, identity, weights = _weights(lake, src)
+    # The solve is verified before any Parquet read: an error raised within milliseconds of one can make the
+    # interpreter abort at exit (SIGABRT: a pyarrow pool thread still releasing the read's Python bytes).
     pre = _published_solve(lake, src, cfg, identity)
+    seqs, target = _rows(lake, src, cfg, models[0].n_items)
+    rows = shard_rows(len(seqs), shard)
     notes = []
     columns: dict[str, Any] = {"sample_id": seqs.sample_id[rows]}
     if pre is not None:

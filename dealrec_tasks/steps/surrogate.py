@@ -129,12 +129,32 @@ def influence_sha256(manifest: dict[str, Any]) -> list[str]:
     return [manifest["files"][w["file"]]["sha256"] for w in influence_weights(manifest)]
 
 
-def _read_state(lake: Lake, src: Source, manifest: dict[str, Any], name: str) -> dict[str, torch.Tensor]:
-    uri = join_uri(lake.partition(src.path(SURROGATE), src.dt), name)
+def load_verified_pt(
+    lake: Lake, dataset: str, dt: str | None, name: str, remedy: str, manifest: dict[str, Any] | None = None
+) -> Any:
+    """``torch.load`` (weights_only) of a partition's file, only once its bytes match the sha256 the manifest lists.
+
+    Why: torch.load of a file with a flipped byte mostly succeeds (24 of 25 random flips of a solve.pt: the byte
+    lands in tensor data) and returns wrong numbers, so a damaged file must be an InputError naming it (and
+    ``remedy``) before torch sees it. ``manifest``: the one already read (what the caller's other checks used),
+    else the partition's current one.
+    """
+    manifest = lake.require_manifest(dataset, dt) if manifest is None else manifest
+    uri = join_uri(lake.partition(dataset, dt), name)
+    entry = manifest.get("files", {}).get(name)
+    if entry is None:
+        raise InputError(f"{uri}: not listed in the partition's manifest; {remedy}")
     data = lake.storage.read_bytes(uri)
-    if sha256(data) != manifest["files"][name]["sha256"]:
-        raise InputError(f"{uri}: checksum differs from the manifest; republish the surrogate")
-    return torch.load(io.BytesIO(data), weights_only=True)
+    if sha256(data) != entry.get("sha256"):
+        raise InputError(f"{uri}: checksum differs from the manifest; {remedy}")
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as exc:  # checksum fine, yet unreadable here (e.g. a torch that cannot read its format)
+        raise InputError(f"{uri}: not a loadable torch file ({type(exc).__name__}: {exc}); {remedy}") from None
+
+
+def _read_state(lake: Lake, src: Source, manifest: dict[str, Any], name: str) -> dict[str, torch.Tensor]:
+    return load_verified_pt(lake, src.path(SURROGATE), src.dt, name, "republish the surrogate", manifest)
 
 
 def load_checkpoint(lake: Lake, src: Source) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -220,17 +240,19 @@ def train_surrogate(lake: Lake, dt: str | None, cfg: SurrogateConfig, *, dataset
     ``members``, ``per_member``, ``checkpoints`` (the config value) and ``influence_files`` (the list's length).
     """
     src = source(dt, dataset)
-    samples, n_items = read_samples(lake, src)
-    seqs = train_seqs(samples, n_items)
-    if len(seqs) == 0:
-        raise InputError(f"{lake.partition(src.path(SAMPLES), src.dt)}: no train rows to fit a surrogate on")
-    valid, test = eval_set(samples, "valid", n_items), eval_set(samples, "test", n_items)
+    # The warm start's checkpoints are verified before any Parquet read: an error raised within milliseconds of one
+    # can make the interpreter abort at exit (SIGABRT: a pyarrow pool thread still releasing the read's bytes).
     if dt is None:
         states, prev, why = None, None, "imported dataset: cold start"
     elif cfg.cold_start:
         states, prev, why = None, None, "cold start requested"
     else:
         states, prev, why = _previous(lake, dt, cfg)
+    samples, n_items = read_samples(lake, src)
+    seqs = train_seqs(samples, n_items)
+    if len(seqs) == 0:
+        raise InputError(f"{lake.partition(src.path(SAMPLES), src.dt)}: no train rows to fit a surrogate on")
+    valid, test = eval_set(samples, "valid", n_items), eval_set(samples, "test", n_items)
     notes = [f"surrogate {src.label}: {why}"]
 
     blobs: dict[str, bytes] = {}

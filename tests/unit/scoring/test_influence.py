@@ -13,8 +13,13 @@ from dealrec_tasks.errors import ConfigError, InputError
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.scoring.influence import (
     BlockProblem,
+    Positions,
     SolveInfo,
+    columns_per_hvp,
+    explicit_hessian,
     frozen,
+    hvp_column_bytes,
+    hvp_plan,
     influence,
     lissa,
     mean_gradient,
@@ -145,6 +150,75 @@ def test_cg_on_an_indefinite_hessian_falls_back_to_its_psd_part(setup):
     expected = vecs @ ((vecs.T @ sol.v.reshape(-1)) / (eig.clamp_min(0) + cfg.damping))
     torch.testing.assert_close(sol.u.reshape(-1), expected, rtol=1e-7, atol=1e-9)
     assert sol.info.min_eig == pytest.approx(float(eig[0]), rel=1e-8)
+
+
+def test_columns_per_hvp_is_what_fits_in_the_budget_beside_the_unbatched_part():
+    assert columns_per_hvp(10_000, 1_000) == 9
+    assert columns_per_hvp(10_999, 1_000) == 9
+    assert columns_per_hvp(2_000, 1_000) == 1
+    assert columns_per_hvp(500, 1_000) == 1  # never 0: hvp_plan shrinks the positions until one column fits
+    with pytest.raises(ConfigError, match="hvp_memory_mb=0"):
+        _cfg(hvp_memory_mb=0)
+
+
+def _recording_hvp(problem: BlockProblem) -> list[tuple[int, int]]:
+    """Record (columns, positions per chunk) of every HVP the problem runs; the products themselves are unchanged."""
+    calls: list[tuple[int, int]] = []
+    hvp = problem.hvp
+
+    def recorded(p, sample_weight, vec, chunk):
+        calls.append((vec.shape[0] if vec.dim() == 3 else 1, chunk))
+        return hvp(p, sample_weight, vec, chunk)
+
+    problem.hvp = recorded  # type: ignore[method-assign]
+    return calls
+
+
+def test_explicit_hessian_within_a_tiny_budget_equals_a_large_one_and_a_float64_reference(setup):
+    """The budget decides the columns (and, below one column, the positions) per batched HVP, never the result."""
+    model, seqs = setup
+    neg = negative_set(N_ITEMS, 8, 0)
+    rows = np.arange(len(seqs))
+    reference = _full_hessian(model, seqs, "attn_out", neg)
+    n = reference.shape[0]
+    with frozen(model):
+        problem = BlockProblem(model, "attn_out", neg)
+        _, cache = mean_gradient(problem, seqs, batch_size=5, cache_rows=rows)
+        positions = len(cache.targets)
+        column = hvp_column_bytes(problem, positions)
+        for budget, chunk, columns in [
+            (2 * column, positions, 1),  # one column a product
+            (3 * column, positions, 2),
+            (10**12, positions, n),  # all at once
+            (column, positions, None),  # not even one column fits: fewer positions per chunk
+            (3 * column, 7, None),  # the configured chunk caps the positions: more columns fit
+        ]:
+            plan = hvp_plan(problem, cache, chunk, budget)
+            assert plan[1] == columns_per_hvp(budget, hvp_column_bytes(problem, plan[0]))
+            assert plan[0] == chunk if budget >= 2 * column else plan[0] < chunk
+            assert columns is None or min(plan[1], n) == columns
+            calls = _recording_hvp(problem)
+            h = explicit_hessian(problem, cache, chunk, budget)
+            del problem.hvp  # back to the method
+            assert max(c for c, _ in calls) == min(plan[1], n) and all(p == plan[0] for _, p in calls)
+            assert sum(c for c, _ in calls) == n and len(calls) == -(-n // plan[1])
+            torch.testing.assert_close(h, reference, rtol=1e-9, atol=1e-12)
+
+
+def test_explicit_hessian_plan_follows_the_budget_not_the_subsample():
+    """Games-like sizes (hidden 64, 1024 negatives, float32, hvp_chunk 16384): the default 1 GiB budget gives one
+    column per product however many positions the subsample has (256 columns, as before, needed ~100 GB there)."""
+    model = SASRec(5000, SurrogateConfig.tiny(hidden=64, heads=2, max_len=50))
+    problem = BlockProblem(model, "attn_out", negative_set(5000, 1024, 0))
+    per_column = hvp_column_bytes(problem, 16384)
+    assert 400 * 2**20 < per_column < 500 * 2**20  # measured: 395 MiB a column (CPU peak RSS, 16384 positions)
+    cfg = InfluenceConfig()
+    for n_positions in (20_000, 200_000, 2_000_000):
+        empty = torch.empty(0)
+        cache = Positions(empty, empty, torch.zeros(n_positions, dtype=torch.long), empty, empty, 0)
+        assert hvp_plan(problem, cache, cfg.hvp_chunk, cfg.hvp_memory_mb * 2**20) == (16384, 1)  # 641 MiB
+        assert hvp_plan(problem, cache, cfg.hvp_chunk, 4 * 2**30) == (16384, 7)  # measured peak 3185 MiB
+        assert hvp_plan(problem, cache, cfg.hvp_chunk, 256 * 2**20) == (4096, 1)  # 179 MiB
 
 
 def test_lissa_converges_to_the_exact_answer(setup):

@@ -4,6 +4,9 @@ shards, merge."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,6 +260,72 @@ def test_a_solve_for_other_weights_is_not_used(lake):
     shard = score_influence(lake, d4, ICFG, (0, 1))
     assert shard.changed and "no matching published solve" in shard.notes[0] and shard.counts["weights"] == 2
     assert solve_influence_once(lake, d4, ICFG).changed
+
+
+def _flip_byte(lake: Lake, dataset: str, dt: str | None, name: str, offset: int) -> None:
+    """Flip one byte of a published file in place (the manifest keeps the old checksum)."""
+    path = Path(lake.partition(dataset, dt).removeprefix("file://")) / name
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _recording_reads(lake: Lake) -> list[str]:
+    """The names of the tables ``lake.read`` returns from now on (the reads themselves are unchanged)."""
+    reads: list[str] = []
+    read = lake.read
+    lake.read = lambda dataset, dt, name: reads.append(name) or read(dataset, dt, name)  # type: ignore[method-assign]
+    return reads
+
+
+def _assert_cli_fails_in_one_line(lake: Lake, argv: list[str], message: str, runs: int = 3) -> None:
+    """``dealrec`` in a fresh process exits 2 (an InputError) with ``message`` on one line, every run: never a
+    signal (134 / -6 was intermittent, hence several runs)."""
+    for _ in range(runs):
+        proc = subprocess.run(
+            [sys.executable, "-m", "dealrec_tasks.cli", "--lake", lake.root, *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = [line for line in proc.stderr.splitlines() if "error" in line or "terminate" in line]
+        assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+
+
+def test_a_flipped_byte_in_solve_pt_is_a_one_line_input_error_never_an_abort(tmp_path):
+    """solve.pt is checked against its manifest before torch.load and before any Parquet read, so the CLI exits 2
+    with one line. Before, it exited 134 (SIGABRT) in about 1 run of 3: the error came milliseconds after the
+    samples' Parquet read, and pyarrow aborts the interpreter's exit while a pool thread still releases that read."""
+    lake = _lake(tmp_path / "lake")
+    d4 = lake.days[-1]
+    train_surrogate(lake, d4, SurrogateConfig.tiny(hidden=8, max_epochs=2, patience=2))
+    solve_influence(lake, d4, ICFG)
+    _flip_byte(lake, f"influence/dt={d4}/solve", None, "solve.pt", 600)
+    reads = _recording_reads(lake)
+    with pytest.raises(InputError, match=r"solve\.pt: checksum differs from the manifest; rerun the solve"):
+        score_influence(lake, d4, ICFG, (0, 1))
+    assert reads == []  # failed before reading any table
+    flags = ["--target", "train", "--negatives", "16", "--hvp-samples", "0", "--cg-tol", "1e-10", "--dtype", "float64"]
+    message = "solve.pt: checksum differs from the manifest; rerun the solve"
+    _assert_cli_fails_in_one_line(lake, ["influence", "--dt", d4, *flags], message)
+
+
+def test_a_flipped_byte_in_the_warm_start_checkpoint_is_a_one_line_input_error_never_an_abort(tmp_path):
+    """The previous day's model.pt is checked before torch.load and before the day's samples are read (same abort
+    as with solve.pt: before, 4 of 12 CLI runs exited 134)."""
+    lake = _lake(tmp_path / "lake")
+    d3, d4 = lake.days[-2:]
+    cfg = SurrogateConfig.tiny(hidden=8, max_epochs=1, members=1, checkpoints=1)
+    train_surrogate(lake, d3, cfg)
+    _flip_byte(lake, "surrogate", d3, "model.pt", 700)
+    reads = _recording_reads(lake)
+    with pytest.raises(InputError, match=r"model\.pt: checksum differs from the manifest; republish the surrogate"):
+        train_surrogate(lake, d4, cfg)
+    assert reads == []
+    flags = ["--hidden", "8", "--max-epochs", "1", "--members", "1", "--checkpoints", "1"]
+    message = f"surrogate/dt={d3}/model.pt: checksum differs from the manifest; republish the surrogate"
+    _assert_cli_fails_in_one_line(lake, ["surrogate", "--dt", d4, *flags], message)
 
 
 def test_an_old_single_member_partition_still_loads_and_scores(tmp_path):
