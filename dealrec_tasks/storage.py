@@ -319,14 +319,20 @@ class Lake:
         return parquet_from_bytes(self.read_verified_bytes(dataset, dt, name), uri)
 
     def read_verified_bytes(
-        self, dataset: str, dt: str | None, name: str, manifest: dict[str, Any] | None = None
+        self,
+        dataset: str,
+        dt: str | None,
+        name: str,
+        manifest: dict[str, Any] | None = None,
+        remedy: str = "the partition is corrupt, republish it",
     ) -> bytes:
         """One file of a published partition, only if its sha256 is the manifest's: what a reader decides on (a
         metric, a weight file) or passes on (an MLflow artifact) is what the step published, not an edit since.
 
         ``manifest``: check against this one (the manifest the caller already read and acts on) instead of
-        reading it again. ``name`` comes from a manifest, so it must be a plain file name of the partition: an
-        entry such as ``../x`` or ``/etc/x`` would read, or be copied to, a path outside it.
+        reading it again; ``remedy``: what a checksum error tells to do. ``name`` comes from a manifest, so it must
+        be a plain file name of the partition: an entry such as ``../x`` or ``/etc/x`` would read, or be copied to,
+        a path outside it.
         """
         part = self.partition(dataset, dt)
         manifest = manifest if manifest is not None else self.require_manifest(dataset, dt)
@@ -342,7 +348,7 @@ class Lake:
             raise InputError(f"{uri}: not listed in the partition's manifest (files: {listed})")
         data = self.storage.read_bytes(uri)
         if sha256(data) != entry["sha256"]:
-            raise InputError(f"{uri}: checksum differs from the manifest; the partition is corrupt, republish it")
+            raise InputError(f"{uri}: checksum differs from the manifest; {remedy}")
         return data
 
     def partitions(self, dataset: str) -> list[str]:

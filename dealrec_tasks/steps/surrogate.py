@@ -31,7 +31,7 @@ from dealrec_tasks.data.schema import DATASETS, SAMPLES, SURROGATE, VOCAB
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.progress import report
 from dealrec_tasks.steps.common import StepResult
-from dealrec_tasks.storage import Lake, join_uri, sha256
+from dealrec_tasks.storage import Lake, join_uri
 from dealrec_tasks.surrogate.batching import eval_set, train_seqs
 from dealrec_tasks.surrogate.config import SurrogateConfig
 from dealrec_tasks.surrogate.evaluate import evaluate
@@ -139,14 +139,8 @@ def load_verified_pt(
     ``remedy``) before torch sees it. ``manifest``: the one already read (what the caller's other checks used),
     else the partition's current one.
     """
-    manifest = lake.require_manifest(dataset, dt) if manifest is None else manifest
     uri = join_uri(lake.partition(dataset, dt), name)
-    entry = manifest.get("files", {}).get(name)
-    if entry is None:
-        raise InputError(f"{uri}: not listed in the partition's manifest; {remedy}")
-    data = lake.storage.read_bytes(uri)
-    if sha256(data) != entry.get("sha256"):
-        raise InputError(f"{uri}: checksum differs from the manifest; {remedy}")
+    data = lake.read_verified_bytes(dataset, dt, name, manifest, remedy)
     try:
         return torch.load(io.BytesIO(data), weights_only=True)
     except Exception as exc:  # checksum fine, yet unreadable here (e.g. a torch that cannot read its format)
