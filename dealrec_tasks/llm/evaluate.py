@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,10 +20,40 @@ from dealrec_tasks.llm.prompts import EncodedPrompt
 from dealrec_tasks.metrics import ranking_metrics
 from dealrec_tasks.progress import progress
 
+REPEAT_NGRAM = 3  # the n of EvalConfig.ngram_repeat_limit
+
+
+class ResponseNGramLimit:
+    """A logits processor: bans every token that would make an n-gram of the response occur more than ``limit``
+    times. Only tokens after ``prompt_width`` count, so a title may repeat what the history says (transformers'
+    ``no_repeat_ngram_size`` counts the prompt too, and would forbid "- Xbox 360" after a history of Xbox games).
+    """
+
+    def __init__(self, prompt_width: int, limit: int, n: int = REPEAT_NGRAM):
+        self.prompt_width, self.limit, self.n = prompt_width, limit, n
+
+    def banned(self, response: list[int]) -> set[int]:
+        """Tokens that may not come next after ``response``."""
+        n, k = self.n, len(response)
+        if k < n - 1:
+            return set()
+        prefix = response[k - (n - 1) :]
+        seen = Counter(response[i + n - 1] for i in range(k - n + 1) if response[i : i + n - 1] == prefix)
+        return {token for token, count in seen.items() if count >= self.limit}
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, response in enumerate(input_ids[:, self.prompt_width :].tolist()):
+            banned = self.banned(response)
+            if banned:
+                scores[row, list(banned)] = -float("inf")
+        return scores
+
 
 @torch.no_grad()
 def generate_titles(model, tokenizer, prompts: Sequence[EncodedPrompt], cfg: EvalConfig) -> list[str]:
     """Beam-search a response for every prompt (prompt = prefix + own tokens without the response)."""
+    from transformers import LogitsProcessorList
+
     device = next(model.parameters()).device
     model.eval()
     out: list[str] = [""] * len(prompts)
@@ -36,6 +67,7 @@ def generate_titles(model, tokenizer, prompts: Sequence[EncodedPrompt], cfg: Eva
         for row, i in enumerate(idx):  # left padding: generation continues from the last real token
             ids[row, width - len(contexts[i]) :] = torch.tensor(contexts[i])
             mask[row, width - len(contexts[i]) :] = 1
+        limit = [ResponseNGramLimit(width, cfg.ngram_repeat_limit)] if cfg.ngram_repeat_limit else []
         gen = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -44,6 +76,7 @@ def generate_titles(model, tokenizer, prompts: Sequence[EncodedPrompt], cfg: Eva
             do_sample=False,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList(limit),
         )
         for row, i in enumerate(idx):
             out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True).strip()

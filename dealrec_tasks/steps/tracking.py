@@ -298,6 +298,7 @@ def register(
                 "cutoff_len": int(eval_cfg.get("cutoff_len", adapter["config"].get("cutoff_len", 512))),
                 "num_beams": int(eval_cfg.get("num_beams", 4)),
                 "max_new_tokens": int(eval_cfg.get("max_new_tokens", 48)),
+                "ngram_repeat_limit": int(eval_cfg.get("ngram_repeat_limit", 0)),
                 "batch_size": int(eval_cfg.get("batch_size", 16)),
                 "dt": dt,
             }

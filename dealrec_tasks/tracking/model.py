@@ -77,6 +77,8 @@ class BigRecAdapterModel(mlflow.pyfunc.PythonModel):
         cfg = EvalConfig(
             num_beams=int(params.get("num_beams", conf["num_beams"])),
             max_new_tokens=int(params.get("max_new_tokens", conf["max_new_tokens"])),
+            # Versions registered before the limit existed generated without it.
+            ngram_repeat_limit=int(params.get("ngram_repeat_limit", conf.get("ngram_repeat_limit", 0))),
             batch_size=int(conf["batch_size"]),
             cutoff_len=int(conf["cutoff_len"]),
             domain=conf["domain"],

@@ -105,3 +105,63 @@ def test_grounded_evaluation_end_to_end_with_an_adapter(tiny_dir, titles, tmp_pa
     with torch.no_grad():
         again = grounded_evaluation(peft_model, tok, prompts, targets, titles, cfg, tiny_dir, tmp_path / "cache")
     assert again["generated"] == result["generated"]
+
+
+def _too_often(tokens: list[int], n: int, limit: int) -> bool:
+    """Plain reference: does some n-gram occur more than ``limit`` times in ``tokens``?"""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return any(grams.count(g) > limit for g in grams)
+
+
+def test_response_ngram_limit_bans_exactly_what_a_plain_count_forbids():
+    from dealrec_tasks.llm.evaluate import ResponseNGramLimit
+
+    rng = np.random.default_rng(0)
+    for limit in (1, 2):
+        proc = ResponseNGramLimit(prompt_width=0, limit=limit)
+        for _ in range(300):
+            response = rng.integers(0, 4, size=int(rng.integers(0, 14))).tolist()  # 4 tokens: repeats are common
+            if _too_often(response, 3, limit):
+                continue  # only reachable states: the processor kept every earlier step within the limit
+            expected = {t for t in range(4) if _too_often(response + [t], 3, limit)}
+            assert proc.banned(response) == expected, (response, limit)
+
+
+def test_the_prompt_does_not_count_towards_the_limit():
+    """ "- Xbox 360" three times in the history must not stop the title from ending in "- Xbox 360"."""
+    from dealrec_tasks.llm.evaluate import ResponseNGramLimit
+
+    prompt = [7, 8, 9] * 3
+    proc = ResponseNGramLimit(prompt_width=len(prompt), limit=2)
+    scores = torch.zeros((1, 12))
+    out = proc(torch.tensor([prompt + [7, 8]]), scores.clone())
+    assert torch.isfinite(out).all()
+    out = proc(torch.tensor([prompt + [7, 8, 9, 7, 8, 9, 7, 8]]), scores.clone())
+    assert torch.isinf(out[0, 9]) and torch.isfinite(out[0, :9]).all() and torch.isfinite(out[0, 10:]).all()
+
+
+def test_generated_titles_never_loop(tiny_dir, titles):
+    """Random weights loop readily ("The The The ..."); with the limit no response repeats a 3-gram more than
+    twice, and without it the same prompts are free to (the setting is what changes the output). The token ids
+    are taken from what ``generate`` returned (decoded text does not re-tokenize to the same ids)."""
+    from dealrec_tasks.llm.evaluate import generate_titles
+
+    tok, model = load(tiny_dir)
+    prompts = [encode(tok, PromptTemplate(), titles[i : i + 3], None, 512) for i in range(40)]
+    real_generate, responses = model.generate, []
+
+    def recording_generate(**kwargs):
+        out = real_generate(**kwargs)
+        width = kwargs["input_ids"].shape[1]
+        responses.extend([t for t in row[width:].tolist() if t != tok.pad_token_id] for row in out)
+        return out
+
+    model.generate = recording_generate
+    for beams in (1, 3):
+        for limit, loops in ((2, False), (0, True)):
+            responses.clear()
+            generate_titles(
+                model, tok, prompts, EvalConfig(num_beams=beams, max_new_tokens=48, ngram_repeat_limit=limit)
+            )
+            assert len(responses) == len(prompts)
+            assert any(_too_often(r, 3, 2) for r in responses) == loops, (beams, limit)
