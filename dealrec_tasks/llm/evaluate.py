@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dealrec_tasks.llm.config import EvalConfig
-from dealrec_tasks.llm.prompts import EncodedPrompt
+from dealrec_tasks.llm.prompts import EncodedPrompt, clean_title
 from dealrec_tasks.metrics import ranking_metrics
 from dealrec_tasks.progress import progress
 
@@ -152,12 +152,31 @@ def grounded_evaluation(
 ) -> dict:
     """Recall/NDCG@K of generated titles grounded to the catalogue; ``targets`` are row indices into ``titles``."""
     generated = generate_titles(peft_or_base_model, tokenizer, prompts, cfg)
+    topk = ground(peft_or_base_model, tokenizer, generated, titles, cfg, model_dir, cache_dir)
+    metrics = ranking_metrics(topk, targets, cfg.ks)
+    shown = [clean_title(t) for t in titles]
+    exact = float(np.mean([g == shown[t[0]] for g, t in zip(generated, targets) if t])) if targets else 0.0
+    return {"metrics": metrics | {"exact_title_match": exact}, "generated": generated, "topk": topk}
+
+
+def ground(
+    peft_or_base_model,
+    tokenizer,
+    generated: Sequence[str],
+    titles: Sequence[str],
+    cfg: EvalConfig,
+    model_dir: str | Path,
+    cache_dir: str | Path | None = None,
+) -> np.ndarray:
+    """The ``max(cfg.ks)`` items nearest (L2) to each generated text: [Q, K] row indices into ``titles``.
+
+    Titles are embedded as the model was taught to write them (``clean_title``: one line, single spaces), so a
+    generated text that is a catalogue title lies at distance 0 from it and ranks it first, as in BIGRec.
+    """
     disable = getattr(peft_or_base_model, "disable_adapter", None)
     ctx = disable() if (cfg.embed_with_base and disable is not None) else contextlib.nullcontext()
+    shown = [clean_title(t) for t in titles]
     with ctx:
-        items = item_embeddings(peft_or_base_model, tokenizer, titles, model_dir, cache_dir, cfg.embed_batch_size)
+        items = item_embeddings(peft_or_base_model, tokenizer, shown, model_dir, cache_dir, cfg.embed_batch_size)
         queries = embed_texts(peft_or_base_model, tokenizer, generated, cfg.embed_batch_size, desc="embedding outputs")
-    topk = rank_by_l2(queries, items, max(cfg.ks))
-    metrics = ranking_metrics(topk, targets, cfg.ks)
-    exact = float(np.mean([g == titles[t[0]] for g, t in zip(generated, targets) if t])) if targets else 0.0
-    return {"metrics": metrics | {"exact_title_match": exact}, "generated": generated, "topk": topk}
+    return rank_by_l2(queries, items, max(cfg.ks))

@@ -165,3 +165,16 @@ def test_generated_titles_never_loop(tiny_dir, titles):
             )
             assert len(responses) == len(prompts)
             assert any(_too_often(r, 3, 2) for r in responses) == loops, (beams, limit)
+
+
+def test_a_generated_catalogue_title_ranks_its_item_first_even_when_the_catalogue_spaces_it_oddly(tiny_dir, titles):
+    """The model writes titles as ``clean_title`` shows them (one line, single spaces): grounding must embed the
+    catalogue the same way, or an exact answer lands anywhere."""
+    from dealrec_tasks.llm.evaluate import ground
+    from dealrec_tasks.llm.prompts import clean_title
+
+    tok, model = load(tiny_dir)
+    messy = [t.replace(" ", "  ", 1) + ("\n" if i % 2 else " ") for i, t in enumerate(titles)]
+    picks = [3, 17, 40, 77]
+    topk = ground(model, tok, [clean_title(messy[i]) for i in picks], messy, EvalConfig(ks=(5,)), tiny_dir)
+    assert topk[:, 0].tolist() == picks
