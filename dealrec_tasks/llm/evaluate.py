@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from dealrec_tasks.llm.config import EvalConfig
-from dealrec_tasks.llm.prompts import EncodedPrompt, clean_title
+from dealrec_tasks.llm.prompts import TITLE_SEPARATOR, EncodedPrompt, clean_title
 from dealrec_tasks.metrics import ranking_metrics
 from dealrec_tasks.progress import progress
 
@@ -79,8 +80,22 @@ def generate_titles(model, tokenizer, prompts: Sequence[EncodedPrompt], cfg: Eva
             logits_processor=LogitsProcessorList(limit),
         )
         for row, i in enumerate(idx):
-            out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True).strip()
+            out[i] = first_title(tokenizer.decode(gen[row, width:], skip_special_tokens=True))
     return out
+
+
+_ENTITY_END = re.compile(r"&#?\w+$")  # "&amp" before "; " is an HTML entity of the title, not a separator
+
+
+def first_title(response: str) -> str:
+    """The response up to the end of its first title: a line break, or the prompt's title separator ("; ") unless
+    it closes an HTML entity (``&amp; ``, in 673 Games titles). A model that learned the history lists goes on
+    with "; <next title>" or "### Response:" instead of stopping; only the first title is its answer."""
+    text = response.split("\n", 1)[0]
+    for match in re.finditer(re.escape(TITLE_SEPARATOR), text):
+        if not _ENTITY_END.search(text[: match.start()]):
+            return text[: match.start()].strip()
+    return text.strip()
 
 
 @torch.no_grad()

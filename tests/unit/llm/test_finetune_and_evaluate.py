@@ -178,3 +178,21 @@ def test_a_generated_catalogue_title_ranks_its_item_first_even_when_the_catalogu
     picks = [3, 17, 40, 77]
     topk = ground(model, tok, [clean_title(messy[i]) for i in picks], messy, EvalConfig(ks=(5,)), tiny_dir)
     assert topk[:, 0].tolist() == picks
+
+
+@pytest.mark.parametrize(
+    ("response", "answer"),
+    [
+        ("Halo 5: Guardians", "Halo 5: Guardians"),
+        ("Halo 5: Guardians; Gears of War 4 - Xbox One; Forza", "Halo 5: Guardians"),
+        ("Orcs &amp; Humans / Tides of Darkness; Diablo", "Orcs &amp; Humans / Tides of Darkness"),
+        ("Might &#38; Magic", "Might &#38; Magic"),
+        ("Far Cry 3\n\n### Response:\nFar Cry 4", "Far Cry 3"),
+        ("  Spaced  out ; next", "Spaced  out"),
+        ("", ""),
+    ],
+)
+def test_the_answer_is_the_first_title_of_the_response(response, answer):
+    from dealrec_tasks.llm.evaluate import first_title
+
+    assert first_title(response) == answer
