@@ -1,22 +1,35 @@
 """Probe (issue 15): does a small LLaMA pretrained for minutes on the CPU recommend better than random on Games?
 
-Pretraining corpus (never a validation or test target):
+Pretraining corpus (never a validation or test target), ``--corpus prompts`` (the default, the first probe):
 - (a) the catalogue: ``<s> title </s>`` (the response format: a title, then the end of the sequence);
 - (b) BIGRec next-title prompts from an EARLIER time cut of the 30-day Games replay (``dealrec replay``'s
   ``replay_days``): for each user, the training items replayed before day ``--cut-day``; a prompt is mostly the
   whole early sequence (history = all but the last, response = the last), sometimes a random prefix. The loss
   covers the history titles and the response (not the fixed template prefix, identical in every prompt).
 
+``--corpus compact`` spends fewer tokens on the fixed 79-token template: ``--title-share`` catalogue lines as (a),
+``--prompt-share`` BIGRec prompts as (b) (so the model learns the response slot after "### Response:"), and the
+rest compact user sequences of the same early cut, ``<s>title1; title2; ...; titleN</s>`` with the loss on every
+token (each title is a next-title prediction); a sequence longer than ``--pretrain-cutoff`` tokens is a random
+window of consecutive titles that fits.
+
+The budget is ``--pretrain-seconds`` (default 600) or ``--pretrain-steps`` (the learning-rate schedule follows
+the budget given; with both, whichever ends first stops it; the JSON's ``pretrain.stopped_by`` says which).
+
 Then, on ``--users`` random test users (history = train + valid, targets = test items, the paper's split), with the
-library's ``grounded_evaluation`` (beam search + L2 grounding over every item title): R@K/NDCG@K, the share of
-distinct generated titles, exact-title shares, repetition of the last history title, EOS stopping; for the
-pretrained model (``--beams``), the current default tiny model (TinyLLMConfig defaults), and a LoRA fine-tune of
-the pretrained model on ``--ft-samples`` random training samples (the library's ``finetune``).
+library's ``grounded_evaluation`` (beam search, the response cut at its first title by the library, L2 grounding
+over every item title; ``EvalConfig`` defaults, its ``ngram_repeat_limit`` included, recorded per evaluation):
+R@K/NDCG@K, the share of distinct generated titles, exact-title shares, repetition of the last history title, EOS
+stopping; for the pretrained model (``--beams``), the current default tiny model (TinyLLMConfig defaults), and a
+LoRA fine-tune of the pretrained model on ``--ft-samples`` random training samples (the library's ``finetune``)
+at each ``--ft-lr``. ``--reuse`` takes the pretrained checkpoint and finished fine-tunes already in ``--out``
+(re-evaluation without training).
 
 Everything goes to ``--out`` (default bench/results/tmp/llm_probe/, gitignored): ``probe.json`` (rewritten after
 every phase), ``probe.png``, the checkpoints and the item-embedding cache.
 
     nice -n 19 .venv/bin/python bench/llm_pretrain_probe.py --pretrain-seconds 600
+    nice -n 19 .venv/bin/python bench/llm_pretrain_probe.py --corpus compact --vocab 4000 --pretrain-steps 2000
 """
 
 from __future__ import annotations
@@ -41,8 +54,8 @@ from dealrec_tasks.data.dealrec_format import read_release  # noqa: E402
 from dealrec_tasks.data.replay import replay_days  # noqa: E402
 from dealrec_tasks.llm import tiny  # noqa: E402
 from dealrec_tasks.llm.config import EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig  # noqa: E402
-from dealrec_tasks.llm.evaluate import grounded_evaluation  # noqa: E402
-from dealrec_tasks.llm.prompts import PromptTemplate, clean_title, encode  # noqa: E402
+from dealrec_tasks.llm.evaluate import ResponseNGramLimit, grounded_evaluation  # noqa: E402
+from dealrec_tasks.llm.prompts import TITLE_SEPARATOR, PromptTemplate, clean_title, encode  # noqa: E402
 from dealrec_tasks.metrics import ranking_metrics  # noqa: E402
 
 
@@ -105,11 +118,25 @@ def popularity(g: dict, rows: list[dict], ks: tuple[int, ...]) -> dict:
 # Pretraining
 # ---------------------------------------------------------------------------------------------------------
 class Corpus:
-    """Random examples: catalogue title lines and next-title prompts of the early cut; bucketed by length."""
+    """Random examples, bucketed by length: catalogue title lines, next-title prompts of the early cut and (with
+    ``kind="compact"``) compact early sequences ``<s>title1; ...; titleN</s>`` (see the module docstring)."""
 
-    def __init__(self, g: dict, tokenizer, template: PromptTemplate, cutoff: int, title_share: float, seed: int):
+    KINDS = ("titles", "prompts", "compact")
+
+    def __init__(
+        self,
+        g: dict,
+        tokenizer,
+        template: PromptTemplate,
+        cutoff: int,
+        title_share: float,
+        seed: int,
+        kind: str = "prompts",
+        prompt_share: float = 0.2,
+    ):
         self.rng = np.random.default_rng(seed)
         self.tok, self.template, self.cutoff, self.title_share = tokenizer, template, cutoff, title_share
+        self.kind, self.prompt_share = kind, prompt_share
         self.titles = g["titles"]
         self.title_ids = [
             [tokenizer.bos_token_id]
@@ -120,17 +147,44 @@ class Corpus:
         self.seqs = [s for s in g["early"] if len(s) >= 2]
         self.n_targets = sum(len(s) - 1 for s in self.seqs)
         self.prefix_len = len(encode(tokenizer, template, [], None, 10_000).prefix)
+        # Served so far, by kind: examples, tokens (no padding), tokens with a loss.
+        self.served = {k: {"examples": 0, "tokens": 0, "loss_tokens": 0} for k in self.KINDS}
 
-    def example(self) -> tuple[list[int], int]:
-        """(token ids, index of the first token with a loss)."""
-        if self.rng.random() < self.title_share:
-            return self.title_ids[int(self.rng.integers(len(self.titles)))], 0
+    def example(self) -> tuple[list[int], int, str]:
+        """(token ids, index of the first token with a loss, kind)."""
+        r = self.rng.random()
+        if r < self.title_share:
+            return self.title_ids[int(self.rng.integers(len(self.titles)))], 0, "titles"
+        if self.kind == "compact" and r >= self.title_share + self.prompt_share:
+            return self.compact(), 0, "compact"
         s = self.seqs[int(self.rng.integers(len(self.seqs)))]
         # Mostly the whole early sequence (every title is a next-title target in context, the last one in the
         # response slot); sometimes a random prefix, so the response slot sees short histories too.
         j = len(s) - 1 if self.rng.random() < 0.7 else int(self.rng.integers(1, len(s)))
         p = encode(self.tok, self.template, [self.titles[i - 1] for i in s[:j]], self.titles[s[j] - 1], self.cutoff)
-        return p.input_ids, self.prefix_len
+        return p.input_ids, self.prefix_len, "prompts"
+
+    def compact(self) -> list[int]:
+        """``<s>title1; title2; ...; titleN</s>`` of a random early sequence; a random window of consecutive
+        titles when the whole sequence does not fit ``cutoff`` (estimated from the titles' own token counts), with
+        no ``</s>`` when the window stops before the sequence's end."""
+        s = self.seqs[int(self.rng.integers(len(self.seqs)))]
+        cost = [len(self.title_ids[i - 1]) for i in s]  # title tokens + 2 (~ the separator's tokens)
+        budget = self.cutoff - 2
+        tail, last_start = 0, len(s)
+        while last_start > 0 and tail + cost[last_start - 1] <= budget:
+            last_start -= 1
+            tail += cost[last_start]
+        start = 0 if last_start == 0 else int(self.rng.integers(0, min(last_start, len(s) - 1) + 1))
+        end, used = start, 0
+        while end < len(s) and used + cost[end] <= budget:
+            used += cost[end]
+            end += 1
+        end = max(end, start + 1)
+        text = TITLE_SEPARATOR.join(clean_title(self.titles[i - 1]) for i in s[start:end])
+        ids = self.tok(text, add_special_tokens=False)["input_ids"][: self.cutoff - 2]
+        # EOS only where the user's early sequence really ends (a window cut on the right just stops).
+        return [self.tok.bos_token_id] + ids + ([self.tok.eos_token_id] if end == len(s) else [])
 
     def batches(self, batch: int, pool: int = 32):
         """Endless batches: ``pool`` batches' worth of examples sorted by length, cut, shuffled."""
@@ -141,31 +195,50 @@ class Corpus:
                 yield self.tensors(chunks[k])
 
     def tensors(self, chunk):
-        width = max(len(ids) for ids, _ in chunk)
+        width = max(len(ids) for ids, _, _ in chunk)
         ids = torch.full((len(chunk), width), self.tok.pad_token_id, dtype=torch.long)
         labels = torch.full_like(ids, -100)
         mask = torch.zeros_like(ids)
-        for r, (seq, start) in enumerate(chunk):
+        for r, (seq, start, kind) in enumerate(chunk):
             t = torch.tensor(seq)
             ids[r, : len(seq)] = t
             mask[r, : len(seq)] = 1
             labels[r, max(start, 1) : len(seq)] = t[max(start, 1) :]
+            served = self.served[kind]
+            served["examples"] += 1
+            served["tokens"] += len(seq)
+            served["loss_tokens"] += max(len(seq) - max(start, 1), 0)
         return ids, mask, labels
 
 
 def pretrain(model, corpus: Corpus, args) -> dict:
+    """Train until the budget ends: ``--pretrain-steps`` and/or ``--pretrain-seconds`` (and ``--max-steps``).
+
+    The learning rate warms up linearly, then follows a cosine to 10 % over the budget's fraction done: steps
+    when ``--pretrain-steps`` is given, seconds otherwise.
+    """
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
     model.train()
-    losses, seconds, tokens = [], [], 0
+    losses, seconds, tokens, loss_tokens, padded = [], [], 0, 0, 0
+    by_steps = args.pretrain_steps is not None
     started = time.perf_counter()
-    bar = tqdm(total=int(args.pretrain_seconds), desc="pretraining (s)", unit="s", dynamic_ncols=True)
+    if by_steps:
+        bar = tqdm(total=args.pretrain_steps, desc="pretraining (steps)", unit="step", dynamic_ncols=True)
+    else:
+        bar = tqdm(total=int(args.pretrain_seconds), desc="pretraining (s)", unit="s", dynamic_ncols=True)
     batches = corpus.batches(args.batch)
-    step = 0
-    while step < args.max_steps:
+    step, stopped_by = 0, None
+    while stopped_by is None:
         elapsed = time.perf_counter() - started
-        if elapsed > args.pretrain_seconds:
+        if by_steps and step >= args.pretrain_steps:
+            stopped_by = "steps"
+        elif args.pretrain_seconds is not None and elapsed > args.pretrain_seconds:
+            stopped_by = "time"
+        elif step >= args.max_steps:
+            stopped_by = "max_steps"
+        if stopped_by is not None:
             break
-        frac = elapsed / args.pretrain_seconds  # time-based schedule: warm-up, then cosine to 10 %
+        frac = step / args.pretrain_steps if by_steps else elapsed / args.pretrain_seconds
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -176,23 +249,36 @@ def pretrain(model, corpus: Corpus, args) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         tokens += int(mask.sum())
+        loss_tokens += int((labels[:, 1:] != -100).sum())
+        padded += ids.numel()
         losses.append(float(loss.detach()))
         seconds.append(time.perf_counter() - started)
         step += 1
-        bar.n = min(int(seconds[-1]), bar.total)
+        bar.n = step if by_steps else min(int(seconds[-1]), bar.total)
         bar.set_postfix(step=step, loss=f"{np.mean(losses[-50:]):.3f}", tok_s=f"{tokens / seconds[-1]:.0f}")
         bar.refresh()
     bar.close()
     model.eval()
     total = time.perf_counter() - started
+    served_tokens = sum(v["tokens"] for v in corpus.served.values())
     return {
+        "corpus": corpus.kind,
+        "budget": "steps" if by_steps else "seconds",
+        "budget_steps": args.pretrain_steps,
+        "budget_seconds": args.pretrain_seconds,
         "steps": step,
         "seconds": total,
+        "seconds_per_step": total / max(step, 1),
         "tokens": tokens,
         "tokens_per_s": tokens / max(total, 1e-9),
+        "loss_tokens": loss_tokens,
+        "loss_tokens_per_s": loss_tokens / max(total, 1e-9),
+        "padding_share": 1 - tokens / max(padded, 1),
+        "served": corpus.served,
+        "served_token_share": {k: v["tokens"] / max(served_tokens, 1) for k, v in corpus.served.items()},
         "loss_first_50": float(np.mean(losses[:50])),
         "loss_last_50": float(np.mean(losses[-50:])),
-        "stopped_by": "time" if step < args.max_steps else "max_steps",
+        "stopped_by": stopped_by,
         "curve": {"step": list(range(1, step + 1)), "seconds": seconds, "loss": losses},
     }
 
@@ -219,8 +305,44 @@ def response_loss(model, tokenizer, template, g: dict, n: int, seed: int, cutoff
 
 
 @torch.no_grad()
-def stop_check(model, tokenizer, prompts, n: int, beams: int, max_new: int) -> dict:
-    """Generation one prompt at a time (no padding): does it end with EOS before ``max_new`` tokens?"""
+def compact_title_loss(model, tokenizer, g: dict, n: int, seed: int, cutoff: int) -> float:
+    """Mean loss of the next title's tokens (no eos) in the compact format ``<s>t1; ...; tN; next`` on the same
+    ``n`` validation samples as ``response_loss`` (history = whole train seq, oldest titles dropped to fit)."""
+    users = [u for u in range(len(g["valid"])) if g["valid"][u]]
+    pick = np.random.default_rng(seed).choice(len(users), min(n, len(users)), replace=False)
+    total, count = 0.0, 0
+    for u in (users[i] for i in pick):
+        hist = [clean_title(g["titles"][i - 1]) for i in g["train"][u]]
+        target = clean_title(g["titles"][g["valid"][u][0] - 1])
+        while True:
+            # The byte-level pre-tokenizer splits ";" from " title", so the context's ids prefix the full ids.
+            context = [tokenizer.bos_token_id] + tokenizer(
+                TITLE_SEPARATOR.join(hist) + TITLE_SEPARATOR.rstrip(), add_special_tokens=False
+            )["input_ids"]
+            full = [tokenizer.bos_token_id] + tokenizer(
+                TITLE_SEPARATOR.join([*hist, target]), add_special_tokens=False
+            )["input_ids"]
+            if len(full) <= cutoff or len(hist) == 1:
+                break
+            hist = hist[1:]
+        full = full[:cutoff]
+        n_target = len(full) - len(context)
+        if n_target <= 0:
+            continue
+        ids = torch.tensor([full])
+        labels = torch.full_like(ids, -100)
+        labels[0, -n_target:] = ids[0, -n_target:]
+        total += float(model(input_ids=ids, labels=labels).loss) * n_target
+        count += n_target
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def stop_check(model, tokenizer, prompts, n: int, beams: int, max_new: int, ngram_limit: int = 0) -> dict:
+    """Generation one prompt at a time (no padding), with the evaluation's n-gram limit: does it end with EOS
+    before ``max_new`` tokens?"""
+    from transformers import LogitsProcessorList
+
     ended, lengths = 0, []
     for p in prompts[:n]:
         ids = torch.tensor([p.input_ids])
@@ -232,6 +354,9 @@ def stop_check(model, tokenizer, prompts, n: int, beams: int, max_new: int) -> d
             do_sample=False,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList(
+                [ResponseNGramLimit(ids.shape[1], ngram_limit)] if ngram_limit else []
+            ),
         )
         new = out[0, ids.shape[1] :].tolist()
         ended += int(tokenizer.eos_token_id in new)
@@ -247,7 +372,12 @@ def stop_check(model, tokenizer, prompts, n: int, beams: int, max_new: int) -> d
 def evaluate(name: str, model, tokenizer, model_dir: Path, g: dict, rows: list[dict], args, beams: int) -> dict:
     template = PromptTemplate("games")
     titles = g["titles"]
-    cfg = EvalConfig(num_beams=beams, max_new_tokens=args.max_new_tokens, cutoff_len=args.eval_cutoff)
+    cfg = EvalConfig(
+        num_beams=beams,
+        max_new_tokens=args.max_new_tokens,
+        cutoff_len=args.eval_cutoff,
+        ngram_repeat_limit=args.ngram_repeat_limit,
+    )
     prompts = [encode(tokenizer, template, [titles[i - 1] for i in r["history"]], None, cfg.cutoff_len) for r in rows]
     targets = [[t - 1 for t in r["targets"]] for r in rows]
     t0 = time.perf_counter()
@@ -268,6 +398,7 @@ def evaluate(name: str, model, tokenizer, model_dir: Path, g: dict, rows: list[d
         "num_beams": beams,
         "users": len(rows),
         "seconds": seconds,
+        "eval_config": cfg.to_dict(),
         "metrics": {k: float(v) for k, v in res["metrics"].items()},
         "distinct_generated_share": len(counts) / max(len(gen), 1),
         "distinct_generated": len(counts),
@@ -287,7 +418,9 @@ def evaluate(name: str, model, tokenizer, model_dir: Path, g: dict, rows: list[d
             }
             for k in shown
         ],
-        "stop_check": stop_check(model, tokenizer, prompts, args.stop_users, beams, args.max_new_tokens),
+        "stop_check": stop_check(
+            model, tokenizer, prompts, args.stop_users, beams, args.max_new_tokens, cfg.ngram_repeat_limit
+        ),
     }
     m = out["metrics"]
     print(
@@ -325,8 +458,10 @@ def plot(out: Path, result: dict) -> None:
         axes[0].plot(c["seconds"], loss, alpha=0.25, lw=0.5, label="per step")
         axes[0].plot(c["seconds"][w - 1 :], smooth, label=f"mean of {w}")
         axes[0].set_xlabel("seconds")
-        axes[0].set_ylabel("loss (history titles + response)")
-        axes[0].set_title(f"pretraining: {pre['steps']} steps, {pre['tokens_per_s']:.0f} tok/s")
+        axes[0].set_ylabel("loss (every token but the template prefix)")
+        axes[0].set_title(
+            f"pretraining ({pre.get('corpus', 'prompts')}): {pre['steps']} steps, {pre['tokens_per_s']:.0f} tok/s"
+        )
         axes[0].legend()
     evals = result.get("evaluations", [])
     names = [f"{e['name']}\nbeams={e['num_beams']}" for e in evals]
@@ -360,6 +495,12 @@ def loss_and_evaluations(name, model_dir, stats, template, g, rows, args, result
     """Load a built model, add its held-out response loss to ``stats``, evaluate it at every beam width."""
     tokenizer, model = tiny.load(model_dir)
     stats["valid_response_loss"] = response_loss(model, tokenizer, template, g, 256, args.seed, args.eval_cutoff)
+    stats["valid_compact_title_loss"] = compact_title_loss(model, tokenizer, g, 256, args.seed, args.eval_cutoff)
+    print(
+        f"[{name}] held-out loss: response {stats['valid_response_loss']:.3f}, "
+        f"compact next title {stats['valid_compact_title_loss']:.3f}",
+        flush=True,
+    )
     write(args.out, result)
     for beams in args.beams:
         result["evaluations"].append(evaluate(name, model, tokenizer, model_dir, g, rows, args, beams))
@@ -383,8 +524,24 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=8000)
     # pretraining
-    ap.add_argument("--pretrain-seconds", type=float, default=600)
-    ap.add_argument("--max-steps", type=int, default=1_000_000)
+    ap.add_argument(
+        "--corpus",
+        choices=["prompts", "compact"],
+        default="prompts",
+        help="prompts: catalogue lines + BIGRec prompts (the first probe); compact: mostly compact early sequences "
+        "'title1; ...; titleN</s>', plus --prompt-share BIGRec prompts and --title-share catalogue lines",
+    )
+    ap.add_argument(
+        "--prompt-share", type=float, default=0.2, help="share of BIGRec prompts among the examples (compact only)"
+    )
+    ap.add_argument(
+        "--pretrain-seconds",
+        type=float,
+        default=None,
+        help="time budget (default 600 when --pretrain-steps is not given; with both, whichever ends first)",
+    )
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="step budget (the lr schedule follows steps)")
+    ap.add_argument("--max-steps", type=int, default=1_000_000, help="hard cap on steps (no effect on the schedule)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100, help="linear lr warm-up steps")
@@ -395,13 +552,25 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--eval-cutoff", type=int, default=512)
     ap.add_argument("--stop-users", type=int, default=40, help="users of the per-prompt EOS check")
+    ap.add_argument(
+        "--ngram-repeat-limit",
+        type=int,
+        default=EvalConfig().ngram_repeat_limit,
+        help="EvalConfig.ngram_repeat_limit (default: the library's): the same 3 response tokens at most this often",
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["pretrained", "finetune", "default"])
-    ap.add_argument("--reuse", action="store_true", help="reuse the pretrained checkpoint in --out when present")
+    ap.add_argument(
+        "--reuse", action="store_true", help="reuse the pretrained checkpoint and finished fine-tunes in --out"
+    )
     # fine-tuning
     ap.add_argument("--ft-samples", type=int, default=1024)
     ap.add_argument("--ft-epochs", type=int, default=3)
-    ap.add_argument("--ft-lr", type=float, default=1e-4)
+    ap.add_argument("--ft-lr", type=float, nargs="+", default=[1e-4], help="one LoRA fine-tune per learning rate")
     args = ap.parse_args()
+    if args.pretrain_seconds is None and args.pretrain_steps is None:
+        args.pretrain_seconds = 600.0
+    if args.corpus == "compact" and not 0 <= args.title_share + args.prompt_share <= 1:
+        ap.error("--title-share + --prompt-share must be within [0, 1]")
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -428,6 +597,7 @@ def main() -> None:
             "early_items": sum(len(s) for s in g["early"]),
             "all_train_items": sum(len(s) for s in g["train"]),
         },
+        "eval_config_defaults": EvalConfig().to_dict(),
         "evaluations": [],
     }
     template = PromptTemplate("games")
@@ -450,7 +620,16 @@ def main() -> None:
             tokenizer = tiny.train_tokenizer(g["titles"], template, args.vocab)
             tok_s = time.perf_counter() - t0
             model = tiny.build_model(cfg, tokenizer)
-            corpus = Corpus(g, tokenizer, template, args.pretrain_cutoff, args.title_share, args.seed)
+            corpus = Corpus(
+                g,
+                tokenizer,
+                template,
+                args.pretrain_cutoff,
+                args.title_share,
+                args.seed,
+                kind=args.corpus,
+                prompt_share=args.prompt_share,
+            )
             stats = pretrain(model, corpus, args)
             stats |= {
                 "tokenizer_seconds": tok_s,
@@ -467,7 +646,9 @@ def main() -> None:
             stats["build_seconds"] = time.perf_counter() - t_build
             result["pretrain"] = stats
             print(
-                f"pretrained: {stats['steps']} steps in {stats['seconds']:.0f}s, {stats['tokens_per_s']:.0f} tok/s, "
+                f"pretrained ({stats['corpus']}): {stats['steps']} steps in {stats['seconds']:.0f}s "
+                f"(stopped by {stats['stopped_by']}), {stats['tokens_per_s']:.0f} tok/s "
+                f"({stats['loss_tokens_per_s']:.0f} with a loss), "
                 f"loss {stats['loss_first_50']:.3f} -> {stats['loss_last_50']:.3f}",
                 flush=True,
             )
@@ -476,21 +657,23 @@ def main() -> None:
         )
 
     if "finetune" not in args.skip and (model_dir / "config.json").exists():
+        from peft import PeftModel
+
         from dealrec_tasks.llm import finetune as ft
 
-        tokenizer, model = tiny.load(model_dir)
+        tokenizer, _ = tiny.load(model_dir)
         rng = np.random.default_rng(args.seed)
         users = [u for u in range(len(g["train"])) if len(g["train"][u]) >= 2]
         pick = rng.choice(len(users), min(args.ft_samples, len(users)), replace=False)
-        fcfg = FinetuneConfig(epochs=args.ft_epochs, lr=args.ft_lr, seed=args.seed)
         titles = g["titles"]
+        cutoff = FinetuneConfig().cutoff_len
         train_p = [
             encode(
                 tokenizer,
                 template,
                 [titles[i - 1] for i in g["train"][users[k]][:-1]],
                 titles[g["train"][users[k]][-1] - 1],
-                fcfg.cutoff_len,
+                cutoff,
             )
             for k in pick
         ]
@@ -502,32 +685,41 @@ def main() -> None:
                 template,
                 [titles[i - 1] for i in g["train"][vusers[k]]],
                 titles[g["valid"][vusers[k]][0] - 1],
-                fcfg.cutoff_len,
+                cutoff,
             )
             for k in vpick
         ]
-        work = args.out / "finetune"
-        if work.exists():
-            import shutil
+        result["finetunes"] = []
+        for ft_lr in args.ft_lr:
+            fcfg = FinetuneConfig(epochs=args.ft_epochs, lr=ft_lr, seed=args.seed)
+            _, model = tiny.load(model_dir)
+            work = args.out / f"finetune-lr{ft_lr:g}"
+            if work.exists() and not args.reuse:  # with --reuse, a finished fine-tune of this config is reused
+                import shutil
 
-            shutil.rmtree(work)
-        t0 = time.perf_counter()
-        state = ft.finetune(model, tokenizer.pad_token_id, train_p, valid_p, fcfg, LoRAConfig(), work)
-        result["finetune"] = {
-            "seconds": time.perf_counter() - t0,
-            "history": state["history"],
-            "best_epoch": state["best_epoch"],
-            "config": fcfg.to_dict(),
-        }
-        from peft import PeftModel
-
-        tokenizer, base = tiny.load(model_dir)
-        peft_model = PeftModel.from_pretrained(base, state["adapter_dir"])
-        write(args.out, result)
-        result["evaluations"].append(
-            evaluate("pretrained+LoRA", peft_model, tokenizer, model_dir, g, rows, args, args.beams[0])
-        )
-        write(args.out, result)
+                shutil.rmtree(work)
+            t0 = time.perf_counter()
+            state = ft.finetune(model, tokenizer.pad_token_id, train_p, valid_p, fcfg, LoRAConfig(), work)
+            result["finetunes"].append(
+                {
+                    "lr": ft_lr,
+                    "seconds": time.perf_counter() - t0,
+                    "history": state["history"],
+                    "best_epoch": state["best_epoch"],
+                    "reused": state.get("resumed_from_epoch") is not None,
+                    "config": fcfg.to_dict(),
+                }
+            )
+            print(f"[LoRA lr={ft_lr:g}] history {state['history']}", flush=True)
+            _, base = tiny.load(model_dir)
+            peft_model = PeftModel.from_pretrained(base, state["adapter_dir"])
+            write(args.out, result)
+            result["evaluations"].append(
+                evaluate(
+                    f"pretrained+LoRA lr={ft_lr:g}", peft_model, tokenizer, model_dir, g, rows, args, args.beams[0]
+                )
+            )
+            write(args.out, result)
 
     if "default" not in args.skip:
         ddir = args.out / "default"
