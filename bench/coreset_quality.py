@@ -290,7 +290,8 @@ def effort_scores(world: World, titles: list[str], model_dir: Path, rows: np.nda
     from dealrec_tasks.steps.llm import encode_rows
 
     cfg = EffortConfig()
-    build_tiny_llm(model_dir, titles, TinyLLMConfig(domain="games"))
+    # The committed results used the 2-layer model with the earlier warm-up (titles only); "small" is its size.
+    build_tiny_llm(model_dir, titles, TinyLLMConfig.sized("small"))
     tokenizer, model = load(model_dir)
     dicts = [
         {"history": world.seqs.row(int(r))[1:-1].tolist(), "target": int(world.seqs.row(int(r))[-1])} for r in rows

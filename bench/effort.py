@@ -57,7 +57,7 @@ def main() -> None:
     if model_dir is None:
         model_dir = str(Path(tempfile.mkdtemp()) / "tiny")
         titles = pq.read_table(GAMES / "items.parquet").column("title").to_pylist()
-        build_tiny_llm(model_dir, titles, TinyLLMConfig(warmup_steps=0))
+        build_tiny_llm(model_dir, titles, TinyLLMConfig(pretrain_steps=0))
     tokenizer, model = load(model_dir)
     peft_model = attach_lora(model, LoRAConfig())
     prompts = games_prompts(tokenizer, args.prompts, seed=0)

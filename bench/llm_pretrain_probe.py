@@ -15,6 +15,8 @@ window of consecutive titles that fits.
 
 The budget is ``--pretrain-seconds`` (default 600) or ``--pretrain-steps`` (the learning-rate schedule follows
 the budget given; with both, whichever ends first stops it; the JSON's ``pretrain.stopped_by`` says which).
+The corpus is the library's (``dealrec_tasks/llm/pretrain.py``, moved there from this probe unchanged); the
+embedded default model is built from the compact mix, measured by ``bench/llm_quality.py``.
 
 Then, on ``--users`` random test users (history = train + valid, targets = test items, the paper's split), with the
 library's ``grounded_evaluation`` (beam search, the response cut at its first title by the library, L2 grounding
@@ -55,6 +57,7 @@ from dealrec_tasks.data.replay import replay_days  # noqa: E402
 from dealrec_tasks.llm import tiny  # noqa: E402
 from dealrec_tasks.llm.config import EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig  # noqa: E402
 from dealrec_tasks.llm.evaluate import ResponseNGramLimit, grounded_evaluation  # noqa: E402
+from dealrec_tasks.llm.pretrain import Corpus  # noqa: E402
 from dealrec_tasks.llm.prompts import TITLE_SEPARATOR, PromptTemplate, clean_title, encode  # noqa: E402
 from dealrec_tasks.metrics import ranking_metrics  # noqa: E402
 
@@ -117,101 +120,7 @@ def popularity(g: dict, rows: list[dict], ks: tuple[int, ...]) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # Pretraining
 # ---------------------------------------------------------------------------------------------------------
-class Corpus:
-    """Random examples, bucketed by length: catalogue title lines, next-title prompts of the early cut and (with
-    ``kind="compact"``) compact early sequences ``<s>title1; ...; titleN</s>`` (see the module docstring)."""
-
-    KINDS = ("titles", "prompts", "compact")
-
-    def __init__(
-        self,
-        g: dict,
-        tokenizer,
-        template: PromptTemplate,
-        cutoff: int,
-        title_share: float,
-        seed: int,
-        kind: str = "prompts",
-        prompt_share: float = 0.2,
-    ):
-        self.rng = np.random.default_rng(seed)
-        self.tok, self.template, self.cutoff, self.title_share = tokenizer, template, cutoff, title_share
-        self.kind, self.prompt_share = kind, prompt_share
-        self.titles = g["titles"]
-        self.title_ids = [
-            [tokenizer.bos_token_id]
-            + tokenizer(clean_title(t), add_special_tokens=False)["input_ids"]
-            + [tokenizer.eos_token_id]
-            for t in tqdm(self.titles, desc="tokenizing titles", leave=False)
-        ]
-        self.seqs = [s for s in g["early"] if len(s) >= 2]
-        self.n_targets = sum(len(s) - 1 for s in self.seqs)
-        self.prefix_len = len(encode(tokenizer, template, [], None, 10_000).prefix)
-        # Served so far, by kind: examples, tokens (no padding), tokens with a loss.
-        self.served = {k: {"examples": 0, "tokens": 0, "loss_tokens": 0} for k in self.KINDS}
-
-    def example(self) -> tuple[list[int], int, str]:
-        """(token ids, index of the first token with a loss, kind)."""
-        r = self.rng.random()
-        if r < self.title_share:
-            return self.title_ids[int(self.rng.integers(len(self.titles)))], 0, "titles"
-        if self.kind == "compact" and r >= self.title_share + self.prompt_share:
-            return self.compact(), 0, "compact"
-        s = self.seqs[int(self.rng.integers(len(self.seqs)))]
-        # Mostly the whole early sequence (every title is a next-title target in context, the last one in the
-        # response slot); sometimes a random prefix, so the response slot sees short histories too.
-        j = len(s) - 1 if self.rng.random() < 0.7 else int(self.rng.integers(1, len(s)))
-        p = encode(self.tok, self.template, [self.titles[i - 1] for i in s[:j]], self.titles[s[j] - 1], self.cutoff)
-        return p.input_ids, self.prefix_len, "prompts"
-
-    def compact(self) -> list[int]:
-        """``<s>title1; title2; ...; titleN</s>`` of a random early sequence; a random window of consecutive
-        titles when the whole sequence does not fit ``cutoff`` (estimated from the titles' own token counts), with
-        no ``</s>`` when the window stops before the sequence's end."""
-        s = self.seqs[int(self.rng.integers(len(self.seqs)))]
-        cost = [len(self.title_ids[i - 1]) for i in s]  # title tokens + 2 (~ the separator's tokens)
-        budget = self.cutoff - 2
-        tail, last_start = 0, len(s)
-        while last_start > 0 and tail + cost[last_start - 1] <= budget:
-            last_start -= 1
-            tail += cost[last_start]
-        start = 0 if last_start == 0 else int(self.rng.integers(0, min(last_start, len(s) - 1) + 1))
-        end, used = start, 0
-        while end < len(s) and used + cost[end] <= budget:
-            used += cost[end]
-            end += 1
-        end = max(end, start + 1)
-        text = TITLE_SEPARATOR.join(clean_title(self.titles[i - 1]) for i in s[start:end])
-        ids = self.tok(text, add_special_tokens=False)["input_ids"][: self.cutoff - 2]
-        # EOS only where the user's early sequence really ends (a window cut on the right just stops).
-        return [self.tok.bos_token_id] + ids + ([self.tok.eos_token_id] if end == len(s) else [])
-
-    def batches(self, batch: int, pool: int = 32):
-        """Endless batches: ``pool`` batches' worth of examples sorted by length, cut, shuffled."""
-        while True:
-            ex = sorted((self.example() for _ in range(batch * pool)), key=lambda e: len(e[0]))
-            chunks = [ex[i : i + batch] for i in range(0, len(ex), batch)]
-            for k in self.rng.permutation(len(chunks)):
-                yield self.tensors(chunks[k])
-
-    def tensors(self, chunk):
-        width = max(len(ids) for ids, _, _ in chunk)
-        ids = torch.full((len(chunk), width), self.tok.pad_token_id, dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        mask = torch.zeros_like(ids)
-        for r, (seq, start, kind) in enumerate(chunk):
-            t = torch.tensor(seq)
-            ids[r, : len(seq)] = t
-            mask[r, : len(seq)] = 1
-            labels[r, max(start, 1) : len(seq)] = t[max(start, 1) :]
-            served = self.served[kind]
-            served["examples"] += 1
-            served["tokens"] += len(seq)
-            served["loss_tokens"] += max(len(seq) - max(start, 1), 0)
-        return ids, mask, labels
-
-
-def pretrain(model, corpus: Corpus, args) -> dict:
+def pretrain(model, corpus: Corpus, kind: str, args) -> dict:
     """Train until the budget ends: ``--pretrain-steps`` and/or ``--pretrain-seconds`` (and ``--max-steps``).
 
     The learning rate warms up linearly, then follows a cosine to 10 % over the budget's fraction done: steps
@@ -262,7 +171,7 @@ def pretrain(model, corpus: Corpus, args) -> dict:
     total = time.perf_counter() - started
     served_tokens = sum(v["tokens"] for v in corpus.served.values())
     return {
-        "corpus": corpus.kind,
+        "corpus": kind,
         "budget": "steps" if by_steps else "seconds",
         "budget_steps": args.pretrain_steps,
         "budget_seconds": args.pretrain_seconds,
@@ -620,24 +529,26 @@ def main() -> None:
             tokenizer = tiny.train_tokenizer(g["titles"], template, args.vocab)
             tok_s = time.perf_counter() - t0
             model = tiny.build_model(cfg, tokenizer)
+            # The library's corpus (llm/pretrain.py); "prompts": no compact sequences, the rest are prompts.
+            prompt_share = 1 - args.title_share if args.corpus == "prompts" else args.prompt_share
             corpus = Corpus(
-                g,
+                g["titles"],
+                g["early"],
                 tokenizer,
                 template,
                 args.pretrain_cutoff,
                 args.title_share,
+                prompt_share,
                 args.seed,
-                kind=args.corpus,
-                prompt_share=args.prompt_share,
             )
-            stats = pretrain(model, corpus, args)
+            stats = pretrain(model, corpus, args.corpus, args)
             stats |= {
                 "tokenizer_seconds": tok_s,
                 "vocab": len(tokenizer),
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "prefix_tokens": corpus.prefix_len,
-                "early_prompt_users": len(corpus.seqs),
-                "early_prompt_targets": corpus.n_targets,
+                "early_prompt_users": len(corpus.sequences),
+                "early_prompt_targets": sum(len(x) - 1 for x in corpus.sequences),
                 "config": cfg.to_dict(),
             }
             model.save_pretrained(model_dir)
@@ -724,11 +635,14 @@ def main() -> None:
     if "default" not in args.skip:
         ddir = args.out / "default"
         t0 = time.perf_counter()
-        info = tiny.build_tiny_llm(ddir, g["titles"], TinyLLMConfig())
+        # "default" was the 2-layer model before issue 15 (the runs committed so far); now the "small" preset on
+        # titles only, a reference without interactions (the new default is measured by bench/llm_quality.py).
+        small = TinyLLMConfig.sized("small")
+        info = tiny.build_tiny_llm(ddir, g["titles"], small)
         torch.set_num_threads(args.threads)  # build_tiny_llm sets it to the CPU count
         result["default_build"] = {k: v for k, v in info.items() if k != "config"} | {
             "seconds": time.perf_counter() - t0,
-            "config": TinyLLMConfig().to_dict(),
+            "config": small.to_dict(),
         }
         loss_and_evaluations("default", ddir, result["default_build"], template, g, rows, args, result)
 

@@ -94,11 +94,11 @@ def dealrec_daily():
         return dx.result(merge_influence(dx.lake(), dt, len(shards)))
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=1))
-    def base_model(params=None) -> str:
+    def base_model(dt: str, params=None) -> str:
         """The LLM directory on the GPU worker: the ``base_model`` Param, or the embedded tiny LLM (built once)."""
         from dealrec_tasks.steps.pipeline import base_model_dir
 
-        return base_model_dir(dx.lake(), params["base_model"], dx.tiny_llm_dir(), dx.tiny_llm_config())
+        return base_model_dir(dx.lake(), params["base_model"], dx.tiny_llm_dir(), dx.tiny_llm_config(), dt)
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=6))
     def effort(dt: str, model_dir: str, shard: list[int]) -> dict:
@@ -148,7 +148,7 @@ def dealrec_daily():
     merged_i = merge_influence(dt, parts)
     day >> trained >> solved >> scored_i >> merged_i
 
-    model = base_model()
+    model = base_model(dt)
     scored_e = effort.partial(dt=dt, model_dir=model).expand(shard=parts)
     merged_e = merge_effort(dt, parts)
     day >> model

@@ -40,10 +40,10 @@ def dealrec_finetune():
         return dt
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=1))
-    def base_model(params=None) -> str:
+    def base_model(dt: str, params=None) -> str:
         from dealrec_tasks.steps.pipeline import base_model_dir
 
-        return base_model_dir(dx.lake(), params["base_model"], dx.tiny_llm_dir(), dx.tiny_llm_config())
+        return base_model_dir(dx.lake(), params["base_model"], dx.tiny_llm_dir(), dx.tiny_llm_config(), dt)
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=12))
     def finetune(dt: str, model_dir: str, params=None) -> dict:
@@ -76,7 +76,7 @@ def dealrec_finetune():
         return dx.result(promote_if_better(dx.tracking(margin=params["margin"]), version))
 
     dt = plan()
-    model = base_model()
+    model = base_model(dt)
     tuned = finetune(dt, model)
     evaluated = evaluate(dt, model)
     version = register(dt, model)

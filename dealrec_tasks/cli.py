@@ -120,7 +120,8 @@ def cmd_demo(args: argparse.Namespace) -> list[steps.StepResult]:
 
 
 def cmd_tiny_llm(args: argparse.Namespace) -> list[steps.StepResult]:
-    return [llm_steps.tiny_llm(_lake(args), args.out, _config(TinyLLMConfig, args), rebuild=args.rebuild)]
+    cfg = _config(TinyLLMConfig, args)
+    return [llm_steps.tiny_llm(_lake(args), args.out, cfg, args.dt, rebuild=args.rebuild)]
 
 
 def cmd_effort(args: argparse.Namespace) -> list[steps.StepResult]:
@@ -297,9 +298,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "tiny-llm": Command(
         cmd_tiny_llm,
-        "build the tiny local LLaMA + BPE tokenizer from the catalogue",
+        "build the embedded LLaMA: BPE tokenizer on the catalogue, pretrained on it and on interactions up to "
+        "dt - corpus_gap_days",
         (TinyLLMConfig,),
         (
+            arg("--dt", help="the first day it serves (default: the last ingested day); later days reuse it"),
             arg("--out", default=DEFAULT_MODEL, help="model directory (default %(default)s)"),
             arg("--rebuild", action="store_true", help="rebuild even when a matching model exists"),
         ),

@@ -11,7 +11,8 @@ and on the full stack (S3, an MLflow server):
   (default ``<repo>/var/models``);
 - ``DEALREC_WORK_DIR``: fine-tuning checkpoints and embedding caches (default ``<repo>/var/work``);
 - ``MLFLOW_TRACKING_URI``: MLflow (default ``sqlite:///<repo>/var/mlflow.db``);
-- ``DEALREC_TINY_LLM_WARMUP_S``: warm-up time limit of the embedded tiny LLM (default: its config's);
+- ``DEALREC_TINY_LLM_SIZE`` (``default`` or ``small``) and ``DEALREC_TINY_LLM_PRETRAIN_S`` (pretraining time
+  limit): the embedded tiny LLM's preset and time cap (default: its config's);
 - S3 credentials: the Airflow connection ``dealrec_s3`` (``DEALREC_S3_CONN_ID``) when it exists (login, password,
   extra ``endpoint_url`` and ``region_name``), else the usual ``AWS_*`` / ``DEALREC_S3_ENDPOINT_URL`` variables.
 """
@@ -128,11 +129,13 @@ def tracking(**overrides: Any) -> TrackingConfig:
 
 
 def tiny_llm_config():
-    """The embedded model's config; its warm-up time may be shortened through the environment (tests, demo)."""
+    """The embedded model's config: its size preset and pretraining time limit may come from the environment
+    (``small`` and seconds for the demo and the tests)."""
     from dealrec_tasks.llm.config import TinyLLMConfig
 
-    seconds = os.environ.get("DEALREC_TINY_LLM_WARMUP_S")
-    return TinyLLMConfig(warmup_seconds=float(seconds)) if seconds else TinyLLMConfig()
+    seconds = os.environ.get("DEALREC_TINY_LLM_PRETRAIN_S")
+    overrides = {"pretrain_seconds": float(seconds)} if seconds else {}
+    return TinyLLMConfig.sized(os.environ.get("DEALREC_TINY_LLM_SIZE", "default"), **overrides)
 
 
 def result(step: StepResult) -> dict[str, Any]:

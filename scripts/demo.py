@@ -51,7 +51,8 @@ def settings(var: Path, lake: str) -> dict[str, str]:
         "DEALREC_MODEL_DIR": str(var / "models"),
         "DEALREC_WORK_DIR": str(var / "work"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{var / 'mlflow.db'}",
-        "DEALREC_TINY_LLM_WARMUP_S": "60",
+        "DEALREC_TINY_LLM_SIZE": "small",
+        "DEALREC_TINY_LLM_PRETRAIN_S": "60",
     }
 
 

@@ -9,30 +9,60 @@ from dealrec_tasks.llm.prompts import INSTRUCTIONS
 
 LORA_PARAM_SETS = ("last_v_lora_B", "last_layer", "all")
 
+# ``default``: the model measured in bench/results/llm_quality*; ``small``: what make demo and the tests build
+# (2 layers, hidden 128, 300 steps), minutes of CPU less for every LLM step; see the README.
+TINY_LLM_SIZES = {
+    "default": {},
+    "small": {"hidden_size": 128, "intermediate_size": 256, "num_layers": 2, "pretrain_steps": 300},
+}
+
 
 @dataclass(frozen=True)
 class TinyLLMConfig(_Config):
-    """The embedded default model: a small LLaMA with a BPE tokenizer trained on the catalogue."""
+    """The embedded default model: a small LLaMA with a BPE tokenizer trained on the catalogue, pretrained on the
+    catalogue titles and an earlier time cut of the interactions (``llm/pretrain.py``)."""
 
     domain: str = opt("games", "prompt domain (instruction text)")
     vocab_size: int = opt(4000, "BPE vocabulary size")
-    hidden_size: int = opt(128, "hidden size")
-    intermediate_size: int = opt(256, "MLP size")
-    num_layers: int = opt(2, "decoder layers")
+    hidden_size: int = opt(256, "hidden size")
+    intermediate_size: int = opt(512, "MLP size")
+    num_layers: int = opt(4, "decoder layers")
     num_heads: int = opt(4, "attention heads")
     max_positions: int = opt(1024, "maximum sequence length")
-    warmup_steps: int = opt(300, "next-token training steps on catalogue prompts (0: random weights)")
-    warmup_seconds: float = opt(180.0, "time limit of the warm-up")
-    warmup_batch: int = opt(16, "warm-up batch size")
-    warmup_lr: float = opt(3e-3, "warm-up learning rate")
+    pretrain_steps: int = opt(1500, "pretraining optimizer steps (0: random weights)")
+    pretrain_seconds: float = opt(900.0, "time limit of pretraining (the summary says when it stopped there)")
+    pretrain_batch: int = opt(32, "pretraining batch size")
+    pretrain_lr: float = opt(2e-3, "peak pretraining learning rate (linear warm-up, cosine to 10 %)")
+    pretrain_cutoff: int = opt(384, "longest pretraining example in tokens")
+    title_share: float = opt(0.3, "share of pretraining examples that are one catalogue title")
+    prompt_share: float = opt(0.1, "share that are BIGRec prompts (the rest: compact title sequences)")
+    corpus_gap_days: int = opt(
+        5,
+        "the corpus holds the interactions of days up to dt - corpus_gap_days (never the validation and test "
+        "days of dt or later; must exceed the samples' valid_days + test_days)",
+    )
     seed: int = opt(0, "random seed")
+
+    @classmethod
+    def sized(cls, size: str, **overrides) -> TinyLLMConfig:
+        """A preset of ``TINY_LLM_SIZES`` with ``overrides``."""
+        _require(size in TINY_LLM_SIZES, f"size={size!r}: one of {', '.join(TINY_LLM_SIZES)}")
+        return cls(**(TINY_LLM_SIZES[size] | overrides))
 
     def validate(self) -> None:
         _require(self.domain in INSTRUCTIONS, f"domain={self.domain!r}: one of {sorted(INSTRUCTIONS)}")
         _require(self.vocab_size >= 300, f"vocab_size={self.vocab_size}: must be >= 300 (256 bytes + specials)")
         _require(self.hidden_size % self.num_heads == 0, f"hidden_size={self.hidden_size}: not divisible by num_heads")
         _require(self.num_layers >= 1, f"num_layers={self.num_layers}: must be >= 1")
-        _require(self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps}: must be >= 0")
+        _require(self.pretrain_steps >= 0, f"pretrain_steps={self.pretrain_steps}: must be >= 0")
+        _require(self.pretrain_seconds > 0, f"pretrain_seconds={self.pretrain_seconds}: must be > 0")
+        _require(self.pretrain_batch >= 1, f"pretrain_batch={self.pretrain_batch}: must be >= 1")
+        _require(self.pretrain_cutoff >= 32, f"pretrain_cutoff={self.pretrain_cutoff}: must be >= 32")
+        _require(
+            min(self.title_share, self.prompt_share) >= 0 and self.title_share + self.prompt_share <= 1,
+            f"title_share={self.title_share}, prompt_share={self.prompt_share}: shares in [0, 1] summing to <= 1",
+        )
+        _require(self.corpus_gap_days >= 2, f"corpus_gap_days={self.corpus_gap_days}: must be >= 2")
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,10 @@ def grounded_evaluation(
     metrics = ranking_metrics(topk, targets, cfg.ks)
     shown = [clean_title(t) for t in titles]
     exact = float(np.mean([g == shown[t[0]] for g, t in zip(generated, targets) if t])) if targets else 0.0
-    return {"metrics": metrics | {"exact_title_match": exact}, "generated": generated, "topk": topk}
+    # A model that collapses answers every user with the same few titles: this share says so at a glance.
+    distinct = len(set(generated)) / len(generated) if generated else 0.0
+    extra = {"exact_title_match": exact, "distinct_generated_share": distinct}
+    return {"metrics": metrics | extra, "generated": generated, "topk": topk}
 
 
 def ground(

@@ -1,7 +1,8 @@
 """A tiny LLaMA-architecture model and a BPE tokenizer trained on the catalogue, saved with save_pretrained.
 
-No weights can be downloaded here, so the embedded default builds its own checkpoint; everything downstream
-loads it with ``from_pretrained`` exactly like a real LLaMA/Qwen/Mistral directory.
+No weights can be downloaded here, so the embedded default builds its own checkpoint, pretrained on the catalogue
+and an earlier time cut of the interactions (``llm/pretrain.py``); everything downstream loads it with
+``from_pretrained`` exactly like a real LLaMA/Qwen/Mistral directory.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ import hashlib
 import json
 import os
 import shutil
-import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dealrec_tasks.llm.config import TinyLLMConfig
+from dealrec_tasks.llm.pretrain import Corpus, pretrain
 from dealrec_tasks.llm.prompts import PromptTemplate, clean_title, encode
-from dealrec_tasks.progress import progress
 
 MARKER = "dealrec_tiny_llm.json"
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -70,73 +71,89 @@ def build_model(cfg: TinyLLMConfig, tokenizer):
     return LlamaForCausalLM(config)
 
 
-def warm_up(model, tokenizer, titles: list[str], cfg: TinyLLMConfig, template: PromptTemplate) -> dict:
-    """A few minutes of next-token training on prompts made of random catalogue titles, so generation
-    produces title-like text in the response slot. Histories of 1-20 titles; the loss is on the response (the
-    template would otherwise dominate it). Bounded by steps and by seconds."""
-    rng = np.random.default_rng(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.warmup_lr)
-    model.train()
-    started, losses = time.perf_counter(), []
-    for _ in progress(range(cfg.warmup_steps), desc="warming up tiny LLM", unit="step"):
-        if time.perf_counter() - started > cfg.warmup_seconds:
-            break
-        batch = []
-        for _ in range(cfg.warmup_batch):
-            hist = [titles[i] for i in rng.integers(0, len(titles), size=int(rng.integers(1, 21)))]
-            batch.append(encode(tokenizer, template, hist, titles[int(rng.integers(len(titles)))], 512))
-        width = max(len(b.input_ids) for b in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, b in enumerate(batch):
-            n = len(b.input_ids)
-            ids[i, :n] = torch.tensor(b.input_ids)
-            labels[i, n - b.n_response : n] = torch.tensor(b.input_ids[n - b.n_response :])
-            mask[i, :n] = 1
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    return {
-        "warmup_steps_done": len(losses),
-        "warmup_seconds": time.perf_counter() - started,
-        "warmup_first_loss": losses[0] if losses else None,
-        "warmup_last_loss": losses[-1] if losses else None,
-    }
+@dataclass(frozen=True)
+class PretrainCorpus:
+    """What the embedded model learns from besides the catalogue: users' item sequences (indices into
+    ``item_titles``, ``item_titles[i - 1]`` is item i) of the days up to ``last_day`` (None: no interactions)."""
+
+    item_titles: list[str]
+    sequences: list[list[int]]
+    last_day: str | None
+
+    def digest(self) -> str:
+        h = hashlib.sha256("\n".join(self.item_titles).encode())
+        for s in self.sequences:
+            h.update(np.asarray(s, dtype=np.int64).tobytes() + b"|")
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict:
+        return {
+            "last_day": self.last_day,
+            "users": sum(1 for s in self.sequences if len(s) >= 2),
+            "interactions": sum(len(s) for s in self.sequences),
+            "sha256": self.digest(),
+        }
 
 
-def build_tiny_llm(out_dir: str | Path, titles: list[str], cfg: TinyLLMConfig, rebuild: bool = False) -> dict:
-    """Build (or reuse) the tiny checkpoint in ``out_dir``; returns its marker (config, catalogue hash, stats).
+def reusable(marker: dict, wanted: dict, latest_corpus_day: str | None) -> bool:
+    """A built model serves when it has the same config and catalogue and its corpus ends no later than the day
+    asked for allows (an earlier cut never holds a later validation or test day: one model serves every later
+    day, like a downloaded checkpoint)."""
+    if {k: marker.get(k) for k in wanted} != wanted or "corpus" not in marker:
+        return False
+    built_last = marker["corpus"].get("last_day")
+    return built_last is None or (latest_corpus_day is not None and built_last <= latest_corpus_day)
 
-    Reused when the directory holds a model built from the same config and catalogue, unless ``rebuild``.
-    Written to a temporary sibling and renamed, so a crash never leaves a half-written model directory.
+
+def build_tiny_llm(
+    out_dir: str | Path,
+    titles: list[str],
+    cfg: TinyLLMConfig,
+    rebuild: bool = False,
+    corpus: PretrainCorpus | None = None,
+    latest_corpus_day: str | None = None,
+) -> dict:
+    """Build (or reuse) the embedded checkpoint in ``out_dir``; returns its marker (config, catalogue hash,
+    corpus, pretraining summary) with ``reused``.
+
+    ``titles``: the catalogue (the tokenizer is trained on it). ``corpus``: the pretraining interactions (None:
+    titles only). Reused (without reading ``corpus``) when ``reusable`` says so for ``latest_corpus_day``, unless
+    ``rebuild``. Written to a temporary sibling and renamed, so a crash never leaves a half-written model directory.
     """
     out = Path(out_dir)
     wanted = {"config": cfg.to_dict(), "catalogue": catalogue_hash(titles)}
     marker = out / MARKER
     if marker.exists() and not rebuild:
         existing = json.loads(marker.read_text())
-        if {k: existing.get(k) for k in wanted} == wanted:
+        if reusable(existing, wanted, latest_corpus_day):
             return existing | {"reused": True}
+    corpus = corpus if corpus is not None else PretrainCorpus(titles, [], None)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     template = PromptTemplate(cfg.domain)
     tokenizer = train_tokenizer(titles, template, cfg.vocab_size)
     model = build_model(cfg, tokenizer)
-    stats = warm_up(model, tokenizer, titles, cfg, template) if cfg.warmup_steps else {}
+    stats = {}
+    if cfg.pretrain_steps:
+        examples = Corpus(
+            corpus.item_titles,
+            corpus.sequences,
+            tokenizer,
+            template,
+            cfg.pretrain_cutoff,
+            cfg.title_share,
+            cfg.prompt_share,
+            cfg.seed,
+        )
+        stats = pretrain(model, examples, cfg.pretrain_steps, cfg.pretrain_seconds, cfg.pretrain_batch, cfg.pretrain_lr)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    info = (
-        wanted
-        | stats
-        | {
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "prefix_tokens": len(encode(tokenizer, template, [], None, 10_000).prefix),
-        }
-    )
+    info = wanted | {
+        "corpus": corpus.describe(),
+        "pretraining": stats,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "prefix_tokens": len(encode(tokenizer, template, [], None, 10_000).prefix),
+    }
     (tmp / MARKER).write_text(json.dumps(info, indent=2))
     if out.exists():
         shutil.rmtree(out)

@@ -13,7 +13,17 @@ import pyarrow as pa
 
 from dealrec_tasks.config import parse_dt
 from dealrec_tasks.data.samples import TEST, TRAIN, VALID
-from dealrec_tasks.data.schema import ADAPTERS, CORESET, EFFORT, EVALUATION, ITEMS, SAMPLES, SCORES_EFFORT, VOCAB
+from dealrec_tasks.data.schema import (
+    ADAPTERS,
+    CORESET,
+    EFFORT,
+    EVALUATION,
+    ITEMS,
+    SAMPLES,
+    SCORES_EFFORT,
+    SEQUENCES,
+    VOCAB,
+)
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
 from dealrec_tasks.llm.prompts import EncodedPrompt, PromptTemplate, encode
@@ -57,16 +67,55 @@ def _split(samples: pa.Table, split: str) -> list[dict]:
     return [r for r in samples.to_pylist() if r["split"] == split]
 
 
-def tiny_llm(lake: Lake, out_dir: str, cfg: TinyLLMConfig, rebuild: bool = False) -> StepResult:
-    """Build (or reuse) the embedded default model from the lake's catalogue titles."""
+def pretrain_corpus(lake: Lake, dt: str, last_day: str):
+    """Users' item sequences of the days up to ``last_day`` (from ``dt``'s cumulative sequences), titled by
+    ``dt``'s vocab: the embedded model's pretraining interactions."""
+    from dealrec_tasks.data.samples import time_split
+    from dealrec_tasks.llm.tiny import PretrainCorpus
+
+    split = time_split(lake.read(SEQUENCES, dt, "sequences.parquet"), last_day, 0, 0)
+    sequences = [s for s in split.column("train").to_pylist() if s]
+    return PretrainCorpus(item_titles(lake, dt), sequences, last_day)
+
+
+def tiny_llm(lake: Lake, out_dir: str, cfg: TinyLLMConfig, dt: str | None = None, rebuild: bool = False) -> StepResult:
+    """Build (or reuse) the embedded default model for day ``dt`` (default: the last ingested day).
+
+    The tokenizer learns the catalogue's titles; pretraining uses them and the interactions of the days up to
+    ``dt - corpus_gap_days`` (none of ``dt``'s or a later day's validation and test items). A model built for an
+    earlier day is reused for later ones: the base model stays the same every day, as a downloaded one would.
+    """
+    import datetime as dt_mod
+
     from dealrec_tasks.llm.tiny import build_tiny_llm
 
-    titles = lake.read(ITEMS, None, "items.parquet").column("title").to_pylist()
-    info = build_tiny_llm(out_dir, [t or "" for t in titles], cfg, rebuild=rebuild)
+    days = lake.partitions(SEQUENCES)
+    if dt is not None:
+        parse_dt(dt)
+        if dt not in days:
+            raise InputError(f"tiny-llm dt={dt}: no sequences/dt={dt} in {lake.uri(SEQUENCES)} (ingest it first)")
+    day = dt or (days[-1] if days else None)
+    last_day = None
+    if day is not None:
+        last_day = (parse_dt(day) - dt_mod.timedelta(days=cfg.corpus_gap_days)).isoformat()
+    titles = [t or "" for t in lake.read(ITEMS, None, "items.parquet").column("title").to_pylist()]
+    corpus = pretrain_corpus(lake, day, last_day) if day is not None else None
+    info = build_tiny_llm(out_dir, titles, cfg, rebuild=rebuild, corpus=corpus, latest_corpus_day=last_day)
     counts = {"parameters": info["parameters"], "prefix_tokens": info["prefix_tokens"], "reused": info["reused"]}
-    if "warmup_last_loss" in info:
-        counts["warmup_loss"] = f"{info['warmup_first_loss']:.2f} -> {info['warmup_last_loss']:.2f}"
-    return StepResult("tiny-llm", {"model": str(Path(out_dir).resolve())}, counts, not info["reused"])
+    built = info.get("corpus", {})
+    counts |= {"corpus_last_day": built.get("last_day"), "corpus_users": built.get("users")}
+    notes = []
+    run = info.get("pretraining") or {}
+    if run:
+        counts |= {"pretrain_steps": f"{run['steps_done']}/{run['steps_budget']}", "stopped_by": run["stopped_by"]}
+        counts["pretrain_loss"] = f"{run['loss_first_50']:.2f} -> {run['loss_last_50']:.2f}"
+        if run["stopped_by"] == "time" and not info["reused"]:
+            notes.append(
+                f"pretraining stopped at its time limit ({cfg.pretrain_seconds:g} s) after {run['steps_done']} of "
+                f"{run['steps_budget']} steps: the model is less trained than its config asks "
+                "(a busy CPU; raise pretrain_seconds or rebuild when the machine is free)"
+            )
+    return StepResult("tiny-llm", {"model": str(Path(out_dir).resolve())}, counts, not info["reused"], notes)
 
 
 def effort(

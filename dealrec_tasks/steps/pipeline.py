@@ -26,7 +26,8 @@ class DemoConfig:
     """Sizes that keep the demo to a few minutes on a laptop CPU."""
 
     influence_shards: int = 2
-    warmup_seconds: float = 60.0
+    tiny_llm_size: str = "small"
+    pretrain_seconds: float = 60.0
     coreset_ratio: float = 0.05
     finetune_epochs: int = 2
     eval_users: int = 200
@@ -82,14 +83,14 @@ def solve_influence_once(lake: Lake, dt: str, cfg: InfluenceConfig) -> StepResul
     return solve_influence(lake, dt, cfg)
 
 
-def base_model_dir(lake: Lake, base_model: str | None, tiny_dir: str, tiny_cfg: TinyLLMConfig) -> str:
+def base_model_dir(lake: Lake, base_model: str | None, tiny_dir: str, tiny_cfg: TinyLLMConfig, dt: str) -> str:
     """The LLM directory the LLM steps load: ``base_model`` when given (a local Hugging Face directory), else (None or
-    "") the embedded tiny LLM in ``tiny_dir``, built from the lake's catalogue on first use and reused afterwards."""
+    "") the embedded tiny LLM in ``tiny_dir``, built for ``dt`` on first use and reused afterwards."""
     if base_model:
         if not (Path(base_model) / "config.json").is_file():
             raise ConfigError(f"base_model={base_model!r}: not a local Hugging Face model directory (no config.json)")
         return str(Path(base_model).resolve())
-    built = llm.tiny_llm(lake, tiny_dir, tiny_cfg)
+    built = llm.tiny_llm(lake, tiny_dir, tiny_cfg, dt)
     print(built.summary())
     return built.uris["model"]
 
@@ -113,7 +114,8 @@ def demo(lake: Lake, model_dir: str, work_dir: str, cfg: DemoConfig, report: Cal
     for i in range(cfg.influence_shards):  # what the Airflow workers do in parallel
         report(score_influence(lake, dt, influence_cfg, (i, cfg.influence_shards)))
     report(merge_influence(lake, dt, cfg.influence_shards))
-    report(llm.tiny_llm(lake, model_dir, TinyLLMConfig(warmup_seconds=cfg.warmup_seconds)))
+    tiny = TinyLLMConfig.sized(cfg.tiny_llm_size, pretrain_seconds=cfg.pretrain_seconds)
+    report(llm.tiny_llm(lake, model_dir, tiny, dt))
     report(llm.effort(lake, dt, model_dir, EffortConfig(), LoRAConfig(), (0, 1)))
     report(llm.merge_effort(lake, dt, 1))
     report(select(lake, dt, SelectConfig(n=None, ratio=cfg.coreset_ratio)))

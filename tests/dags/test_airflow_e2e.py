@@ -57,7 +57,8 @@ def stack(tmp_path_factory):
             "DEALREC_MODEL_DIR": str(root / "models"),
             "DEALREC_WORK_DIR": str(root / "work"),
             "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-            "DEALREC_TINY_LLM_WARMUP_S": "5",
+            "DEALREC_TINY_LLM_SIZE": "small",
+            "DEALREC_TINY_LLM_PRETRAIN_S": "5",
         }
     )
     stack = SimpleNamespace(env=env, root=root, lake=Lake(str(lake)), mlflow=env["MLFLOW_TRACKING_URI"])

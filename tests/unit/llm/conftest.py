@@ -10,7 +10,7 @@ from dealrec_tasks.data.synthetic import make_catalogue
 from dealrec_tasks.llm.config import TinyLLMConfig
 from dealrec_tasks.llm.tiny import build_tiny_llm
 
-TINY = TinyLLMConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, warmup_steps=0)
+TINY = TinyLLMConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, pretrain_steps=0)
 
 
 @pytest.fixture(scope="session")

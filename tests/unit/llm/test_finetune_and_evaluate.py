@@ -101,6 +101,8 @@ def test_grounded_evaluation_end_to_end_with_an_adapter(tiny_dir, titles, tmp_pa
     result = grounded_evaluation(peft_model, tok, prompts, targets, titles, cfg, tiny_dir, tmp_path / "cache")
     assert len(result["generated"]) == 6 and result["topk"].shape == (6, 50)
     assert set(result["metrics"]) >= {"recall@10", "ndcg@20", "recall@50", "users"}
+    distinct = result["metrics"]["distinct_generated_share"]
+    assert distinct == len(set(result["generated"])) / 6 and 0 < distinct <= 1
     assert list((tmp_path / "cache").glob("items-*.npy"))  # item embeddings cached per model
     with torch.no_grad():
         again = grounded_evaluation(peft_model, tok, prompts, targets, titles, cfg, tiny_dir, tmp_path / "cache")

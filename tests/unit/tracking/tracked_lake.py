@@ -51,7 +51,7 @@ def build(tmp_path_factory) -> TrackedLake:
     merge_influence(lake, DT, 1)
     model_dir = str(root / "tiny")
     tiny = TinyLLMConfig(
-        vocab_size=600, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, warmup_steps=10
+        vocab_size=600, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, pretrain_steps=10
     )
     llm.tiny_llm(lake, model_dir, tiny)
     llm.effort(lake, DT, model_dir, EffortConfig(batch_size=16), LoRAConfig(), (0, 1))
