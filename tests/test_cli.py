@@ -59,6 +59,8 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     ):
         assert step in out, step
     dt = "2026-01-07"
+    tiny_line = next(line for line in out.splitlines() if line.startswith("tiny-llm:"))
+    assert "corpus_last_day 2026-01-02" in tiny_line and "stopped_by" in tiny_line  # pretrained on days <= dt - 5
     for partition in ("coreset", "adapters", "evaluation", "scores_influence", "scores_effort"):
         assert (lake / partition / f"dt={dt}" / "_manifest.json").exists(), partition
     assert (lake / "coreset" / f"dt={dt}" / "report.png").stat().st_size > 10_000
