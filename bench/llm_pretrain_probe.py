@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -57,7 +56,7 @@ from dealrec_tasks.data.replay import replay_days  # noqa: E402
 from dealrec_tasks.llm import tiny  # noqa: E402
 from dealrec_tasks.llm.config import EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig  # noqa: E402
 from dealrec_tasks.llm.evaluate import ResponseNGramLimit, grounded_evaluation  # noqa: E402
-from dealrec_tasks.llm.pretrain import Corpus  # noqa: E402
+from dealrec_tasks.llm.pretrain import Corpus, optimizer_step, scheduled_lr  # noqa: E402
 from dealrec_tasks.llm.prompts import TITLE_SEPARATOR, PromptTemplate, clean_title, encode  # noqa: E402
 from dealrec_tasks.metrics import ranking_metrics  # noqa: E402
 
@@ -97,23 +96,28 @@ def test_rows(g: dict, n: int, seed: int) -> list[dict]:
     return [rows[i] for i in pick]
 
 
-def popularity(g: dict, rows: list[dict], ks: tuple[int, ...]) -> dict:
-    """Popularity ranking (train + valid counts) on the same users, seen items masked and not masked."""
+def popularity_topk(g: dict, rows: list[dict], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item rows of the popularity ranking (train + valid counts) per user: [users, k] plain and with each
+    user's seen items masked."""
     counts = np.zeros(len(g["titles"]), dtype=np.float64)
     for t, v in zip(g["train"], g["valid"]):
         for i in t + v:
             counts[i - 1] += 1
     order = np.argsort(-counts, kind="stable")
-    k = max(ks)
-    targets = [[t - 1 for t in r["targets"]] for r in rows]
-    plain = np.tile(order[:k], (len(rows), 1))
     masked = []
     for r in rows:
         seen = {i - 1 for i in r["history"]}
         masked.append([i for i in order[: k + len(seen)] if i not in seen][:k])
+    return np.tile(order[:k], (len(rows), 1)), np.asarray(masked)
+
+
+def popularity(g: dict, rows: list[dict], ks: tuple[int, ...]) -> dict:
+    """Popularity ranking (train + valid counts) on the same users, seen items masked and not masked."""
+    targets = [[t - 1 for t in r["targets"]] for r in rows]
+    plain, masked = popularity_topk(g, rows, max(ks))
     return {
         "unmasked": ranking_metrics(plain, targets, ks),
-        "seen_masked": ranking_metrics(np.asarray(masked), targets, ks),
+        "seen_masked": ranking_metrics(masked, targets, ks),
     }
 
 
@@ -148,19 +152,11 @@ def pretrain(model, corpus: Corpus, kind: str, args) -> dict:
         if stopped_by is not None:
             break
         frac = step / args.pretrain_steps if by_steps else elapsed / args.pretrain_seconds
-        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        for group in opt.param_groups:
-            group["lr"] = lr
         ids, mask, labels = next(batches)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        losses.append(optimizer_step(model, opt, ids, mask, labels, scheduled_lr(args.lr, step, args.warmup, frac)))
         tokens += int(mask.sum())
         loss_tokens += int((labels[:, 1:] != -100).sum())
         padded += ids.numel()
-        losses.append(float(loss.detach()))
         seconds.append(time.perf_counter() - started)
         step += 1
         bar.n = step if by_steps else min(int(seconds[-1]), bar.total)

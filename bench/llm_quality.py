@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from llm_pretrain_probe import load_games, popularity, test_rows  # noqa: E402
+from llm_pretrain_probe import load_games, popularity, popularity_topk, test_rows  # noqa: E402
 
 from dealrec_tasks.llm import tiny  # noqa: E402
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig  # noqa: E402
@@ -355,16 +355,8 @@ def main() -> None:
 
     rows = test_rows(g, args.users, 0)
     pop = popularity(g, rows, KS)
-    counts = np.zeros(len(g["titles"]))
-    for t, v in zip(g["train"], g["valid"]):
-        for i in t + v:
-            counts[i - 1] += 1
-    order = np.argsort(-counts, kind="stable")
-    masked = []
-    for r in rows:
-        seen = {i - 1 for i in r["history"]}
-        masked.append([i for i in order[: 50 + len(seen)] if i not in seen][:50])
-    pop_user = per_user_metrics(np.asarray(masked), [[t - 1 for t in r["targets"]] for r in rows])
+    _, masked = popularity_topk(g, rows, max(KS))
+    pop_user = per_user_metrics(masked, [[t - 1 for t in r["targets"]] for r in rows])
     pop_user["mean_recall@20"] = float(np.mean(pop_user["recall@20"]))
     log = args.out / "runs.jsonl"
     runs = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []

@@ -124,6 +124,23 @@ class Corpus:
         return ids, mask, labels
 
 
+def scheduled_lr(peak: float, step: int, warmup: int, done: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine from ``peak`` to 10 % as ``done`` goes from 0 to 1."""
+    return peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * done)))
+
+
+def optimizer_step(model, opt, ids, mask, labels, lr: float) -> float:
+    """One step at learning rate ``lr``, gradients clipped to norm 1; returns the batch's loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return float(loss.detach())
+
+
 def pretrain(model, corpus: Corpus, steps: int, seconds: float, batch: int, lr: float, warmup: int = 100) -> dict:
     """Next-token training for ``steps`` steps or until ``seconds`` have passed, whichever comes first.
 
@@ -142,17 +159,9 @@ def pretrain(model, corpus: Corpus, steps: int, seconds: float, batch: int, lr: 
         if time.perf_counter() - started > seconds:
             stopped_by = "time"
             break
-        rate = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
-        for group in opt.param_groups:
-            group["lr"] = rate
         ids, mask, labels = next(batches)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        losses.append(optimizer_step(model, opt, ids, mask, labels, scheduled_lr(lr, step, warmup, step / steps)))
         tokens += int(mask.sum())
-        losses.append(float(loss.detach()))
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
