@@ -52,7 +52,7 @@ def dealrec_daily():
     @task(execution_timeout=timedelta(hours=1))
     def ingest(dt: str) -> dict:
         from dealrec_tasks.config import IngestConfig
-        from dealrec_tasks.steps.pipeline import ingest_until
+        from dealrec_tasks.steps.data import ingest_until
 
         return dx.result(ingest_until(dx.lake(), dt, IngestConfig()))
 
@@ -65,19 +65,19 @@ def dealrec_daily():
 
     @task(execution_timeout=timedelta(hours=4))
     def surrogate(dt: str, params=None) -> dict:
-        from dealrec_tasks.steps.pipeline import train_surrogate_once
+        from dealrec_tasks.steps.surrogate import train_surrogate
         from dealrec_tasks.surrogate.config import SurrogateConfig
 
         cfg = SurrogateConfig(max_epochs=params["surrogate_max_epochs"])
-        return dx.result(train_surrogate_once(dx.lake(), dt, cfg))
+        return dx.result(train_surrogate(dx.lake(), dt, cfg))
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=2))
     def influence_solve(dt: str, params=None) -> dict:
         from dealrec_tasks.scoring.config import InfluenceConfig
-        from dealrec_tasks.steps.pipeline import solve_influence_once
+        from dealrec_tasks.steps.influence import solve_influence
 
         cfg = InfluenceConfig(target=params["influence_target"])
-        return dx.result(solve_influence_once(dx.lake(), dt, cfg))
+        return dx.result(solve_influence(dx.lake(), dt, cfg))
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=2))
     def influence(dt: str, shard: list[int], params=None) -> dict:
@@ -96,7 +96,7 @@ def dealrec_daily():
     @task(**dx.GPU, execution_timeout=timedelta(hours=1))
     def base_model(dt: str, params=None) -> str:
         """The LLM directory on the GPU worker: the ``base_model`` Param, or the embedded tiny LLM (built once)."""
-        from dealrec_tasks.steps.pipeline import base_model_dir
+        from dealrec_tasks.steps.llm import base_model_dir
 
         return base_model_dir(dx.lake(), params["base_model"], dx.tiny_llm_dir(), dx.tiny_llm_config(), dt)
 

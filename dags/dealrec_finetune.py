@@ -41,7 +41,7 @@ def dealrec_finetune():
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=1))
     def base_model(dt: str, params=None) -> str:
-        from dealrec_tasks.steps.pipeline import base_model_dir
+        from dealrec_tasks.steps.llm import base_model_dir
 
         return base_model_dir(dx.lake(), params["base_model"], dx.tiny_llm_dir(), dx.tiny_llm_config(), dt)
 
@@ -51,7 +51,8 @@ def dealrec_finetune():
         from dealrec_tasks.steps.llm import finetune
 
         cfg = FinetuneConfig(epochs=params["epochs"])
-        return dx.result(finetune(dx.lake(), dt, model_dir, cfg, LoRAConfig(), dx.work_dir()))
+        coreset = dx.announced_coreset(get_current_context(), dt)  # the URI the asset event announced, if any
+        return dx.result(finetune(dx.lake(), dt, model_dir, cfg, LoRAConfig(), dx.work_dir(), coreset=coreset))
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=4))
     def evaluate(dt: str, model_dir: str, params=None) -> dict:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dealrec_tasks import steps
-from dealrec_tasks.config import ImportConfig, IngestConfig, ReplayConfig, S3Config, SamplesConfig, SyntheticConfig
+from dealrec_tasks.config import Day, ImportConfig, IngestConfig, ReplayConfig, S3Config, SamplesConfig, SyntheticConfig
 from dealrec_tasks.errors import DealrecError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
 from dealrec_tasks.progress import progress
@@ -443,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
     try:
+        if getattr(args, "dt", None) is not None:
+            args.dt = Day(args.dt)  # checked once, here at the edge; steps take it as it is
         results = COMMANDS[args.command].run(args)
     except DealrecError as exc:
         print(f"dealrec {args.command}: error: {exc}", file=sys.stderr)

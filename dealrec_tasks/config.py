@@ -34,6 +34,35 @@ def parse_dt(value: str, name: str = "dt") -> dt_mod.date:
         raise ConfigError(f"{name}={value!r}: {exc}") from None
 
 
+class Day(str):
+    """A partition day ``YYYY-MM-DD``, checked once where it enters (the CLI, a DAG task, a library call).
+
+    It is a ``str`` (it names partitions and folders, goes to XCom and JSON as is), so a step that receives a Day
+    passes it on without parsing again; ``Day(day)`` of a Day returns it unchanged. A crafted value such as
+    ``2026-01-04/../samples`` never becomes a Day, so it never reaches a path.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value: str | Day, name: str = "dt") -> Day:
+        if type(value) is cls:
+            return value
+        parse_dt(value, name)
+        return super().__new__(cls, value)
+
+    @property
+    def date(self) -> dt_mod.date:
+        return dt_mod.date.fromisoformat(self)
+
+    def minus(self, days: int) -> Day:
+        """The day ``days`` before this one."""
+        return Day((self.date - dt_mod.timedelta(days=days)).isoformat())
+
+
+def day_or_none(value: str | None, name: str = "dt") -> Day | None:
+    return None if value is None else Day(value, name)
+
+
 class _Config:
     """Shared behaviour: validation hook, dict round trip."""
 
@@ -150,9 +179,6 @@ class IngestConfig(_Config):
     """``ingest``: validation rules of a day's logs."""
 
     allow_extra_columns: bool = opt(False, "keep rows of files with columns outside the contract (extras dropped)")
-
-    def validate(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dealrec_tasks.config import parse_dt
-from dealrec_tasks.data.schema import (
+from dealrec_tasks.catalogue import (
     ADAPTERS,
     CORESET,
     EVALUATION,
@@ -25,6 +24,7 @@ from dealrec_tasks.data.schema import (
     SCORES_INFLUENCE,
     SURROGATE,
 )
+from dealrec_tasks.config import parse_dt
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.storage import Lake, join_uri
 

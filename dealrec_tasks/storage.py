@@ -260,6 +260,15 @@ def _checked_manifest(manifest: Any, uri: str) -> dict[str, Any]:
     return manifest
 
 
+def _as_stored(obj: Any) -> Any:
+    """``obj`` after the JSON round trip a manifest gives it (tuples become lists, keys strings)."""
+    return json.loads(json_bytes(obj))
+
+
+def _inputs_entry(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {"inputs": inputs} if inputs else {}
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -290,6 +299,21 @@ class Lake:
     def partition(self, dataset: str, dt: str | None = None) -> str:
         return partition_uri(self.root, dataset, dt)
 
+    def locate(self, uri: str) -> tuple[str, str | None]:
+        """(dataset, dt) of a partition URI of this lake (e.g. one an asset event announced), refused by name when
+        it is outside this lake or not a partition path, so an announced URI cannot make a step read elsewhere."""
+        uri = normalize_uri(uri)
+        prefix = self.root.rstrip("/") + "/"
+        rest = uri[len(prefix) :] if uri.startswith(prefix) else ""
+        parts = rest.split("/")
+        if not rest or any(p in ("", ".", "..") for p in parts):
+            raise InputError(f"{uri}: not a partition of the lake {self.root}")
+        if parts[-1].startswith("dt="):
+            dt = parts[-1][3:]
+            parse_dt(dt, f"{uri}: dt")
+            return "/".join(parts[:-1]), dt
+        return rest, None
+
     # -- reading ------------------------------------------------------------------------------------------
     def manifest(self, dataset: str, dt: str | None = None) -> dict[str, Any] | None:
         """The partition's manifest, None when unpublished; one that is not a manifest is refused by name."""
@@ -298,20 +322,71 @@ class Lake:
             return None
         return _checked_manifest(self.storage.read_json(uri), uri)
 
-    def published_with(self, dataset: str, dt: str | None, config: dict[str, Any]) -> dict[str, Any] | None:
-        """The partition's manifest when it was published with ``config`` (compared as stored, i.e. after a JSON
-        round trip), else None: how a step knows its work is already done for unchanged inputs."""
+    def current(
+        self, dataset: str, dt: str | None, config: dict[str, Any], inputs: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """The partition's manifest when it was published with ``config`` from ``inputs`` (both compared as stored,
+        i.e. after a JSON round trip), else None: how every step knows its work is already done, whichever entry
+        point (CLI, DAG, demo) calls it. ``inputs``: the identity of what the step read (checksums of the input
+        files, of a model), recorded by ``publish(..., inputs=)``."""
         manifest = self.manifest(dataset, dt)
-        if manifest is None or manifest.get("config") != json.loads(json.dumps(config)):
+        if manifest is None or manifest.get("config") != _as_stored(config):
+            return None
+        if manifest.get("inputs", {}) != _as_stored(inputs or {}):
             return None
         return manifest
 
     def require_manifest(self, dataset: str, dt: str | None = None) -> dict[str, Any]:
         manifest = self.manifest(dataset, dt)
         if manifest is None:
+            from dealrec_tasks.catalogue import writer
+
             where = self.partition(dataset, dt)
-            raise PartitionNotFound(f"{where}: no published partition (no {MANIFEST}); run the step that writes it")
+            raise PartitionNotFound(
+                f"{where}: no published partition (no {MANIFEST}); run the step that writes it ({writer(dataset)})"
+            )
         return manifest
+
+    def manifest_bytes(self, dataset: str, dt: str | None = None) -> bytes:
+        """The partition's manifest as stored (what a digest of "these inputs" covers); refused when unpublished."""
+        self.require_manifest(dataset, dt)  # the clear "not published, run X" error
+        return self.storage.read_bytes(join_uri(self.partition(dataset, dt), MANIFEST))
+
+    def file_sha256(self, dataset: str, dt: str | None, name: str) -> str:
+        """The checksum a published partition's manifest lists for ``name``: an input's identity."""
+        manifest = self.require_manifest(dataset, dt)
+        entry = manifest["files"].get(name)
+        if entry is None:
+            raise InputError(f"{self.partition(dataset, dt)}: no {name} in its manifest ({sorted(manifest['files'])})")
+        return entry["sha256"]
+
+    def read_verified_json(
+        self, dataset: str, dt: str | None, name: str, manifest: dict[str, Any] | None = None
+    ) -> tuple[Any, bytes]:
+        """A JSON file of a published partition, parsed only after its checksum matched; also its bytes."""
+        data = self.read_verified_bytes(dataset, dt, name, manifest)
+        try:
+            return json.loads(data), data
+        except ValueError as exc:
+            raise InputError(f"{join_uri(self.partition(dataset, dt), name)}: invalid JSON ({exc})") from None
+
+    def read_verified_torch(
+        self, dataset: str, dt: str | None, name: str, remedy: str, manifest: dict[str, Any] | None = None
+    ) -> Any:
+        """``torch.load`` (weights_only) of a partition's file, only once its bytes match the manifest's sha256.
+
+        Why: torch.load of a file with a flipped byte mostly succeeds (24 of 25 random flips of a solve.pt: the
+        byte lands in tensor data) and returns wrong numbers, so a damaged file must be an InputError naming it
+        (and ``remedy``) before torch sees it.
+        """
+        import torch
+
+        data = self.read_verified_bytes(dataset, dt, name, manifest, remedy)
+        try:
+            return torch.load(io.BytesIO(data), weights_only=True)
+        except Exception as exc:  # checksum fine, yet unreadable here (e.g. a torch that cannot read its format)
+            uri = join_uri(self.partition(dataset, dt), name)
+            raise InputError(f"{uri}: not a loadable torch file ({type(exc).__name__}: {exc}); {remedy}") from None
 
     def read(self, dataset: str, dt: str | None, name: str) -> pa.Table:
         """Read one table of a published partition, verifying its checksum against the manifest."""
@@ -369,13 +444,16 @@ class Lake:
         config: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
         blobs: dict[str, bytes] | None = None,
+        inputs: dict[str, Any] | None = None,
     ) -> Published:
-        """Write a partition atomically, manifest last; a no-op when files and config are unchanged.
+        """Write a partition atomically, manifest last; a no-op when files, config and inputs are unchanged.
 
         ``tables`` become Parquet files named by their key; ``blobs`` are other files (plots, JSON) written as is.
+        ``inputs`` (the identity of what the step read: checksums) is what ``current`` compares, beside the config.
         ``extra`` (counts, source snapshot) goes into the manifest but does not decide whether content changed.
         """
-        config = json.loads(json_bytes(config or {}))  # as stored, so tuples compare equal to their lists
+        config = _as_stored(config or {})  # so tuples compare equal to their lists
+        inputs = _as_stored(inputs or {})
         files: dict[str, bytes] = {name: parquet_bytes(t) for name, t in tables.items()}
         files.update(blobs or {})
         entries = {
@@ -386,9 +464,14 @@ class Lake:
         target = self.partition(dataset, dt)
         with self._partition_lock(dataset, dt):
             old = self.manifest(dataset, dt)
-            if old is not None and old.get("files") == entries and old.get("config") == config:
+            if (
+                old is not None
+                and old.get("files") == entries
+                and old.get("config") == config
+                and old.get("inputs", {}) == inputs
+            ):
                 return Published(target, False, old)
-            return self._replace(dataset, dt, target, files, entries, config, extra)
+            return self._replace(dataset, dt, target, files, entries, config, (extra or {}) | _inputs_entry(inputs))
 
     def _replace(
         self,

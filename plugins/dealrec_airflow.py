@@ -19,8 +19,11 @@ and on the full stack (S3, an MLflow server):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import types
+import typing
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,7 +190,7 @@ def daily_dt(context: dict[str, Any]) -> str:
 def finetune_dt(context: dict[str, Any], lake: Lake) -> str:
     """The ``dt`` Param; else the newest day among the triggering coreset events; else the newest published
     coreset (``airflow dags test`` and manual runs have no triggering event)."""
-    from dealrec_tasks.data.schema import CORESET as CORESET_DATASET
+    from dealrec_tasks.catalogue import CORESET as CORESET_DATASET
     from dealrec_tasks.errors import InputError
 
     if context["params"].get("dt"):
@@ -203,6 +206,15 @@ def finetune_dt(context: dict[str, Any], lake: Lake) -> str:
     if not published:
         raise InputError(f"{lake.uri(CORESET_DATASET)}: no published coreset to fine-tune on; run dealrec_daily")
     return published[-1]
+
+
+def announced_coreset(context: dict[str, Any], dt: str) -> str | None:
+    """The coreset URI a triggering asset event announced for ``dt`` (the one fine-tuning reads), else None (a
+    manual run or ``airflow dags test``: the day's coreset partition)."""
+    events = context.get("triggering_asset_events") or {}
+    uris = [e.extra["coreset"] for evs in events.values() for e in evs if (e.extra or {}).get("dt") == dt]
+    uris = [u for u in uris if isinstance(u, str) and u]
+    return uris[-1] if uris else None
 
 
 def run_key(context: dict[str, Any], dt: str) -> str:
@@ -228,6 +240,33 @@ def shards(n: int) -> list[list[int]]:
 # ---------------------------------------------------------------------------------------------------------
 # Params of the trigger form (JSON schema: the form refuses invalid values)
 # ---------------------------------------------------------------------------------------------------------
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+
+
+def _json_type(annotation: Any) -> str | list[str]:
+    """JSON-schema type of a config field's annotation: ``int`` -> ``"integer"``, ``float | None`` ->
+    ``["null", "number"]`` (the trigger form submits an empty field as null)."""
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    names = [_JSON_TYPES.get(a) for a in args if a is not type(None)]
+    if len(names) != 1 or names[0] is None:
+        raise TypeError(f"{annotation!r}: no JSON-schema type for a Param (int, float, str, bool, X | None)")
+    return ["null", names[0]] if type(None) in args else names[0]
+
+
+def config_param(cfg_cls: type, name: str, *, title: str, **schema: Any) -> Param:
+    """A Param made from the field ``name`` of the config dataclass ``cfg_cls``: its default, its help text (the
+    description) and the JSON-schema type of its annotation. ``schema`` adds the form's bounds (from the library's
+    constants) and may override ``type`` where the form must be stricter than the config."""
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
+    if name not in fields:
+        raise KeyError(f"{cfg_cls.__name__} has no field {name!r}")
+    f = fields[name]
+    if f.default is dataclasses.MISSING or "help" not in f.metadata:
+        raise TypeError(f"{cfg_cls.__name__}.{name}: a Param needs a field made with opt(default, help)")
+    schema.setdefault("type", _json_type(typing.get_type_hints(cfg_cls)[name]))
+    return Param(f.default, title=title, description=f.metadata["help"], **schema)
+
+
 def _dt_param(what: str) -> Param:
     return Param(
         None,
@@ -252,53 +291,22 @@ def _base_model_param() -> Param:
 
 
 def daily_params() -> dict[str, Param]:
-    from dealrec_tasks.selection import MAX_LAMBDA, MAX_STRATA, STRATEGIES
-
-    limits = {"lambda": MAX_LAMBDA, "k": MAX_STRATA}  # the library's bounds, in the form too
+    """The daily DAG's form: selection, influence and surrogate options from their configs (torch-free modules),
+    plus the run's own settings (dt, base model, shards)."""
+    from dealrec_tasks.scoring.config import TARGETS, InfluenceConfig
+    from dealrec_tasks.selection import MAX_LAMBDA, MAX_STRATA, STRATEGIES, SelectConfig
+    from dealrec_tasks.surrogate.config import SurrogateConfig
 
     return {
         "dt": _dt_param("the day the scheduled run covers, or the logical date's day"),
-        "n": Param(1024, type="integer", minimum=1, title="Coreset size n", description="Samples kept (paper: 1024)."),
-        "ratio": Param(
-            None,
-            type=["null", "number"],
-            exclusiveMinimum=0,
-            maximum=1,
-            title="Coreset ratio",
-            description="Fraction of the training samples to keep; when set it replaces n.",
-        ),
-        "lambda": Param(
-            0.3,
-            type="number",
-            minimum=0,
-            maximum=limits["lambda"],
-            title="lambda",
-            description="Weight of the effort score (paper: 0.3 Games).",
-        ),
-        "k": Param(
-            50,
-            type="integer",
-            minimum=1,
-            maximum=limits["k"],
-            title="Strata k",
-            description="Equal-width score strata.",
-        ),
-        "hard_prune": Param(
-            0.1,
-            type="number",
-            minimum=0,
-            exclusiveMaximum=1,
-            title="Hard prune",
-            description="Fraction of the highest-scored samples dropped before the strata.",
-        ),
-        "strategy": Param("dealrec", enum=list(STRATEGIES), title="Strategy", description="Selection strategy."),
-        "influence_target": Param(
-            "valid",
-            enum=["valid", "train"],
-            title="Influence target",
-            description="valid: influence toward the day's validation rows (stable across surrogate retrains); "
-            "train: the paper's, toward the training risk.",
-        ),
+        # n is optional in the config (exclusive with ratio); in the form ratio replaces it, so n stays a number.
+        "n": config_param(SelectConfig, "n", title="Coreset size n", type="integer", minimum=1),
+        "ratio": config_param(SelectConfig, "ratio", title="Coreset ratio", exclusiveMinimum=0, maximum=1),
+        "lambda": config_param(SelectConfig, "lam", title="lambda", minimum=0, maximum=MAX_LAMBDA),
+        "k": config_param(SelectConfig, "k", title="Strata k", minimum=1, maximum=MAX_STRATA),
+        "hard_prune": config_param(SelectConfig, "hard_prune", title="Hard prune", minimum=0, exclusiveMaximum=1),
+        "strategy": config_param(SelectConfig, "strategy", title="Strategy", enum=list(STRATEGIES)),
+        "influence_target": config_param(InfluenceConfig, "target", title="Influence target", enum=list(TARGETS)),
         "base_model": _base_model_param(),
         "shards": Param(
             2,
@@ -308,27 +316,24 @@ def daily_params() -> dict[str, Param]:
             title="Shards",
             description="Influence and effort scoring run as this many parallel GPU tasks.",
         ),
-        "surrogate_max_epochs": Param(
-            200, type="integer", minimum=1, title="Surrogate epochs", description="Upper bound (early stopping)."
-        ),
+        "surrogate_max_epochs": config_param(SurrogateConfig, "max_epochs", title="Surrogate epochs", minimum=1),
     }
 
 
 def finetune_params() -> dict[str, Param]:
+    """The fine-tuning DAG's form: epochs and the promotion margin from their configs, plus dt, the base model and
+    how many test users are evaluated."""
+    from dealrec_tasks.llm.config import FinetuneConfig
+    from dealrec_tasks.tracking.config import TrackingConfig
+
     return {
         "dt": _dt_param("the day of the triggering coreset, or the newest published coreset"),
         "base_model": _base_model_param(),
-        "epochs": Param(10, type="integer", minimum=1, title="Epochs", description="LoRA epochs (early stopping)."),
+        "epochs": config_param(FinetuneConfig, "epochs", title="Epochs", minimum=1),
         "eval_users": Param(
             0, type="integer", minimum=0, title="Evaluation users", description="Test users evaluated (0: all)."
         ),
-        "margin": Param(
-            0.0,
-            type="number",
-            exclusiveMinimum=-1,
-            exclusiveMaximum=1,
-            title="Promotion margin",
-            description="The new version becomes champion only if it beats the champion's ndcg@20 by more than "
-            "this (negative: accept a fresher model at most |margin| worse).",
+        "margin": config_param(
+            TrackingConfig, "margin", title="Promotion margin", exclusiveMinimum=-1, exclusiveMaximum=1
         ),
     }

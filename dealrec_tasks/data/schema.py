@@ -1,26 +1,9 @@
-"""Arrow schemas of the lake's tables (DESIGN.md section 2) and the dataset names that hold them."""
+"""Arrow schemas of the lake's tables (DESIGN.md section 2); which dataset holds each: ``dealrec_tasks.catalogue``."""
 
 import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
 IDX = pa.int32()
-
-# Dataset (folder) names inside the lake.
-INTERACTIONS = "interactions"  # raw daily logs, written by producers (or replay/synthetic)
-ITEMS = "items"  # catalogue
-VOCAB = "vocab"  # append-only id -> index maps, per dt
-SEQUENCES = "sequences"  # cumulative per-user sequences, per dt
-SAMPLES = "samples"  # one training sample per user + evaluation rows, per dt
-REJECTS = "rejects"  # quarantined log rows with a reason, per dt
-DATASETS = "datasets"  # imported benchmark datasets (paper release format)
-SURROGATE = "surrogate"  # SASRec checkpoint + metrics, per dt
-INFLUENCE = "influence"  # influence/dt=D/solve/ and influence/dt=D/shard=i-of-n/
-SCORES_INFLUENCE = "scores_influence"  # merged influence scores, per dt
-EFFORT = "effort"  # effort/dt=D/shard=i-of-n/
-SCORES_EFFORT = "scores_effort"  # merged effort scores, per dt
-CORESET = "coreset"  # the selected samples, per dt
-ADAPTERS = "adapters"  # the fine-tuned LoRA adapter, per dt
-EVALUATION = "evaluation"  # grounded evaluation metrics, per dt
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "ts")
 
@@ -60,6 +43,25 @@ SAMPLES_SCHEMA = pa.schema(
 
 REJECTS_SCHEMA = pa.schema(
     [("source_file", pa.string()), ("row", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
+)
+
+EFFORT_SCHEMA = pa.schema([("sample_id", pa.int64()), ("effort", pa.float64())])
+
+CORESET_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.int64()),
+        ("user_id", pa.string()),
+        ("history", pa.list_(pa.int32())),
+        ("history_titles", pa.list_(pa.string())),
+        ("target", pa.int32()),
+        ("target_title", pa.string()),
+        ("influence", pa.float64()),
+        ("effort", pa.float64()),
+        ("overall", pa.float64()),
+        ("stratum", pa.int32()),
+        ("strategy", pa.string()),
+        ("score", pa.float64()),
+    ]
 )
 
 PAD_IDX = 0  # item index 0 is padding; real items start at 1

@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dealrec_tasks.config import _Config, _require, opt
-from dealrec_tasks.surrogate.model import BLOCKS
 
 SOLVERS = ("cg", "explicit", "lissa")
 TARGETS = ("train", "valid")
+
+# Parameter blocks whose network above them is position-wise (only the last block's attention and feed-forward
+# sit above them), so a block-level Hessian needs only the cached inputs of the layer, never the attention again.
+# Defined here, without torch, so that the CLI and the DAGs can name them; ``surrogate.model`` imports them.
+BLOCKS = {
+    "attn_out": "attention output projection of the last block (the paper's block)",
+    "ffn_in": "first feed-forward layer of the last block",
+    "ffn_out": "second feed-forward layer of the last block",
+}
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,8 @@ def merge_shards(
     missing = [i for i, m in enumerate(manifests) if m is None]
     if missing:
         raise InputError(f"{lake.partition(parts[0])}: shard(s) {missing} of {len(parts)} are not published yet")
-    if any(m["config"] != manifests[0]["config"] for m in manifests):
-        raise InputError(f"{lake.partition(parts[0])}: shards were made with different configs or models")
+    if any((m["config"], m.get("inputs")) != (manifests[0]["config"], manifests[0].get("inputs")) for m in manifests):
+        raise InputError(f"{lake.partition(parts[0])}: shards were made with different configs, inputs or models")
     table = pa.concat_tables([lake.read(p, None, name) for p in parts])
     table = table.take(pc.sort_indices(table, [(key, "ascending")]))
     distinct = len(pc.unique(table.column(key)))
@@ -80,6 +80,7 @@ def merge_shards(
         out_dt,
         {name: table},
         config=manifests[0]["config"],
+        inputs=manifests[0].get("inputs"),
         extra={"source": {"shards": sources}, "counts": {"samples": table.num_rows}} | (extra or {}),
     )
     return pub, table

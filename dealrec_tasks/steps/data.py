@@ -8,7 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from dealrec_tasks.catalogue import DATASETS, INTERACTIONS, ITEMS, REJECTS, SAMPLES, SEQUENCES, VOCAB
 from dealrec_tasks.config import (
+    Day,
     ImportConfig,
     IngestConfig,
     ReplayConfig,
@@ -22,16 +24,7 @@ from dealrec_tasks.data import replay as replay_mod
 from dealrec_tasks.data import samples as samples_mod
 from dealrec_tasks.data import synthetic as synthetic_mod
 from dealrec_tasks.data.arrow import list_lengths
-from dealrec_tasks.data.schema import (
-    DATASETS,
-    INTERACTIONS,
-    ITEMS,
-    REJECTS,
-    SAMPLES,
-    SEQUENCES,
-    SPLIT_SEQUENCES_SCHEMA,
-    VOCAB,
-)
+from dealrec_tasks.data.schema import SPLIT_SEQUENCES_SCHEMA
 from dealrec_tasks.errors import ConfigError, InputError, OrderError
 from dealrec_tasks.progress import progress
 from dealrec_tasks.steps.common import StepResult
@@ -228,7 +221,7 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
     Re-ingesting a day with unchanged logs is a no-op, unless its vocab and sequences do not belong together
     (a killed re-ingest): then it runs again. A republished day hides its stale ``samples`` partition.
     """
-    parse_dt(dt)
+    dt = Day(dt)
     files, skipped_files = _log_files(lake, dt)
     notes = _stray_notes(lake)
     if skipped_files:
@@ -358,7 +351,7 @@ def pending_days(lake: Lake) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 def samples(lake: Lake, dt: str, cfg: SamplesConfig) -> StepResult:
     """Samples at ``dt`` from the cumulative sequences, split by day windows (see ``SamplesConfig``)."""
-    parse_dt(dt)
+    dt = Day(dt)
     manifest = lake.require_manifest(SEQUENCES, dt)
     uri = join_uri(lake.partition(SEQUENCES, dt), "sequences.parquet")
     seqs = parquet_from_bytes(lake.read_verified_bytes(SEQUENCES, dt, "sequences.parquet", manifest), uri)
@@ -395,3 +388,15 @@ def _publish_samples(
         dataset, dt, {"samples.parquet": table}, config=cfg.to_dict(), extra={"counts": counts, "source": source}
     )
     return StepResult("samples", {"samples": pub.uri}, counts, pub.changed)
+
+
+def ingest_until(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
+    """Ingest, in order, every day with logs that is not ingested yet up to ``dt``, then ``dt`` itself (a no-op when
+    it is ingested and unchanged). The vocab is append-only and cumulative, so a daily run that finds earlier days
+    missing catches up instead of failing. Returns the last day's result, with the days it went through."""
+    days = [d for d in pending_days(lake) if d < dt] + [dt]
+    results = [ingest(lake, d, cfg) for d in days]
+    last = results[-1]
+    counts = {"days_ingested": len(days), "first_dt": days[0]} | last.counts
+    notes = [n for r in results for n in r.notes]
+    return StepResult("ingest", last.uris, counts, any(r.changed for r in results), notes)

@@ -35,22 +35,20 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from dealrec_tasks.data.schema import INFLUENCE, SCORES_INFLUENCE, SURROGATE
+from dealrec_tasks.catalogue import SCORES_INFLUENCE, SURROGATE, Source, influence_shard, influence_solve, source
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.scoring.influence import combine_members, influence, score_rows, solve, to_dtype
-from dealrec_tasks.sharding import check_shard_count, shard_name, shard_rows
+from dealrec_tasks.sharding import check_shard_count, shard_rows
 from dealrec_tasks.steps.common import StepResult, merge_shards
-from dealrec_tasks.steps.surrogate import (
-    Source,
+from dealrec_tasks.steps.readers import (
+    checked_samples,
     influence_sha256,
     influence_weights,
     load_influence_models,
-    load_verified_pt,
-    read_samples,
-    source,
+    samples_sha256,
 )
-from dealrec_tasks.storage import Lake, join_uri
+from dealrec_tasks.storage import Lake
 from dealrec_tasks.surrogate.batching import train_seqs, valid_seqs
 from dealrec_tasks.surrogate.model import negatives_from_payload
 
@@ -76,37 +74,23 @@ def member_columns(table: pa.Table) -> list[str]:
     return names
 
 
-def _part(src: Source, name: str) -> str:
-    """``influence/dt=D/<name>`` as a dataset path (the partition itself carries the manifest)."""
-    where = f"dt={src.dt}" if src.dt else "all"
-    return f"{src.path(INFLUENCE)}/{where}/{name}"
-
-
 def _weights(lake: Lake, src: Source):
-    """The models of the surrogate's ``influence_weights`` files (in order), the weights' identity (their files'
-    checksums) and the list."""
+    """The models of the surrogate's ``influence_weights`` files (in order), the inputs' identity (the weight files'
+    checksums, in order, and the samples' checksum) and the list."""
     models, manifest = load_influence_models(lake, src)
-    return models, {"surrogate_sha256": influence_sha256(manifest)}, influence_weights(manifest)
+    identity = {"surrogate_sha256": influence_sha256(manifest), "samples": samples_sha256(lake, src)}
+    return models, identity, influence_weights(manifest)
 
 
-def _rows(lake: Lake, src: Source, cfg: InfluenceConfig, n_items_model: int):
+def _rows(lake: Lake, src: Source, cfg: InfluenceConfig, n_items: int):
     """The training rows, and the validation rows when ``cfg.target`` is "valid" (else None)."""
-    samples, n_items = read_samples(lake, src)
-    if n_items != n_items_model:
-        raise InputError(f"surrogate {src.label} has {n_items_model} items, the samples' vocab {n_items}")
+    samples = checked_samples(lake, src, n_items)
     target = None
     if cfg.target == "valid":
         target = valid_seqs(samples, n_items)
         if len(target) == 0:
             raise InputError(f"samples of {src.label}: no validation rows, which influence target='valid' needs")
     return train_seqs(samples, n_items), target
-
-
-def _inputs(lake: Lake, src: Source, cfg: InfluenceConfig):
-    """``_weights`` and ``_rows`` together: models, training rows, validation rows or None, identity, weight list."""
-    models, identity, weights = _weights(lake, src)
-    seqs, target = _rows(lake, src, cfg, models[0].n_items)
-    return models, seqs, target, identity, weights
 
 
 def _sizes(weights: list[dict[str, Any]]) -> dict[str, int]:
@@ -119,7 +103,13 @@ def solve_influence(lake: Lake, dt: str | None, cfg: InfluenceConfig, *, dataset
     order) and the negatives (the same for every file: they depend on the config and the rows only) for the shard
     workers."""
     src = source(dt, dataset)
-    models, seqs, target, identity, weights = _inputs(lake, src, cfg)
+    models, identity, weights = _weights(lake, src)
+    done = lake.current(influence_solve(src), None, cfg.to_dict(), identity)
+    if done is not None:
+        why = f"influence solve {src.label}: already published for this config and surrogate ({done['created_at']})"
+        uris = {"solve": lake.partition(influence_solve(src))}
+        return StepResult("influence-solve", uris, done.get("counts", {}), False, [why])
+    seqs, target = _rows(lake, src, cfg, models[0].n_items)
     sols = [solve(to_dtype(model, cfg), seqs, cfg, target=target) for model in models]
     neg = sols[0].negatives
     negatives = neg.to_payload() if hasattr(neg, "to_payload") else {"negatives": neg}
@@ -133,10 +123,11 @@ def solve_influence(lake: Lake, dt: str | None, cfg: InfluenceConfig, *, dataset
         "rel_residual": [s.info.rel_residual for s in sols],
     }
     pub = lake.publish(
-        _part(src, "solve"),
+        influence_solve(src),
         None,
         {},
-        config=cfg.to_dict() | identity,
+        config=cfg.to_dict(),
+        inputs=identity,
         extra={"counts": {"train_samples": len(seqs), **_sizes(weights)}, "weights": [w["file"] for w in weights]}
         | info,
         blobs={"solve.pt": buf.getvalue(), "solve.json": (json.dumps(info, indent=2) + "\n").encode()},
@@ -145,18 +136,17 @@ def solve_influence(lake: Lake, dt: str | None, cfg: InfluenceConfig, *, dataset
 
 
 def _published_solve(lake: Lake, src: Source, cfg: InfluenceConfig, identity: dict) -> dict[str, Any] | None:
-    """The published solve when it was made with ``cfg`` for these weights (same file checksums), else None.
-
-    ``solve.pt`` is checksum-verified before torch.load (weights_only): a damaged one is an InputError, never a u.
-    """
-    manifest = lake.published_with(_part(src, "solve"), None, cfg.to_dict() | identity)
+    """The published solve when it was made with ``cfg`` from these inputs (same weight and samples checksums),
+    else None. ``solve.pt`` is checksum-verified before torch.load (weights_only): a damaged one is an InputError,
+    never a u."""
+    manifest = lake.current(influence_solve(src), None, cfg.to_dict(), identity)
     if manifest is None:
         return None
     remedy = "rerun the solve (dealrec influence-solve)"
-    payload = load_verified_pt(lake, _part(src, "solve"), None, "solve.pt", remedy, manifest)
-    uri = join_uri(lake.partition(_part(src, "solve")), "solve.pt")
+    payload = lake.read_verified_torch(influence_solve(src), None, "solve.pt", remedy, manifest)
     files = len(identity["surrogate_sha256"])
     if not isinstance(payload, dict) or not isinstance(payload.get("u"), list) or len(payload["u"]) != files:
+        uri = f"{lake.partition(influence_solve(src))}/solve.pt"
         raise InputError(f"{uri}: does not hold one u per weight file ({files}); {remedy}")
     return payload
 
@@ -173,6 +163,10 @@ def score_influence(
     src = source(dt, dataset)
     i, n = shard
     models, identity, weights = _weights(lake, src)
+    done = lake.current(influence_shard(src, shard), None, cfg.to_dict(), identity)
+    if done is not None:
+        counts = {"shard": f"{i}/{n}", "rows": done.get("counts", {}).get("rows"), **_sizes(weights)}
+        return StepResult("influence", {"shard": lake.partition(influence_shard(src, shard))}, counts, False)
     # The solve is verified before any Parquet read: an error raised within milliseconds of one can make the
     # interpreter abort at exit (SIGABRT: a pyarrow pool thread still releasing the read's Python bytes).
     pre = _published_solve(lake, src, cfg, identity)
@@ -198,10 +192,11 @@ def score_influence(
         timings = {"used_published_solve": False, "weights": per_file}
     table = pa.table(columns, schema=shard_schema(len(models)))
     pub = lake.publish(
-        _part(src, shard_name(shard)),
+        influence_shard(src, shard),
         None,
         {"influence.parquet": table},
-        config=cfg.to_dict() | identity,
+        config=cfg.to_dict(),
+        inputs=identity,
         extra={
             "shard": [i, n],
             "timings": timings,
@@ -229,7 +224,7 @@ def merge_influence(lake: Lake, dt: str | None, n: int, *, dataset: str | None =
     files' scores over all rows, and publish."""
     src = source(dt, dataset)
     check_shard_count(n)
-    parts = [_part(src, shard_name((i, n))) for i in range(n)]
+    parts = [influence_shard(src, (i, n)) for i in range(n)]
     first = lake.manifest(parts[0])
     expected = first["counts"]["train_samples"] if first else 0
     pub, table = merge_shards(

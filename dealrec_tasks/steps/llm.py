@@ -11,40 +11,31 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dealrec_tasks.config import parse_dt
-from dealrec_tasks.data.samples import TEST, TRAIN, VALID
-from dealrec_tasks.data.schema import (
+from dealrec_tasks.catalogue import (
     ADAPTERS,
     CORESET,
-    EFFORT,
     EVALUATION,
     ITEMS,
     SAMPLES,
     SCORES_EFFORT,
     SEQUENCES,
     VOCAB,
+    Source,
+    effort_shard,
 )
-from dealrec_tasks.errors import InputError
+from dealrec_tasks.config import Day
+from dealrec_tasks.data.samples import TEST, TRAIN, VALID
+from dealrec_tasks.errors import ConfigError, InputError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
 from dealrec_tasks.llm.prompts import EncodedPrompt, PromptTemplate, encode
 from dealrec_tasks.progress import progress
-from dealrec_tasks.sharding import check_shard_count, shard_name, shard_rows
+from dealrec_tasks.sharding import check_shard_count, shard_rows
 from dealrec_tasks.steps.common import StepResult, merge_shards
+from dealrec_tasks.steps.readers import item_titles
 from dealrec_tasks.storage import MANIFEST, Lake, join_uri
 
 ADAPTER_DIR = "adapter"  # the local copy's folder name (MLflow keeps it in the logged model)
 SCORED_ADAPTER = "scored_adapter.json"  # in an evaluation: checksums of the adapter files it scored
-
-
-def item_titles(lake: Lake, dt: str) -> list[str]:
-    """Titles by item index: ``titles[i - 1]`` is item_idx i (the vocab at ``dt`` joined to the catalogue)."""
-    vocab = lake.read(VOCAB, dt, "items.parquet").to_pylist()
-    catalogue = lake.read(ITEMS, None, "items.parquet")
-    title = dict(zip(catalogue.column("item_id").to_pylist(), catalogue.column("title").to_pylist()))
-    out = [None] * len(vocab)
-    for row in vocab:
-        out[row["item_idx"] - 1] = title.get(row["item_id"])
-    return [t if t is not None else "(unknown title)" for t in out]
 
 
 def encode_rows(
@@ -85,19 +76,18 @@ def tiny_llm(lake: Lake, out_dir: str, cfg: TinyLLMConfig, dt: str | None = None
     ``dt - corpus_gap_days`` (none of ``dt``'s or a later day's validation and test items). A model built for an
     earlier day is reused for later ones: the base model stays the same every day, as a downloaded one would.
     """
-    import datetime as dt_mod
 
     from dealrec_tasks.llm.tiny import build_tiny_llm
 
     days = lake.partitions(SEQUENCES)
     if dt is not None:
-        parse_dt(dt)
+        dt = Day(dt)
         if dt not in days:
             raise InputError(f"tiny-llm dt={dt}: no sequences/dt={dt} in {lake.uri(SEQUENCES)} (ingest it first)")
     day = dt or (days[-1] if days else None)
     last_day = None
     if day is not None:
-        last_day = (parse_dt(day) - dt_mod.timedelta(days=cfg.corpus_gap_days)).isoformat()
+        last_day = Day(day).minus(cfg.corpus_gap_days)
     titles = [t or "" for t in lake.read(ITEMS, None, "items.parquet").column("title").to_pylist()]
     corpus = pretrain_corpus(lake, day, last_day) if day is not None else None
     info = build_tiny_llm(out_dir, titles, cfg, rebuild=rebuild, corpus=corpus, latest_corpus_day=last_day)
@@ -118,6 +108,18 @@ def tiny_llm(lake: Lake, out_dir: str, cfg: TinyLLMConfig, dt: str | None = None
     return StepResult("tiny-llm", {"model": str(Path(out_dir).resolve())}, counts, not info["reused"], notes)
 
 
+def base_model_dir(lake: Lake, base_model: str | None, tiny_dir: str, tiny_cfg: TinyLLMConfig, dt: str) -> str:
+    """The LLM directory the LLM steps load: ``base_model`` when given (a local Hugging Face directory), else (None or
+    "") the embedded tiny LLM in ``tiny_dir``, built for ``dt`` on first use and reused afterwards."""
+    if base_model:
+        if not (Path(base_model) / "config.json").is_file():
+            raise ConfigError(f"base_model={base_model!r}: not a local Hugging Face model directory (no config.json)")
+        return str(Path(base_model).resolve())
+    built = tiny_llm(lake, tiny_dir, tiny_cfg, dt)
+    print(built.summary())
+    return built.uris["model"]
+
+
 def effort(
     lake: Lake, dt: str, model_dir: str, cfg: EffortConfig, lora: LoRAConfig, shard: tuple[int, int] = (0, 1)
 ) -> StepResult:
@@ -131,22 +133,17 @@ def effort(
     from dealrec_tasks.llm.evaluate import model_fingerprint
     from dealrec_tasks.llm.tiny import check_model_dir, load
 
-    parse_dt(dt)  # first: a crafted dt is refused before anything is read or loaded
+    dt = Day(dt)  # first: a crafted dt is refused before anything is read or loaded
     check_model_dir(model_dir)
     inputs = {
         name: {f: e["sha256"] for f, e in lake.require_manifest(dataset, day).get("files", {}).items()}
         for name, dataset, day in (("samples", SAMPLES, dt), ("vocab", VOCAB, dt), ("items", ITEMS, None))
-    }
-    config = cfg.to_dict() | {
-        "lora": lora.to_dict(),
-        "model_dir": model_dir,
-        "model_fingerprint": model_fingerprint(model_dir),
-        "inputs_sha256": inputs,
-    }
-    published = lake.published_with(_effort_part(dt, shard), None, config)
+    } | {"model_fingerprint": model_fingerprint(model_dir)}
+    config = cfg.to_dict() | {"lora": lora.to_dict(), "model_dir": model_dir}
+    published = lake.current(_effort_part(dt, shard), None, config, inputs)
     if published is not None:
         counts = {"samples": published.get("counts", {}).get("rows"), "reused": True}
-        return StepResult("effort", {"effort": published["uri"]}, counts, False)
+        return StepResult("effort", {"effort": lake.partition(_effort_part(dt, shard))}, counts, False)
     train = _split(lake.read(SAMPLES, dt, "samples.parquet"), TRAIN)
     n_train = len(train)
     train = [train[i] for i in shard_rows(n_train, shard)]
@@ -165,6 +162,7 @@ def effort(
         None,
         {"effort.parquet": table},
         config=config,
+        inputs=inputs,
         extra={
             "source": {"samples": lake.partition(SAMPLES, dt)},
             "counts": {"train_samples": n_train, "rows": len(train)},
@@ -176,13 +174,12 @@ def effort(
 
 
 def _effort_part(dt: str, shard: tuple[int, int]) -> str:
-    parse_dt(dt)  # part of a path: a crafted dt must not reach another partition
-    return f"{EFFORT}/dt={dt}/{shard_name(shard)}"
+    return effort_shard(Source(Day(dt)), shard)
 
 
 def merge_effort(lake: Lake, dt: str, n: int) -> StepResult:
     """One ``scores_effort/dt=D/effort.parquet`` from the n shards (every training sample exactly once)."""
-    parse_dt(dt)
+    dt = Day(dt)
     check_shard_count(n)
     parts = [_effort_part(dt, (i, n)) for i in range(n)]
     first = lake.manifest(parts[0])
@@ -191,13 +188,17 @@ def merge_effort(lake: Lake, dt: str, n: int) -> StepResult:
     return StepResult("merge-effort", {"effort": pub.uri}, {"shards": n, "samples": table.num_rows}, pub.changed)
 
 
-def training_rows(lake: Lake, dt: str, from_samples: int, seed: int) -> tuple[list[dict], str]:
-    """The coreset at ``dt`` when published; otherwise (``from_samples`` > 0) that many random training samples."""
-    if lake.manifest(CORESET, dt) is not None:
-        return lake.read(CORESET, dt, "coreset.parquet").to_pylist(), lake.partition(CORESET, dt)
-    if from_samples <= 0:
+def training_rows(
+    lake: Lake, dt: str, from_samples: int, seed: int, coreset: str | None = None
+) -> tuple[list[dict], str]:
+    """The coreset ``coreset`` (a partition URI, e.g. the one the asset event announced; default: the day's) when
+    published; otherwise (``from_samples`` > 0) that many random training samples of ``dt``."""
+    dataset, day = lake.locate(coreset) if coreset else (CORESET, dt)
+    if lake.manifest(dataset, day) is not None:
+        return lake.read(dataset, day, "coreset.parquet").to_pylist(), lake.partition(dataset, day)
+    if coreset or from_samples <= 0:
         raise InputError(
-            f"{lake.partition(CORESET, dt)}: no published coreset; run `dealrec select` first, "
+            f"{lake.partition(dataset, day)}: no published coreset; run `dealrec select` first, "
             "or pass --from-samples N to fine-tune on N random training samples"
         )
     train = _split(lake.read(SAMPLES, dt, "samples.parquet"), TRAIN)
@@ -214,8 +215,10 @@ def finetune(
     work_dir: str,
     from_samples: int = 0,
     max_valid: int = 256,
+    coreset: str | None = None,
 ) -> StepResult:
-    """LoRA fine-tuning on the coreset at ``dt``; the best adapter is published to ``adapters/dt=D/``.
+    """LoRA fine-tuning on the coreset at ``dt`` (or the partition URI ``coreset``); the best adapter is published
+    to ``adapters/dt=D/``.
 
     ``work_dir`` keeps the per-epoch checkpoints, so a retried task resumes instead of starting over.
     """
@@ -223,8 +226,8 @@ def finetune(
     from dealrec_tasks.llm.evaluate import model_fingerprint
     from dealrec_tasks.llm.tiny import load
 
-    parse_dt(dt)  # also names the checkpoint folder under work_dir
-    rows, source = training_rows(lake, dt, from_samples, cfg.seed)
+    dt = Day(dt)  # also names the checkpoint folder under work_dir
+    rows, source = training_rows(lake, dt, from_samples, cfg.seed, coreset)
     valid = _split(lake.read(SAMPLES, dt, "samples.parquet"), VALID)
     if len(valid) > max_valid:
         valid = [valid[i] for i in sorted(np.random.default_rng(cfg.seed).choice(len(valid), max_valid, False))]
@@ -305,7 +308,7 @@ def evaluate(
     from dealrec_tasks.llm.evaluate import grounded_evaluation
     from dealrec_tasks.llm.tiny import load
 
-    parse_dt(dt)
+    dt = Day(dt)
     if max_users < 0:
         raise ConfigError(f"max_users={max_users}: must be >= 0 (0: every test user)")
     test = _split(lake.read(SAMPLES, dt, "samples.parquet"), TEST)

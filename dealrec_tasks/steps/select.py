@@ -6,78 +6,52 @@ Candidates are the day's ``train`` samples, ordered by sample_id (the order of e
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dealrec_tasks.config import parse_dt
+from dealrec_tasks import reports
+from dealrec_tasks.catalogue import CORESET, ITEMS, SAMPLES, SCORES_EFFORT, SCORES_INFLUENCE, SURROGATE, VOCAB, daily
+from dealrec_tasks.catalogue import writer as writer_of
+from dealrec_tasks.config import Day
 from dealrec_tasks.data.samples import TRAIN
-from dealrec_tasks.data.schema import CORESET, ITEMS, SAMPLES, SCORES_EFFORT, SCORES_INFLUENCE, SURROGATE, VOCAB
+from dealrec_tasks.data.schema import CORESET_SCHEMA
 from dealrec_tasks.errors import InputError, PartitionNotFound
-from dealrec_tasks.selection import (
-    Candidates,
-    SelectConfig,
-    Selection,
-    hard_prune,
-    overall_score,
-    random_baseline,
-)
+from dealrec_tasks.selection import Candidates, SelectConfig, Selection, overall_score, random_baseline
 from dealrec_tasks.selection import select as run_selection
 from dealrec_tasks.steps.common import StepResult
-from dealrec_tasks.steps.llm import item_titles
+from dealrec_tasks.steps.readers import checked_samples, item_titles, load_model
 from dealrec_tasks.storage import MANIFEST, Lake, join_uri, sha256
 
 CORESET_FILE = "coreset.parquet"
 REPORT_FILE = "report.png"
 MODEL_NEEDS = ("grand", "el2n", "user_repr")
-# Which command publishes each input, for the error message of a missing partition.
-PRODUCER = {
-    SCORES_INFLUENCE: "dealrec influence + merge-influence",
-    SCORES_EFFORT: "dealrec effort + merge-effort",
-    SURROGATE: "dealrec surrogate",
-    SAMPLES: "dealrec samples",
-}
-
-CORESET_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.int64()),
-        ("user_id", pa.string()),
-        ("history", pa.list_(pa.int32())),
-        ("history_titles", pa.list_(pa.string())),
-        ("target", pa.int32()),
-        ("target_title", pa.string()),
-        ("influence", pa.float64()),
-        ("effort", pa.float64()),
-        ("overall", pa.float64()),
-        ("stratum", pa.int32()),
-        ("strategy", pa.string()),
-        ("score", pa.float64()),
-    ]
-)
+SCORES = (("influence", SCORES_INFLUENCE, "influence.parquet"), ("effort", SCORES_EFFORT, "effort.parquet"))
 
 
-class _Sources:
-    """The input partitions read, with the sha256 of their manifests (the coreset's source snapshot)."""
-
-    def __init__(self, lake: Lake):
-        self.lake = lake
-        self.entries: dict[str, dict[str, str]] = {}
-
-    def add(self, name: str, dataset: str, dt: str | None) -> None:
-        uri = self.lake.partition(dataset, dt)
-        digest = sha256(self.lake.storage.read_bytes(join_uri(uri, MANIFEST)))
-        self.entries[name] = {"uri": uri, "manifest_sha256": digest}
-
-
-def _require(lake: Lake, dataset: str, dt: str, strategy: str) -> None:
-    if lake.manifest(dataset, dt) is None:
-        raise PartitionNotFound(
-            f"select strategy={strategy!r} needs {lake.partition(dataset, dt)}, which is not published; "
-            f"run `{PRODUCER.get(dataset, 'the step that writes it')} --dt {dt}` first"
-        )
+def _sources(lake: Lake, dt: Day, cfg: SelectConfig) -> dict[str, dict[str, str]]:
+    """The input partitions a selection reads, each with the sha256 of its manifest (the coreset's source
+    snapshot and its inputs' identity). Refuses, naming the partition and the command that writes it, when one
+    the strategy needs is missing; scores it does not need are read (and listed) when they are published."""
+    needs = set(cfg.needs)
+    wanted = [("samples", SAMPLES, dt, True)]
+    wanted += [(key, dataset, dt, key in needs) for key, dataset, _ in SCORES]
+    wanted += [("surrogate", SURROGATE, dt, True)] if needs & set(MODEL_NEEDS) else []
+    wanted += [("vocab", VOCAB, dt, True), ("items", ITEMS, None, True)]
+    out = {}
+    for name, dataset, day, required in wanted:
+        uri = lake.partition(dataset, day)
+        if not lake.storage.exists(join_uri(uri, MANIFEST)):
+            if required:
+                raise PartitionNotFound(
+                    f"select strategy={cfg.strategy!r} needs {uri}, which is not published; "
+                    f"run `{writer_of(dataset)} --dt {dt}` first"
+                )
+            continue
+        out[name] = {"uri": uri, "manifest_sha256": sha256(lake.storage.read_bytes(join_uri(uri, MANIFEST)))}
+    return out
 
 
 def _aligned(lake: Lake, dataset: str, dt: str, name: str, column: str, ids: np.ndarray) -> np.ndarray:
@@ -98,19 +72,15 @@ def _aligned(lake: Lake, dataset: str, dt: str, name: str, column: str, ids: np.
     return values[pos]
 
 
-def _model_inputs(lake: Lake, dt: str, samples: pa.Table, cfg: SelectConfig, sources: _Sources) -> dict[str, Any]:
+def _model_inputs(lake: Lake, dt: Day, samples: pa.Table, cfg: SelectConfig) -> dict[str, Any]:
     """GraNd / EL2N / user representations of the train rows (ordered by sample_id) from the day's surrogate."""
     from dealrec_tasks.scoring import baselines
     from dealrec_tasks.scoring.influence import negative_set
-    from dealrec_tasks.steps.surrogate import load_model, read_samples, source
     from dealrec_tasks.surrogate.batching import train_seqs
 
-    src = source(dt, None)
-    model, _ = load_model(lake, src)
-    _, n_items = read_samples(lake, src)
-    if n_items != model.n_items:
-        raise InputError(f"surrogate dt={dt} has {model.n_items} items, the samples' vocab {n_items}; retrain it")
-    sources.add("surrogate", SURROGATE, dt)
+    model, _ = load_model(lake, daily(dt))
+    n_items = model.n_items
+    checked_samples(lake, daily(dt), n_items)
     seqs = train_seqs(samples, n_items)
     negatives = negative_set(n_items, cfg.negatives, cfg.neg_seed)
     out: dict[str, Any] = {}
@@ -134,75 +104,77 @@ def select(lake: Lake, dt: str, cfg: SelectConfig) -> StepResult:
     """Pick the coreset of ``dt`` with ``cfg.strategy`` and publish ``coreset/dt=D/`` (table, report, manifest).
 
     Refuses, naming the partition, when an input the strategy needs is missing; scores a strategy does not need
-    are still copied into the table when they are published (to compare strategies on the same columns).
+    are still copied into the table when they are published (to compare strategies on the same columns). A no-op
+    when the coreset is published with ``cfg`` from the same input partitions (their manifests' checksums).
     """
-    parse_dt(dt)
-    strategy = cfg.strategy
-    needs = set(cfg.needs)
-    _require(lake, SAMPLES, dt, strategy)
-    if "influence" in needs:
-        _require(lake, SCORES_INFLUENCE, dt, strategy)
-    if "effort" in needs:
-        _require(lake, SCORES_EFFORT, dt, strategy)
-    if needs & set(MODEL_NEEDS):
-        _require(lake, SURROGATE, dt, strategy)
+    dt = Day(dt)
+    sources = _sources(lake, dt, cfg)
+    inputs = {k: v["manifest_sha256"] for k, v in sorted(sources.items())}
+    uris = {"coreset": lake.partition(CORESET, dt), "report": join_uri(lake.partition(CORESET, dt), REPORT_FILE)}
+    done = lake.current(CORESET, dt, cfg.to_dict(), inputs)
+    if done is not None:
+        return StepResult("select", uris, done.get("summary", done["counts"]), False)
 
-    sources = _Sources(lake)
-    samples = lake.read(SAMPLES, dt, "samples.parquet")
-    sources.add("samples", SAMPLES, dt)
-    train = samples.filter(pc.equal(samples.column("split"), TRAIN))
-    train = train.take(pc.sort_indices(train, [("sample_id", "ascending")]))
+    train = _candidates(lake, dt)
     n_cand = train.num_rows
-    if n_cand == 0:
-        raise InputError(f"{lake.partition(SAMPLES, dt)}: no train samples to select from")
-    ids = train.column("sample_id").to_numpy()
-
-    scores: dict[str, np.ndarray | None] = {}
-    for key, dataset, file in (
-        ("influence", SCORES_INFLUENCE, "influence.parquet"),
-        ("effort", SCORES_EFFORT, "effort.parquet"),
-    ):
-        scores[key] = None
-        if lake.manifest(dataset, dt) is not None:
-            scores[key] = _aligned(lake, dataset, dt, file, key, ids)
-            sources.add(key, dataset, dt)
+    scores = _scores(lake, dt, train.column("sample_id").to_numpy(), sources)
     history = train.column("history").combine_chunks()
     interactions = pc.list_value_length(history).to_numpy(zero_copy_only=False).astype(np.int64) + 1  # [N]
-    extra = _model_inputs(lake, dt, train, cfg, sources) if needs & set(MODEL_NEEDS) else {}
-    cands = Candidates(
-        n_cand, influence=scores["influence"], effort=scores["effort"], interactions=interactions, **extra
-    )
-    sel = run_selection(cands, cfg)
+    extra = _model_inputs(lake, dt, train, cfg) if set(cfg.needs) & set(MODEL_NEEDS) else {}
+    sel = run_selection(Candidates(n_cand, interactions=interactions, **scores, **extra), cfg)
 
     titles = np.asarray(item_titles(lake, dt), dtype=object)
-    sources.add("vocab", VOCAB, dt)
-    sources.add("items", ITEMS, None)
-    overall = None
-    if scores["influence"] is not None and scores["effort"] is not None:
-        overall = overall_score(scores["influence"], scores["effort"], cfg.lam)
-    table = _coreset_table(train, sel, titles, scores, overall, strategy)
-
+    table = _coreset_table(train, sel, titles, scores, _overall(scores, cfg.lam), cfg.strategy)
     rand = random_baseline(n_cand, len(sel.indices), cfg.seed + 1)
-    coverage = _coverage(train, sel.indices, rand, interactions)
-    png = _report(sel, cfg, coverage, interactions, dt)
-    groups = sel.groups.to_dict() if sel.groups is not None else None
-    source_digest = {k: v["manifest_sha256"] for k, v in sorted(sources.entries.items())}
+    coverage = reports.coverage(train, sel.indices, rand, interactions)
+    png = reports.coreset_report_png(sel, cfg, coverage, interactions, dt)
+
     counts = {"candidates": n_cand, "selected": len(sel.indices)}
+    groups = sel.groups.to_dict() if sel.groups is not None else None
+    summary = _summary(counts, cfg.strategy, sel, coverage)
     pub = lake.publish(
         CORESET,
         dt,
         {CORESET_FILE: table},
-        # Input identity is part of the config: new inputs republish even if the picks happen to be equal.
-        config=cfg.to_dict() | {"source_sha256": source_digest},
+        config=cfg.to_dict(),
+        inputs=inputs,  # new inputs republish even if the picks happen to be equal
         extra={
-            "strategy": strategy,
+            "strategy": cfg.strategy,
             "counts": counts | {"groups": groups},
+            "summary": summary,
             "coverage": coverage,
-            "source": sources.entries,
+            "source": sources,
         },
         blobs={REPORT_FILE: png},
     )
-    summary = counts | {"strategy": strategy}
+    return StepResult("select", uris, summary, pub.changed)
+
+
+def _candidates(lake: Lake, dt: Day) -> pa.Table:
+    """The day's train samples ordered by sample_id: the row order of every score array and of the selection."""
+    samples = lake.read(SAMPLES, dt, "samples.parquet")
+    train = samples.filter(pc.equal(samples.column("split"), TRAIN))
+    train = train.take(pc.sort_indices(train, [("sample_id", "ascending")]))
+    if train.num_rows == 0:
+        raise InputError(f"{lake.partition(SAMPLES, dt)}: no train samples to select from")
+    return train
+
+
+def _scores(lake: Lake, dt: Day, ids: np.ndarray, sources: dict) -> dict[str, np.ndarray | None]:
+    """Influence and effort aligned to the candidate ``ids``; None when not published (a strategy may not need it)."""
+    return {key: _aligned(lake, ds, dt, file, key, ids) if key in sources else None for key, ds, file in SCORES}
+
+
+def _overall(scores: dict[str, np.ndarray | None], lam: float) -> np.ndarray | None:
+    """DEALRec's overall score for the table's column whenever both scores are published, whatever the strategy."""
+    if scores["influence"] is None or scores["effort"] is None:
+        return None
+    return overall_score(scores["influence"], scores["effort"], lam)
+
+
+def _summary(counts: dict[str, int], strategy: str, sel: Selection, coverage: dict[str, Any]) -> dict[str, Any]:
+    """The StepResult counts: sizes, groups used (and pruned), item coverage against the random baseline."""
+    summary: dict[str, Any] = counts | {"strategy": strategy}
     if sel.groups is not None:
         summary[{"stratum": "strata_used", "cluster": "clusters_used"}[sel.groups.kind]] = int(
             (sel.groups.budgets > 0).sum()
@@ -210,8 +182,7 @@ def select(lake: Lake, dt: str, cfg: SelectConfig) -> StepResult:
         if sel.groups.kind == "stratum":
             summary["pruned"] = sel.groups.pruned
     summary["items_covered"] = f"{coverage['items']['coreset']} (random {coverage['items']['random']})"
-    uris = {"coreset": pub.uri, "report": join_uri(pub.uri, REPORT_FILE)}
-    return StepResult("select", uris, summary, pub.changed)
+    return summary
 
 
 def _coreset_table(
@@ -247,121 +218,3 @@ def _coreset_table(
         },
         schema=CORESET_SCHEMA,
     )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------------------------
-ACTIVITY_BINS = np.array([1, 2, 3, 5, 9, 17, 33, 2**62])  # interactions per user: 1, 2, 3-4, 5-8, ...
-ACTIVITY_LABELS = ["1", "2", "3-4", "5-8", "9-16", "17-32", "33+"]
-
-
-def _items(train: pa.Table, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct items of the rows' histories + targets, and distinct targets."""
-    sub = train.take(pa.array(rows, pa.int64()))
-    hist = pc.list_flatten(sub.column("history")).to_numpy(zero_copy_only=False)
-    target = sub.column("target").to_numpy()
-    return np.unique(np.concatenate([hist, target])), np.unique(target)
-
-
-def _coverage(train: pa.Table, chosen: np.ndarray, rand: np.ndarray, interactions: np.ndarray) -> dict[str, Any]:
-    """Items and user-activity groups covered by the coreset, a random selection of the same size, and all."""
-    everything = np.arange(train.num_rows)
-    out: dict[str, Any] = {"items": {}, "target_items": {}, "users_by_activity": {"bins": ACTIVITY_LABELS}}
-    for name, rows in (("coreset", chosen), ("random", rand), ("candidates", everything)):
-        items, targets = _items(train, rows)
-        out["items"][name] = len(items)
-        out["target_items"][name] = len(targets)
-        hist, _ = np.histogram(interactions[rows], ACTIVITY_BINS)
-        out["users_by_activity"][name] = hist.tolist()
-    return out
-
-
-def _report(sel: Selection, cfg: SelectConfig, cov: dict[str, Any], interactions: np.ndarray, dt: str) -> bytes:
-    """A PNG: the score distribution with strata edges and per-stratum takes; item and user coverage vs random."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    ax = axes[0]
-    g = sel.groups
-    if g is not None and g.kind == "stratum" and sel.score is not None:
-        score = sel.score
-        kept = np.zeros(len(score), bool)
-        kept[hard_prune(score, cfg.hard_prune) if g.kept is None else g.kept] = True
-        edges = g.edges
-        ax.hist(score[kept], bins=edges, color="0.75", label=f"candidates ({int(kept.sum())})")
-        if g.pruned:
-            what = "hard-pruned" if g.dropped == "top" else "below the pool"
-            ax.hist(score[~kept], bins=30, color="tab:red", alpha=0.6, label=f"{what} ({g.pruned})")
-        ax.hist(score[sel.indices], bins=edges, color="tab:blue", label=f"selected ({len(sel.indices)})")
-        for e in edges:
-            ax.axvline(e, color="0.4", lw=0.3)
-        ax.set_yscale("log")
-        ax.set_xlabel("selection score (strata edges as thin lines)")
-        ax.set_ylabel("samples")
-        twin = ax.twinx()
-        centres = (edges[:-1] + edges[1:]) / 2
-        twin.plot(centres, g.budgets, "o-", color="tab:green", ms=3, lw=1, label="taken per stratum")
-        twin.set_ylabel("taken per stratum", color="tab:green")
-        twin.set_ylim(bottom=0)
-        if len(centres) <= 12:
-            for x, b in zip(centres, g.budgets):
-                twin.annotate(str(int(b)), (x, b), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
-        ax.legend(loc="upper right", fontsize=7)
-        ax.set_title(f"{cfg.strategy}: {len(edges) - 1} strata, {int((g.budgets > 0).sum())} used", fontsize=10)
-    elif g is not None and g.kind == "cluster":
-        x = np.arange(len(g.sizes))
-        ax.bar(x - 0.2, g.sizes, 0.4, color="0.7", label="users in cluster")
-        ax.bar(x + 0.2, g.budgets, 0.4, color="tab:blue", label="selected")
-        ax.set_yscale("log")
-        ax.set_xlabel("user cluster (k-means)")
-        ax.set_ylabel("samples")
-        ax.legend(fontsize=7)
-        ax.set_title(f"{cfg.strategy}: {len(g.sizes)} clusters", fontsize=10)
-    else:
-        values = sel.score if sel.score is not None else interactions.astype(np.float64)
-        what = "selection score" if sel.score is not None else "interactions per user"
-        bins = np.histogram_bin_edges(values, 50)
-        ax.hist(values, bins=bins, color="0.75", label="candidates")
-        ax.hist(values[sel.indices], bins=bins, color="tab:blue", label=f"selected ({len(sel.indices)})")
-        ax.set_yscale("log")
-        ax.set_xlabel(what)
-        ax.set_ylabel("samples")
-        ax.legend(fontsize=7)
-        ax.set_title(f"{cfg.strategy}: no strata", fontsize=10)
-
-    ax = axes[1]
-    names = ("coreset", "random", "candidates")
-    colours = ("tab:blue", "tab:orange", "0.6")
-    for j, key in enumerate(("items", "target_items")):
-        for i, (name, colour) in enumerate(zip(names, colours)):
-            v = cov[key][name]
-            ax.bar(j + (i - 1) * 0.27, v, 0.27, color=colour, label=name if j == 0 else None)
-            ax.annotate(
-                str(v), (j + (i - 1) * 0.27, v), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7
-            )
-    ax.set_xticks([0, 1], ["items in histories + targets", "target items"])
-    ax.set_ylabel("distinct items")
-    ax.set_title(f"item coverage (random: same size, seed {cfg.seed + 1})", fontsize=10)
-    ax.legend(fontsize=7)
-
-    ax = axes[2]
-    x = np.arange(len(ACTIVITY_LABELS))
-    for i, (name, colour) in enumerate(zip(names, colours)):
-        counts = np.asarray(cov["users_by_activity"][name], dtype=np.float64)
-        ax.bar(x + (i - 1) * 0.27, counts / max(counts.sum(), 1), 0.27, color=colour, label=name)
-    ax.set_xticks(x, ACTIVITY_LABELS)
-    ax.set_xlabel("interactions of the user (history + target)")
-    ax.set_ylabel("share of selected users")
-    ax.set_title("user coverage by activity", fontsize=10)
-    ax.legend(fontsize=7)
-
-    fig.suptitle(f"coreset dt={dt}: {len(sel.indices)} of {len(interactions)} training samples", fontsize=11)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()

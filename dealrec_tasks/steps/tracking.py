@@ -11,13 +11,13 @@ import getpass
 import hashlib
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dealrec_tasks.config import parse_dt
-from dealrec_tasks.data.schema import (
+from dealrec_tasks.catalogue import (
     ADAPTERS,
     CORESET,
     EVALUATION,
@@ -26,6 +26,7 @@ from dealrec_tasks.data.schema import (
     SCORES_INFLUENCE,
     SURROGATE,
 )
+from dealrec_tasks.config import Day
 from dealrec_tasks.errors import ConfigError, InputError
 from dealrec_tasks.steps.common import StepResult
 from dealrec_tasks.storage import MANIFEST, Lake, join_uri, sha256
@@ -41,24 +42,10 @@ def _check_run_id(orchestrator_run_id: str) -> None:
         raise ConfigError("orchestrator_run_id='': give the orchestrator's run id (it makes retries idempotent)")
 
 
-def _manifest_bytes(lake: Lake, dataset: str, dt: str | None) -> bytes:
-    lake.require_manifest(dataset, dt)  # the clear "not published, run X" error
-    return lake.storage.read_bytes(join_uri(lake.partition(dataset, dt), MANIFEST))
-
-
-def _verified_json(lake: Lake, dataset: str, dt: str, name: str, manifest: dict[str, Any]) -> tuple[Any, bytes]:
-    """A JSON file of a partition, parsed only after its checksum matched ``manifest``; also its bytes."""
-    data = lake.read_verified_bytes(dataset, dt, name, manifest=manifest)
-    try:
-        return json.loads(data), data
-    except ValueError as exc:
-        raise InputError(f"{join_uri(lake.partition(dataset, dt), name)}: invalid JSON ({exc})") from None
-
-
 def verified_metrics(lake: Lake, dt: str, evaluation: dict[str, Any]) -> dict[str, float]:
     """The metrics the promotion gate compares: from the evaluation's checksummed ``metrics.json``, never from the
     manifest's own ``metrics`` field, which no checksum covers (an edit there would otherwise pick the champion)."""
-    values, _ = _verified_json(lake, EVALUATION, dt, "metrics.json", evaluation)
+    values, _ = lake.read_verified_json(EVALUATION, dt, "metrics.json", evaluation)
     if not isinstance(values, dict):
         uri = join_uri(lake.partition(EVALUATION, dt), "metrics.json")
         raise InputError(f"{uri}: expected an object of metrics, not a JSON {type(values).__name__}")
@@ -73,7 +60,7 @@ def _check_scored_adapter(lake: Lake, dt: str, evaluation: dict[str, Any], adapt
 
     if SCORED_ADAPTER not in evaluation.get("files", {}):
         return
-    scored, _ = _verified_json(lake, EVALUATION, dt, SCORED_ADAPTER, evaluation)
+    scored, _ = lake.read_verified_json(EVALUATION, dt, SCORED_ADAPTER, evaluation)
     published = {name: entry["sha256"] for name, entry in adapter["files"].items()}
     if scored != published:
         raise InputError(
@@ -115,73 +102,87 @@ def log_pruning(
     ``run_tags`` (e.g. the orchestrator's own run id when ``orchestrator_run_id`` is a coarser key) are tagged on
     the run that is created; a retry that finds it leaves them as the first run wrote them."""
     from dealrec_tasks.tracking.client import Tracking
-    from dealrec_tasks.tracking.runs import RunContent, log_run
+    from dealrec_tasks.tracking.runs import log_run
 
-    parse_dt(dt)
+    dt = Day(dt)
     _check_run_id(orchestrator_run_id)
-    raw = _manifest_bytes(lake, CORESET, dt)
+    raw = lake.manifest_bytes(CORESET, dt)
     manifest = json.loads(raw)
     coreset_uri = lake.partition(CORESET, dt)
 
-    def content(_run_id: str) -> RunContent:
-        c = RunContent()
-        c.add_params("select", {k: v for k, v in manifest["config"].items() if k != "source_sha256"})
-        counts = manifest.get("counts", {})
-        c.add_metric("candidates", counts.get("candidates"))
-        c.add_metric("selected", counts.get("selected"))
-        groups = counts.get("groups") or {}
-        if groups:
-            c.add_metric("pruned", groups.get("pruned"))
-            c.add_metric("groups_used", int(np.count_nonzero(groups.get("budgets") or [])))
-            c.add_metric("groups", len(groups.get("budgets") or []))
-        for key in ("items", "target_items"):
-            c.add_metrics(f"coverage.{key}", manifest.get("coverage", {}).get(key, {}))
-        table = lake.read(CORESET, dt, "coreset.parquet")
-        if counts.get("selected") is not None and counts["selected"] != table.num_rows:
-            raise InputError(
-                f"{join_uri(coreset_uri, MANIFEST)}: counts.selected={counts['selected']!r} but the checksummed "
-                f"coreset.parquet has {table.num_rows} rows; the partition is corrupt, republish it"
-            )
-        for col in ("influence", "effort", "overall", "score"):
-            values = table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
-            c.add_metrics(f"coreset.{col}", _stats(values))
-        for dataset, file, col in (
-            (SCORES_INFLUENCE, "influence.parquet", "influence"),
-            (SCORES_EFFORT, "effort.parquet", "effort"),
-        ):
-            scores_manifest = lake.manifest(dataset, dt)
-            if scores_manifest is not None:
-                c.add_params(col, scores_manifest.get("config", {}))
-                c.add_metrics(f"scores.{col}", _stats(_column(lake, dataset, dt, file, col)))
-                c.tags[f"{col}_uri"] = lake.partition(dataset, dt)
-        surrogate = lake.manifest(SURROGATE, dt)
-        if surrogate is not None:
-            c.add_params("surrogate", surrogate.get("config", {}))
-            c.add_metrics("surrogate", surrogate.get("counts", {}))
-            if "metrics.json" in surrogate.get("files", {}):
-                metrics, data = _verified_json(lake, SURROGATE, dt, "metrics.json", surrogate)
-                for row in metrics.get("history", []) if isinstance(metrics, dict) else []:
-                    step = int(row.get("epoch", 0))
-                    c.add_metrics("surrogate.epoch", {k: v for k, v in row.items() if k != "epoch"}, step)
-                c.artifacts["surrogate/metrics.json"] = data
-        c.artifacts["coreset/_manifest.json"] = raw
-        if "report.png" in manifest.get("files", {}):
-            c.artifacts["coreset/report.png"] = lake.read_verified_bytes(CORESET, dt, "report.png", manifest=manifest)
-        c.tags.update(
-            {
-                "coreset_uri": coreset_uri,
-                "strategy": str(manifest.get("strategy", manifest["config"].get("strategy", ""))),
-                "mlflow.note.content": f"Coreset selection of dt={dt}: {coreset_uri}",
-            }
-            | (run_tags or {})
-        )
-        return c
+    def content(_run_id: str):
+        return _pruning_content(lake, dt, raw, manifest, run_tags)
 
     tr = Tracking(cfg)
     tr.ping()
     run_id, changed = log_run(tr, PRUNING, dt, orchestrator_run_id, sha256(raw), f"pruning dt={dt}", content)
     counts = {"run_id": run_id, "selected": manifest.get("counts", {}).get("selected")}
     return StepResult("track-pruning", {"run": tr.run_link(run_id), "coreset": coreset_uri}, counts, changed)
+
+
+def _pruning_content(lake: Lake, dt: str, raw: bytes, manifest: dict[str, Any], run_tags: dict[str, str] | None):
+    """The pruning run's params, metrics, tags and artifacts. Built inside ``log_run``, once the run exists: a
+    retry that finds the finished run reads nothing, and a corrupt partition found here marks the new run FAILED."""
+    from dealrec_tasks.tracking.runs import RunContent
+
+    coreset_uri = lake.partition(CORESET, dt)
+    c = RunContent()
+    c.add_params("select", {k: v for k, v in manifest["config"].items() if k != "source_sha256"})
+    counts = manifest.get("counts", {})
+    c.add_metric("candidates", counts.get("candidates"))
+    c.add_metric("selected", counts.get("selected"))
+    groups = counts.get("groups") or {}
+    if groups:
+        c.add_metric("pruned", groups.get("pruned"))
+        c.add_metric("groups_used", int(np.count_nonzero(groups.get("budgets") or [])))
+        c.add_metric("groups", len(groups.get("budgets") or []))
+    for key in ("items", "target_items"):
+        c.add_metrics(f"coverage.{key}", manifest.get("coverage", {}).get(key, {}))
+    table = lake.read(CORESET, dt, "coreset.parquet")
+    if counts.get("selected") is not None and counts["selected"] != table.num_rows:
+        raise InputError(
+            f"{join_uri(coreset_uri, MANIFEST)}: counts.selected={counts['selected']!r} but the checksummed "
+            f"coreset.parquet has {table.num_rows} rows; the partition is corrupt, republish it"
+        )
+    for col in ("influence", "effort", "overall", "score"):
+        values = table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+        c.add_metrics(f"coreset.{col}", _stats(values))
+    _add_upstream(c, lake, dt)
+    c.artifacts["coreset/_manifest.json"] = raw
+    if "report.png" in manifest.get("files", {}):
+        c.artifacts["coreset/report.png"] = lake.read_verified_bytes(CORESET, dt, "report.png", manifest=manifest)
+    c.tags.update(
+        {
+            "coreset_uri": coreset_uri,
+            "strategy": str(manifest.get("strategy", manifest["config"].get("strategy", ""))),
+            "mlflow.note.content": f"Coreset selection of dt={dt}: {coreset_uri}",
+        }
+        | (run_tags or {})
+    )
+    return c
+
+
+def _add_upstream(c, lake: Lake, dt: str) -> None:
+    """What the coreset was selected from, where the day has it: the two score tables and the surrogate."""
+    for dataset, file, col in (
+        (SCORES_INFLUENCE, "influence.parquet", "influence"),
+        (SCORES_EFFORT, "effort.parquet", "effort"),
+    ):
+        scores_manifest = lake.manifest(dataset, dt)
+        if scores_manifest is not None:
+            c.add_params(col, scores_manifest.get("config", {}))
+            c.add_metrics(f"scores.{col}", _stats(_column(lake, dataset, dt, file, col)))
+            c.tags[f"{col}_uri"] = lake.partition(dataset, dt)
+    surrogate = lake.manifest(SURROGATE, dt)
+    if surrogate is not None:
+        c.add_params("surrogate", surrogate.get("config", {}))
+        c.add_metrics("surrogate", surrogate.get("counts", {}))
+        if "metrics.json" in surrogate.get("files", {}):
+            metrics, data = lake.read_verified_json(SURROGATE, dt, "metrics.json", surrogate)
+            for row in metrics.get("history", []) if isinstance(metrics, dict) else []:
+                step = int(row.get("epoch", 0))
+                c.add_metrics("surrogate.epoch", {k: v for k, v in row.items() if k != "epoch"}, step)
+            c.artifacts["surrogate/metrics.json"] = data
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,6 +214,33 @@ def _pruning_run(tr, dt: str, coreset_digest: str | None):
     return None
 
 
+@dataclass(frozen=True)
+class _Finetuned:
+    """What ``register`` read of a day, every byte through its checksum, before MLflow is touched."""
+
+    dt: str
+    adapter_raw: bytes
+    eval_raw: bytes
+    adapter: dict[str, Any]
+    evaluation: dict[str, Any]
+    base_dir: Path
+    fingerprint: str
+    metrics: dict[str, float]
+    eval_set: str
+    coreset_uri: str
+    coreset_digest: str | None
+    eval_files: dict[str, bytes]
+
+    @property
+    def digest(self) -> str:
+        """The run's and the version's input digest: both manifests, so a republished adapter or evaluation is new."""
+        return hashlib.sha256(self.adapter_raw + b"\x00" + self.eval_raw).hexdigest()
+
+    @property
+    def eval_cfg(self) -> dict[str, Any]:
+        return self.evaluation.get("config", {})
+
+
 def register(
     lake: Lake,
     dt: str,
@@ -233,17 +261,53 @@ def register(
     examples.json, the adapter) is checked against its partition's manifest first, so a changed byte is refused by
     file name before MLflow holds anything of this version.
     """
-    from dealrec_tasks.llm.evaluate import model_fingerprint
     from dealrec_tasks.steps.llm import local_adapter
     from dealrec_tasks.tracking import registry as reg
     from dealrec_tasks.tracking.client import TAG_DIGEST, TAG_DT, TAG_ORCHESTRATOR_RUN, Tracking
-    from dealrec_tasks.tracking.model import MODEL_ARTIFACT_PATH, save_adapter_model
-    from dealrec_tasks.tracking.runs import RunContent, log_run
+    from dealrec_tasks.tracking.model import MODEL_ARTIFACT_PATH
+    from dealrec_tasks.tracking.runs import log_run
 
-    parse_dt(dt)
+    dt = Day(dt)
     _check_run_id(orchestrator_run_id)
-    adapter_raw = _manifest_bytes(lake, ADAPTERS, dt)
-    eval_raw = _manifest_bytes(lake, EVALUATION, dt)
+    day = _read_finetuned(lake, dt, model_dir, cfg.metric, check_fingerprint)
+    # The adapter is copied and checked against the manifest the digest covers, before any run is created.
+    with local_adapter(lake, dt, day.adapter) as local, tempfile.TemporaryDirectory(prefix="dealrec-register-") as tmp:
+        _check_scored_adapter(lake, dt, day.evaluation, day.adapter)
+        tr = Tracking(cfg)
+        tr.ping()
+        pruning = _pruning_run(tr, dt, day.coreset_digest)
+        pruning_id = pruning.info.run_id if pruning is not None else None
+
+        def content(_run_id: str):
+            return _finetune_content(day, Path(tmp), local, pruning_id, run_tags)
+
+        run_id, run_changed = log_run(tr, FINETUNE, dt, orchestrator_run_id, day.digest, f"finetune dt={dt}", content)
+
+    identity = {TAG_DT: dt, TAG_ORCHESTRATOR_RUN: orchestrator_run_id, TAG_DIGEST: day.digest}
+    description = f"BIGRec LoRA adapter of dt={dt}, fine-tuned on {day.coreset_uri}"
+    version_tags = _version_tags(day, run_id, pruning_id, run_tags)
+    name = cfg.model_name
+    mv, created = reg.find_or_create_version(tr, name, run_id, MODEL_ARTIFACT_PATH, identity, version_tags, description)
+    version = int(mv.version)
+    counts = {
+        "version": version,
+        "run_id": run_id,
+        "pruning_run_id": pruning_id or "none",
+        cfg.metric: round(float(day.metrics[cfg.metric]), 6),
+    }
+    uris = {"model": f"models:/{name}/{version}", "run": tr.run_link(run_id)}
+    notes = [] if pruning is not None else [f"register dt={dt}: no pruning run logged for this day; not linked"]
+    return StepResult("register", uris, counts, run_changed or created, notes)
+
+
+def _read_finetuned(lake: Lake, dt: str, model_dir: str, metric: str, check_fingerprint: bool) -> _Finetuned:
+    """The day's adapter and evaluation, refused with a clear error when they cannot be registered: an evaluation
+    of the base model, another base model than the adapter's, a missing ``metric``, a file not matching its
+    checksum."""
+    from dealrec_tasks.llm.evaluate import model_fingerprint
+
+    adapter_raw = lake.manifest_bytes(ADAPTERS, dt)
+    eval_raw = lake.manifest_bytes(EVALUATION, dt)
     adapter, evaluation = json.loads(adapter_raw), json.loads(eval_raw)
     if not evaluation.get("config", {}).get("adapter", True):
         raise InputError(
@@ -261,18 +325,16 @@ def register(
             f"model the adapter of dt={dt} was trained on ({trained_on.get('path')})"
         )
     metrics = verified_metrics(lake, dt, evaluation)
-    if cfg.metric not in metrics:
+    if metric not in metrics:
         raise InputError(
-            f"{lake.partition(EVALUATION, dt)}: no {cfg.metric!r} in its metrics ({sorted(metrics)}); "
+            f"{lake.partition(EVALUATION, dt)}: no {metric!r} in its metrics ({sorted(metrics)}); "
             "set metric to one of them"
         )
     eval_set = evaluation_set_id(lake, dt, evaluation)
     coreset_uri = str(adapter.get("source", {}).get("training", ""))
     coreset_digest = None
     if lake.manifest(CORESET, dt) is not None and coreset_uri == lake.partition(CORESET, dt):
-        coreset_digest = sha256(_manifest_bytes(lake, CORESET, dt))
-    digest = hashlib.sha256(adapter_raw + b"\x00" + eval_raw).hexdigest()
-    eval_cfg = evaluation.get("config", {})
+        coreset_digest = sha256(lake.manifest_bytes(CORESET, dt))
     # Everything logged is read through its checksum first, before MLflow is touched: a tampered file is refused
     # by name instead of being published (the manifests themselves are the reference, logged as read).
     eval_files = {
@@ -280,114 +342,106 @@ def register(
         for name in ("metrics.json", "examples.json")
         if name in evaluation.get("files", {})
     }
+    return _Finetuned(
+        dt=dt,
+        adapter_raw=adapter_raw,
+        eval_raw=eval_raw,
+        adapter=adapter,
+        evaluation=evaluation,
+        base_dir=base_dir,
+        fingerprint=fingerprint,
+        metrics=metrics,
+        eval_set=eval_set,
+        coreset_uri=coreset_uri,
+        coreset_digest=coreset_digest,
+        eval_files=eval_files,
+    )
 
-    # The adapter is copied and checked against the manifest the digest covers, before any run is created.
-    with local_adapter(lake, dt, adapter) as local, tempfile.TemporaryDirectory(prefix="dealrec-register-") as tmp:
-        _check_scored_adapter(lake, dt, evaluation, adapter)
-        tr = Tracking(cfg)
-        tr.ping()
-        pruning = _pruning_run(tr, dt, coreset_digest)
-        pruning_id = pruning.info.run_id if pruning is not None else "none"
 
-        def content(_run_id: str) -> RunContent:
-            model_config = {
-                "base_model": str(base_dir),
-                "base_model_fingerprint": fingerprint,
-                "check_fingerprint": True,
-                "domain": adapter["config"].get("domain", "games"),
-                "cutoff_len": int(eval_cfg.get("cutoff_len", adapter["config"].get("cutoff_len", 512))),
-                "num_beams": int(eval_cfg.get("num_beams", 4)),
-                "max_new_tokens": int(eval_cfg.get("max_new_tokens", 48)),
-                "ngram_repeat_limit": int(eval_cfg.get("ngram_repeat_limit", 0)),
-                "batch_size": int(eval_cfg.get("batch_size", 16)),
-                "dt": dt,
-            }
-            c = RunContent()
-            c.dirs[MODEL_ARTIFACT_PATH] = save_adapter_model(Path(tmp), local, model_config)
-            config = dict(adapter.get("config", {}))
-            c.add_params("lora", config.pop("lora", {}))
-            c.add_params("finetune", config)
-            c.add_params("eval", eval_cfg)
-            c.params.update(
-                {
-                    "base_model.path": str(base_dir),
-                    "base_model.fingerprint": fingerprint,
-                    "coreset_uri": coreset_uri,
-                    "dt": dt,
-                }
-            )
-            history = adapter.get("metrics", {}).get("history", [])
-            for row in history:
-                c.add_metrics("", {k: v for k, v in row.items() if k != "epoch"}, int(row.get("epoch", 0)))
-            for key in ("best_epoch", "best_valid_loss"):
-                c.add_metric(key, adapter.get("metrics", {}).get(key))
-            c.add_metrics("eval", metrics)
-            for name, data in eval_files.items():
-                c.artifacts[f"evaluation/{name}"] = data
-            c.artifacts["evaluation/_manifest.json"] = eval_raw
-            c.artifacts["adapter/_manifest.json"] = adapter_raw
-            c.tags.update(
-                {
-                    "coreset_uri": coreset_uri,
-                    "pruning_run_id": pruning_id,
-                    reg.EVAL_SET_TAG: eval_set,
-                    "base_model_fingerprint": fingerprint,
-                    "mlflow.note.content": f"LoRA fine-tuning of dt={dt} on {coreset_uri}, base {base_dir}",
-                }
-                | (run_tags or {})
-            )
-            if pruning is not None:
-                c.tags["mlflow.parentRunId"] = pruning_id  # the pruning run shows this run nested under it
-            return c
-
-        run_id, run_changed = log_run(tr, FINETUNE, dt, orchestrator_run_id, digest, f"finetune dt={dt}", content)
-
-    name = cfg.model_name
-    identity = {TAG_DT: dt, TAG_ORCHESTRATOR_RUN: orchestrator_run_id, TAG_DIGEST: digest}
-    reg.ensure_registered_model(tr, name)
-    found = reg.search_versions(tr, name, identity)
-    changed = run_changed
-    if found:
-        mv = found[0]
-    else:
-        run = tr.call("get run", tr.client.get_run, run_id)
-        tags = identity | {
-            "coreset_uri": coreset_uri,
-            "run_id": run_id,
-            "pruning_run_id": pruning_id,
-            reg.EVAL_SET_TAG: eval_set,
-            "eval_users": str(metrics.get("users", "")),
-            "base_model": str(base_dir),
-            "base_model_fingerprint": fingerprint,
-            **{reg.eval_tag(k): repr(float(v)) for k, v in metrics.items()},
-            **(run_tags or {}),
-        }
-
-        def again():
-            hit = reg.search_versions(tr, name, identity)
-            return hit[0] if hit else None
-
-        mv = tr.call(
-            "create model version",
-            tr.client.create_model_version,
-            name,
-            f"{run.info.artifact_uri}/{MODEL_ARTIFACT_PATH}",
-            run_id=run_id,
-            tags=tags,
-            description=f"BIGRec LoRA adapter of dt={dt}, fine-tuned on {coreset_uri}",
-            before_retry=again,
-        )
-        changed = True
-    version = int(mv.version)
-    counts = {
-        "version": version,
-        "run_id": run_id,
-        "pruning_run_id": pruning_id,
-        cfg.metric: round(float(metrics[cfg.metric]), 6),
+def _model_config(day: _Finetuned) -> dict[str, Any]:
+    """How the logged pyfunc loads and generates: the base model it checks by fingerprint, the evaluation's
+    generation settings (so the served model answers as the evaluated one did)."""
+    adapter_cfg, eval_cfg = day.adapter["config"], day.eval_cfg
+    return {
+        "base_model": str(day.base_dir),
+        "base_model_fingerprint": day.fingerprint,
+        "check_fingerprint": True,
+        "domain": adapter_cfg.get("domain", "games"),
+        "cutoff_len": int(eval_cfg.get("cutoff_len", adapter_cfg.get("cutoff_len", 512))),
+        "num_beams": int(eval_cfg.get("num_beams", 4)),
+        "max_new_tokens": int(eval_cfg.get("max_new_tokens", 48)),
+        "ngram_repeat_limit": int(eval_cfg.get("ngram_repeat_limit", 0)),
+        "batch_size": int(eval_cfg.get("batch_size", 16)),
+        "dt": day.dt,
     }
-    uris = {"model": f"models:/{name}/{version}", "run": tr.run_link(run_id)}
-    notes = [] if pruning is not None else [f"register dt={dt}: no pruning run logged for this day; not linked"]
-    return StepResult("register", uris, counts, changed, notes)
+
+
+def _finetune_content(
+    day: _Finetuned, tmp: Path, adapter_dir: Path, pruning_id: str | None, run_tags: dict[str, str] | None
+):
+    """The fine-tuning run's content: the adapter as a pyfunc model, training and evaluation configs as params,
+    the loss history and evaluation metrics, the verified evaluation files and both manifests as artifacts."""
+    from dealrec_tasks.tracking import registry as reg
+    from dealrec_tasks.tracking.model import MODEL_ARTIFACT_PATH, save_adapter_model
+    from dealrec_tasks.tracking.runs import RunContent
+
+    c = RunContent()
+    c.dirs[MODEL_ARTIFACT_PATH] = save_adapter_model(tmp, adapter_dir, _model_config(day))
+    config = dict(day.adapter.get("config", {}))
+    c.add_params("lora", config.pop("lora", {}))
+    c.add_params("finetune", config)
+    c.add_params("eval", day.eval_cfg)
+    c.params.update(
+        {
+            "base_model.path": str(day.base_dir),
+            "base_model.fingerprint": day.fingerprint,
+            "coreset_uri": day.coreset_uri,
+            "dt": day.dt,
+        }
+    )
+    adapter_metrics = day.adapter.get("metrics", {})
+    for row in adapter_metrics.get("history", []):
+        c.add_metrics("", {k: v for k, v in row.items() if k != "epoch"}, int(row.get("epoch", 0)))
+    for key in ("best_epoch", "best_valid_loss"):
+        c.add_metric(key, adapter_metrics.get(key))
+    c.add_metrics("eval", day.metrics)
+    for name, data in day.eval_files.items():
+        c.artifacts[f"evaluation/{name}"] = data
+    c.artifacts["evaluation/_manifest.json"] = day.eval_raw
+    c.artifacts["adapter/_manifest.json"] = day.adapter_raw
+    c.tags.update(
+        {
+            "coreset_uri": day.coreset_uri,
+            "pruning_run_id": pruning_id or "none",
+            reg.EVAL_SET_TAG: day.eval_set,
+            "base_model_fingerprint": day.fingerprint,
+            "mlflow.note.content": f"LoRA fine-tuning of dt={day.dt} on {day.coreset_uri}, base {day.base_dir}",
+        }
+        | (run_tags or {})
+    )
+    if pruning_id is not None:
+        c.tags["mlflow.parentRunId"] = pruning_id  # the pruning run shows this run nested under it
+    return c
+
+
+def _version_tags(
+    day: _Finetuned, run_id: str, pruning_id: str | None, run_tags: dict[str, str] | None
+) -> dict[str, str]:
+    """The model version's tags besides its identity: where it came from, and the evaluation that decides its
+    promotion (``eval.*`` and ``eval_set``), so the decision needs only the registry."""
+    from dealrec_tasks.tracking import registry as reg
+
+    return {
+        "coreset_uri": day.coreset_uri,
+        "run_id": run_id,
+        "pruning_run_id": pruning_id or "none",
+        reg.EVAL_SET_TAG: day.eval_set,
+        "eval_users": str(day.metrics.get("users", "")),
+        "base_model": str(day.base_dir),
+        "base_model_fingerprint": day.fingerprint,
+        **{reg.eval_tag(k): repr(float(v)) for k, v in day.metrics.items()},
+        **(run_tags or {}),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -409,70 +463,9 @@ def promote_if_better(cfg: TrackingConfig, version: int) -> StepResult:
     tr = Tracking(cfg)
     tr.ping()
     name = cfg.model_name
-    mv = reg.get_version(tr, name, version)
-    reg.set_alias(tr, name, reg.CHALLENGER, version)
-    uris = {"model": f"models:/{name}/{version}"}
-
-    recorded = mv.tags.get("promotion.decision")
-    if recorded is not None:  # a retry: the decision stands; finish applying it if the first try could not
-        changed = False
-        if recorded == "champion" and mv.tags.get("promotion.applied") != "true":
-            reg.move_champion(tr, name, version, {"champion.reason": "automatic: " + mv.tags["promotion.reason"]})
-            reg.set_tags(tr, name, version, {"promotion.applied": "true"})
-            changed = True
-        counts = _decision_counts(reg, tr, name, version, mv.tags)
-        return StepResult("promote-if-better", uris, counts, changed)
-
-    challenger = reg.metric_of(mv, cfg.metric)
-    if challenger is None:
-        have = sorted(k for k in mv.tags if k.startswith("eval."))
-        raise InputError(
-            f"{name} version {version}: no tag {reg.eval_tag(cfg.metric)} (has {have}); "
-            "register versions with `dealrec register`, or set metric to one it has"
-        )
-    current = reg.alias_version(tr, name, reg.CHAMPION)
-    champion_value = None
-    comparable: bool | None = None
-    if current is not None and int(current.version) == version:
-        decision = reg.Decision(True, "already champion")
-        champion_value = challenger
-        comparable = True
-    elif current is not None and reg.metric_of(current, cfg.metric) is None:
-        decision = reg.Decision(False, f"champion {current.version} has no {cfg.metric}; promote by hand")
-    else:
-        if current is not None:
-            champion_value = reg.metric_of(current, cfg.metric)
-            comparable = current.tags.get(reg.EVAL_SET_TAG) == mv.tags.get(reg.EVAL_SET_TAG)
-        decision = reg.decide(challenger, champion_value, cfg.margin, comparable, cfg.require_comparable, cfg.metric)
-    tags = {
-        "promotion.metric": cfg.metric,
-        "promotion.margin": repr(cfg.margin),
-        "promotion.challenger_value": repr(challenger),
-        "promotion.champion_value": "none" if champion_value is None else repr(champion_value),
-        "promotion.champion_version": "none" if current is None else current.version,
-        "promotion.comparable": "n/a" if comparable is None else str(comparable).lower(),
-        "promotion.reason": decision.reason,
-        "promotion.decided_at": reg.now(),
-        "promotion.decision": decision.name,  # last: its presence means the whole decision is recorded
-    }
-    reg.set_tags(tr, name, version, tags)
-    if decision.promote:
-        reg.move_champion(tr, name, version, {"champion.reason": "automatic: " + decision.reason})
-    reg.set_tags(tr, name, version, {"promotion.applied": "true"})
-    return StepResult("promote-if-better", uris, _decision_counts(reg, tr, name, version, tags), True)
-
-
-def _decision_counts(reg, tr, name: str, version: int, tags: dict[str, str]) -> dict[str, Any]:
-    champion = reg.alias_version(tr, name, reg.CHAMPION)
-    return {
-        "decision": tags["promotion.decision"],
-        "version": version,
-        "champion": int(champion.version) if champion is not None else None,
-        "metric": tags["promotion.metric"],
-        "challenger_value": tags["promotion.challenger_value"],
-        "champion_value": tags["promotion.champion_value"],
-        "comparable": tags["promotion.comparable"],
-    }
+    tags, changed = reg.promote_if_better(tr, name, version, cfg.metric, cfg.margin, cfg.require_comparable)
+    counts = reg.decision_summary(tr, name, version, tags)
+    return StepResult("promote-if-better", {"model": f"models:/{name}/{version}"}, counts, changed)
 
 
 def promote(cfg: TrackingConfig, version: int, reason: str) -> StepResult:

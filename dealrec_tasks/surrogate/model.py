@@ -22,17 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dealrec_tasks.scoring.config import BLOCKS  # the influence blocks, defined where no torch is needed
 from dealrec_tasks.surrogate.config import SurrogateConfig
 
 LN_EPS = 1e-8  # the reference port's LayerNorm epsilon
-
-# Parameter blocks whose network above them is position-wise (only the last block's attention and feed-forward
-# sit above them), so a block-level Hessian needs only the cached inputs of the layer, never the attention again.
-BLOCKS = {
-    "attn_out": "attention output projection of the last block (the paper's block)",
-    "ffn_in": "first feed-forward layer of the last block",
-    "ffn_out": "second feed-forward layer of the last block",
-}
 
 
 class Attention(nn.Module):

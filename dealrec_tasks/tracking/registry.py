@@ -15,6 +15,7 @@ import datetime as dt_mod
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from dealrec_tasks.errors import ConfigError, InputError
 from dealrec_tasks.tracking.client import Tracking, quote
@@ -156,6 +157,44 @@ def metric_of(mv, metric: str) -> float | None:
     return None if raw is None else float(raw)
 
 
+def find_or_create_version(
+    tr: Tracking,
+    name: str,
+    run_id: str,
+    artifact_path: str,
+    identity_tags: dict[str, str],
+    tags: dict[str, str],
+    description: str,
+) -> tuple[Any, bool]:
+    """The version of ``name`` tagged ``identity_tags``, else a new one of the model at ``artifact_path`` in run
+    ``run_id``, tagged ``identity_tags | tags``; returns (version, created).
+
+    A retry of the same task finds its version by those tags instead of registering a second one; a create whose
+    answer was lost on the way back is searched for again before it is tried again, for the same reason.
+    """
+    ensure_registered_model(tr, name)
+    found = search_versions(tr, name, identity_tags)
+    if found:
+        return found[0], False
+    run = tr.call("get run", tr.client.get_run, run_id)
+
+    def again():
+        hit = search_versions(tr, name, identity_tags)
+        return hit[0] if hit else None
+
+    mv = tr.call(
+        "create model version",
+        tr.client.create_model_version,
+        name,
+        f"{run.info.artifact_uri}/{artifact_path}",
+        run_id=run_id,
+        tags=identity_tags | tags,
+        description=description,
+        before_retry=again,
+    )
+    return mv, True
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Champion history
 # ---------------------------------------------------------------------------------------------------------
@@ -215,3 +254,85 @@ def rollback_champion(tr: Tracking, name: str, reason: str) -> tuple[int, int]:
     set_alias(tr, name, CHAMPION, target)
     _write_history(tr, name, history)
     return current, target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Promotion: decide once (recorded as tags), then apply
+# ---------------------------------------------------------------------------------------------------------
+def promotion_tags(mv, champion, metric: str, margin: float, require_comparable: bool = False) -> dict[str, str]:
+    """The decision on challenger ``mv`` against ``champion`` (the version behind the alias, or None) and the numbers
+    it was taken on, as the version tags that record it. Reads only the two versions' tags.
+
+    ``mv`` must carry ``metric`` (see ``promote_if_better``); a champion without it is kept, for a person to decide.
+    """
+    challenger = metric_of(mv, metric)
+    champion_value = None
+    comparable: bool | None = None
+    if champion is not None and int(champion.version) == int(mv.version):
+        decision = Decision(True, "already champion")
+        champion_value = challenger
+        comparable = True
+    elif champion is not None and metric_of(champion, metric) is None:
+        decision = Decision(False, f"champion {champion.version} has no {metric}; promote by hand")
+    else:
+        if champion is not None:
+            champion_value = metric_of(champion, metric)
+            comparable = champion.tags.get(EVAL_SET_TAG) == mv.tags.get(EVAL_SET_TAG)
+        decision = decide(challenger, champion_value, margin, comparable, require_comparable, metric)
+    return {
+        "promotion.metric": metric,
+        "promotion.margin": repr(margin),
+        "promotion.challenger_value": repr(challenger),
+        "promotion.champion_value": "none" if champion_value is None else repr(champion_value),
+        "promotion.champion_version": "none" if champion is None else str(champion.version),
+        "promotion.comparable": "n/a" if comparable is None else str(comparable).lower(),
+        "promotion.reason": decision.reason,
+        "promotion.decided_at": now(),
+        "promotion.decision": decision.name,  # last: its presence means the whole decision is recorded
+    }
+
+
+def promote_if_better(
+    tr: Tracking, name: str, version: int, metric: str, margin: float, require_comparable: bool = False
+) -> tuple[dict[str, str], bool]:
+    """``version`` gets ``challenger``, then the decision is recorded and applied; returns (its tags, changed).
+
+    Two-phase so that a retry never decides twice: a version that already has ``promotion.decision`` keeps it
+    (whatever the config says now), and only the alias move it may still lack is finished.
+    """
+    mv = get_version(tr, name, version)
+    set_alias(tr, name, CHALLENGER, version)
+    recorded = mv.tags.get("promotion.decision")
+    if recorded is not None:
+        changed = False
+        if recorded == "champion" and mv.tags.get("promotion.applied") != "true":
+            move_champion(tr, name, version, {"champion.reason": "automatic: " + mv.tags["promotion.reason"]})
+            set_tags(tr, name, version, {"promotion.applied": "true"})
+            changed = True
+        return dict(mv.tags), changed
+    if metric_of(mv, metric) is None:
+        have = sorted(k for k in mv.tags if k.startswith("eval."))
+        raise InputError(
+            f"{name} version {version}: no tag {eval_tag(metric)} (has {have}); "
+            "register versions with `dealrec register`, or set metric to one it has"
+        )
+    tags = promotion_tags(mv, alias_version(tr, name, CHAMPION), metric, margin, require_comparable)
+    set_tags(tr, name, version, tags)
+    if tags["promotion.decision"] == "champion":
+        move_champion(tr, name, version, {"champion.reason": "automatic: " + tags["promotion.reason"]})
+    set_tags(tr, name, version, {"promotion.applied": "true"})
+    return tags, True
+
+
+def decision_summary(tr: Tracking, name: str, version: int, tags: dict[str, str]) -> dict[str, Any]:
+    """What a promotion decided, from its tags, and which version is champion now."""
+    champion = alias_version(tr, name, CHAMPION)
+    return {
+        "decision": tags["promotion.decision"],
+        "version": version,
+        "champion": int(champion.version) if champion is not None else None,
+        "metric": tags["promotion.metric"],
+        "challenger_value": tags["promotion.challenger_value"],
+        "champion_value": tags["promotion.champion_value"],
+        "comparable": tags["promotion.comparable"],
+    }

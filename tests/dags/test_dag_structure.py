@@ -234,17 +234,77 @@ def test_every_param_has_a_title_and_a_description_and_base_model_is_optional(da
         assert "null" in dag.params.get_param("base_model").schema["type"]
 
 
-def test_param_defaults_are_the_library_defaults(daily, finetune):
-    """The form's defaults and the configs' defaults are one truth: a change in either shows up here."""
+# Param -> (module, config class, field) of the Params generated from a config; the others are hand-written.
+FROM_CONFIG = {
+    "dealrec_daily": {
+        "n": ("dealrec_tasks.selection", "SelectConfig", "n"),
+        "ratio": ("dealrec_tasks.selection", "SelectConfig", "ratio"),
+        "lambda": ("dealrec_tasks.selection", "SelectConfig", "lam"),
+        "k": ("dealrec_tasks.selection", "SelectConfig", "k"),
+        "hard_prune": ("dealrec_tasks.selection", "SelectConfig", "hard_prune"),
+        "strategy": ("dealrec_tasks.selection", "SelectConfig", "strategy"),
+        "influence_target": ("dealrec_tasks.scoring.config", "InfluenceConfig", "target"),
+        "surrogate_max_epochs": ("dealrec_tasks.surrogate.config", "SurrogateConfig", "max_epochs"),
+    },
+    "dealrec_finetune": {
+        "epochs": ("dealrec_tasks.llm.config", "FinetuneConfig", "epochs"),
+        "margin": ("dealrec_tasks.tracking.config", "TrackingConfig", "margin"),
+    },
+}
+
+
+def test_param_names_and_defaults(daily, finetune):
+    """The Params the DAGs read, and what an untouched trigger form runs with."""
+    assert dict(daily.params) == {
+        "dt": None,
+        "n": 1024,
+        "ratio": None,
+        "lambda": 0.3,
+        "k": 50,
+        "hard_prune": 0.1,
+        "strategy": "dealrec",
+        "influence_target": "valid",
+        "base_model": None,
+        "shards": 2,
+        "surrogate_max_epochs": 200,
+    }
+    assert dict(finetune.params) == {"dt": None, "base_model": None, "epochs": 10, "eval_users": 0, "margin": 0.0}
+
+
+@pytest.mark.parametrize(("dag_id", "key"), [(d, k) for d, keys in FROM_CONFIG.items() for k in keys])
+def test_params_from_a_config_have_its_default_help_and_type(dagbag, dag_id, key):
+    """The form's defaults and help texts are the configs' (one truth: they cannot drift apart)."""
+    import dataclasses
+    import importlib
+
+    module, cls_name, name = FROM_CONFIG[dag_id][key]
+    field = {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), cls_name))}[name]
+    param = dagbag.dags[dag_id].params.get_param(key)
+    assert param.value == field.default
+    assert type(param.value) is type(field.default)
+    assert param.description == field.metadata["help"]
+    # The JSON type of the annotation; n, optional in the config (exclusive with ratio), stays required in the form.
+    expected = {"int": "integer", "float": "number", "str": "string", "int | None": ["null", "integer"]}
+    expected["float | None"] = ["null", "number"]
+    assert param.schema["type"] == ("integer" if key == "n" else expected[field.type])
+
+
+def test_config_param_types_and_refusals():
+    from dealrec_tasks.config import IngestConfig, S3Config
+    from dealrec_tasks.llm.config import LoRAConfig
     from dealrec_tasks.selection import SelectConfig
-    from dealrec_tasks.tracking.config import TrackingConfig
 
-    sel = SelectConfig()
-    assert (daily.params["n"], daily.params["lambda"], daily.params["k"]) == (sel.n, sel.lam, sel.k)
-    assert (daily.params["hard_prune"], daily.params["strategy"]) == (sel.hard_prune, sel.strategy)
-    assert daily.params["ratio"] is None
-    assert finetune.params["margin"] == TrackingConfig().margin
-    from dealrec_tasks.scoring.config import TARGETS, InfluenceConfig
+    assert dx.config_param(SelectConfig, "ratio", title="r").schema["type"] == ["null", "number"]
+    assert dx.config_param(S3Config, "endpoint_url", title="e").schema["type"] == ["null", "string"]
+    assert dx.config_param(IngestConfig, "allow_extra_columns", title="a").schema["type"] == "boolean"
+    assert dx.config_param(SelectConfig, "n", title="n", type="integer").schema["type"] == "integer"
+    with pytest.raises(KeyError, match="lambda"):
+        dx.config_param(SelectConfig, "lambda", title="l")
+    with pytest.raises(TypeError, match="JSON-schema type"):
+        dx.config_param(LoRAConfig, "target_modules", title="t")
 
-    assert daily.params["influence_target"] == InfluenceConfig().target
-    assert set(daily.params.get_param("influence_target").schema["enum"]) == set(TARGETS)
+
+def test_influence_target_enum_is_the_librarys(daily):
+    from dealrec_tasks.scoring.config import TARGETS
+
+    assert daily.params.get_param("influence_target").schema["enum"] == list(TARGETS)

@@ -14,7 +14,10 @@ from dealrec_tasks.errors import ConfigError, InputError, OrderError
 from dealrec_tasks.llm.config import TinyLLMConfig
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.steps import data
-from dealrec_tasks.steps.pipeline import base_model_dir, ingest_until, solve_influence_once, train_surrogate_once
+from dealrec_tasks.steps.data import ingest_until
+from dealrec_tasks.steps.influence import solve_influence
+from dealrec_tasks.steps.llm import base_model_dir
+from dealrec_tasks.steps.surrogate import train_surrogate
 from dealrec_tasks.storage import Lake
 from dealrec_tasks.surrogate.config import SurrogateConfig
 
@@ -68,6 +71,17 @@ def test_finetune_dt_from_param_event_or_newest_coreset(tmp_path):
     events = {dx.CORESET: [event("2026-01-02"), event("2026-01-03")]}
     assert dx.finetune_dt(context(events=events), lake) == "2026-01-03"
     assert dx.finetune_dt(context(dt="2026-01-01", events=events), lake) == "2026-01-01"
+
+
+def test_the_coreset_uri_of_the_triggering_event_is_the_one_fine_tuned_on():
+    """The asset event announces the coreset's URI; the finetune task passes it on (the step checks it lies in the
+    lake) instead of rebuilding it from the day. A manual run has no event: None, the day's coreset."""
+    event = lambda dt, uri: SimpleNamespace(extra={"dt": dt, "coreset": uri})  # noqa: E731
+    events = {dx.CORESET: [event("2026-01-02", "s3://lake/coreset/dt=2026-01-02"), event("2026-01-03", "u3")]}
+    assert dx.announced_coreset(context(events=events), "2026-01-02") == "s3://lake/coreset/dt=2026-01-02"
+    assert dx.announced_coreset(context(events=events), "2026-01-03") == "u3"
+    assert dx.announced_coreset(context(events=events), "2026-01-04") is None
+    assert dx.announced_coreset(context(), "2026-01-02") is None
 
 
 @pytest.mark.parametrize(
@@ -150,18 +164,18 @@ def test_surrogate_and_solve_run_once_per_inputs_and_config(tmp_path):
     ingest_until(lake, "2026-01-03", IngestConfig())
     data.samples(lake, "2026-01-03", SamplesConfig())
     cfg = SurrogateConfig(max_epochs=2)
-    first = train_surrogate_once(lake, "2026-01-03", cfg)
+    first = train_surrogate(lake, "2026-01-03", cfg)
     assert first.changed
     published = lake.manifest("surrogate", "2026-01-03")
-    again = train_surrogate_once(lake, "2026-01-03", cfg)
+    again = train_surrogate(lake, "2026-01-03", cfg)
     assert not again.changed and "already trained" in again.notes[0]
     assert lake.manifest("surrogate", "2026-01-03") == published
-    assert train_surrogate_once(lake, "2026-01-03", SurrogateConfig(max_epochs=1)).changed  # another config
-    assert solve_influence_once(lake, "2026-01-03", InfluenceConfig(negatives=64, damping=10.0)).changed
-    solved = solve_influence_once(lake, "2026-01-03", InfluenceConfig(negatives=64, damping=10.0))
+    assert train_surrogate(lake, "2026-01-03", SurrogateConfig(max_epochs=1)).changed  # another config
+    assert solve_influence(lake, "2026-01-03", InfluenceConfig(negatives=64, damping=10.0)).changed
+    solved = solve_influence(lake, "2026-01-03", InfluenceConfig(negatives=64, damping=10.0))
     assert not solved.changed and "already published" in solved.notes[0]
     assert data.samples(lake, "2026-01-03", SamplesConfig(max_len=5)).changed
-    assert train_surrogate_once(lake, "2026-01-03", SurrogateConfig(max_epochs=1)).changed  # new samples
+    assert train_surrogate(lake, "2026-01-03", SurrogateConfig(max_epochs=1)).changed  # new samples
 
 
 def test_base_model_dir(tmp_path):

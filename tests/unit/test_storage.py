@@ -118,9 +118,9 @@ def test_uri_errors_name_the_uri():
 
 def test_a_crafted_dt_cannot_reach_another_partition(tmp_path):
     """dt is part of every partition path: anything but a date is refused, naming it (issue 14, item 9)."""
+    from dealrec_tasks.catalogue import source
     from dealrec_tasks.errors import ConfigError
     from dealrec_tasks.steps import llm as llm_steps
-    from dealrec_tasks.steps.surrogate import source
 
     lake = Lake(str(tmp_path / "lake"))
     crafted = "2026-01-04/../../samples/dt=2026-01-04"

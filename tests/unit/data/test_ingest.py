@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dealrec_tasks import steps
+from dealrec_tasks.catalogue import INTERACTIONS, REJECTS, SEQUENCES, VOCAB
 from dealrec_tasks.config import IngestConfig
 from dealrec_tasks.data import ingest as ingest_mod
-from dealrec_tasks.data.schema import INTERACTIONS, REJECTS, SEQUENCES, VOCAB
 from dealrec_tasks.errors import OrderError
 from dealrec_tasks.storage import Lake, join_uri
 

@@ -17,12 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from dealrec_tasks import steps
+from dealrec_tasks.catalogue import INTERACTIONS, REJECTS, SAMPLES, SEQUENCES, VOCAB
 from dealrec_tasks.cli import main
 from dealrec_tasks.config import IngestConfig, SamplesConfig
-from dealrec_tasks.data.schema import INTERACTIONS, REJECTS, SAMPLES, SEQUENCES, VOCAB
 from dealrec_tasks.errors import InputError, OrderError, PartitionNotFound
-from dealrec_tasks.steps.data import VOCAB_RECORD
-from dealrec_tasks.steps.pipeline import ingest_until
+from dealrec_tasks.steps.data import VOCAB_RECORD, ingest_until
 from dealrec_tasks.storage import MANIFEST, Lake, join_uri
 
 REPO = Path(__file__).resolve().parents[3]

@@ -6,9 +6,10 @@ import numpy as np
 import pyarrow as pa
 
 from dealrec_tasks import steps
+from dealrec_tasks.catalogue import SAMPLES
 from dealrec_tasks.config import IngestConfig, ReplayConfig, SamplesConfig, SyntheticConfig
 from dealrec_tasks.data import samples as samples_mod
-from dealrec_tasks.data.schema import ITEM_VOCAB_SCHEMA, SAMPLES, SPLIT_SEQUENCES_SCHEMA
+from dealrec_tasks.data.schema import ITEM_VOCAB_SCHEMA, SPLIT_SEQUENCES_SCHEMA
 from dealrec_tasks.storage import Lake
 
 

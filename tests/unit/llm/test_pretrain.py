@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from dealrec_tasks.catalogue import SEQUENCES
 from dealrec_tasks.data.samples import time_split
-from dealrec_tasks.data.schema import SEQUENCES
 from dealrec_tasks.errors import ConfigError, InputError
 from dealrec_tasks.llm.config import TinyLLMConfig
 from dealrec_tasks.llm.pretrain import Corpus, pretrain

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from dealrec_tasks.errors import InputError
@@ -54,7 +55,7 @@ def test_effort_rerun_with_the_same_inputs_reuses_the_shard_without_recomputing(
     assert lake.manifest(f"effort/dt={DT}/shard=0-of-1") == before
     other = llm_steps.effort(lake, DT, tiny_dir, EffortConfig(batch_size=4, seed=1), LoRAConfig(), (0, 1))
     assert other.changed  # another LoRA init: recomputed and republished
-    assert lake.manifest(f"effort/dt={DT}/shard=0-of-1")["config"]["inputs_sha256"]["samples"]
+    assert lake.manifest(f"effort/dt={DT}/shard=0-of-1")["inputs"]["samples"]
 
 
 def test_finetune_without_coreset_needs_an_explicit_choice(lake, tiny_dir, tmp_path):
@@ -74,3 +75,21 @@ def test_finetune_then_evaluate(lake, tiny_dir, tmp_path):
     metrics = lake.storage.read_json(ev.uris["evaluation"] + "/metrics.json")
     assert metrics["users"] == ev.counts["users"] > 0
     assert 0.0 <= metrics["recall@50"] <= 1.0
+
+
+def test_finetune_reads_the_announced_coreset_uri_and_only_inside_the_lake(lake, tmp_path):
+    """The DAG passes the coreset URI of the asset event: that partition is the one read, and a URI outside the
+    lake (an event's extra is data anyone with asset-event rights can post) is refused before anything is read."""
+    rows = lake.read("samples", DT, "samples.parquet").slice(0, 3)
+    other = "coreset_arm/dt=" + DT  # another partition than the day's default coreset/dt=D
+    table = pa.table({"sample_id": rows.column("sample_id"), "history": rows.column("history")})
+    lake.publish(other.split("/")[0], DT, {"coreset.parquet": table})
+    got, source = llm_steps.training_rows(lake, DT, 0, 0, coreset=lake.partition("coreset_arm", DT))
+    assert (
+        source == lake.partition("coreset_arm", DT)
+        and [r["sample_id"] for r in got] == rows.column("sample_id").to_pylist()
+    )
+    with pytest.raises(InputError, match="not a partition of the lake"):
+        llm_steps.training_rows(lake, DT, 0, 0, coreset=f"file://{tmp_path}/elsewhere/coreset/dt={DT}")
+    with pytest.raises(InputError, match="no published coreset"):
+        llm_steps.training_rows(lake, DT, 256, 0, coreset=lake.partition("coreset_missing", DT))

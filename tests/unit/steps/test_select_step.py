@@ -91,7 +91,7 @@ def test_dealrec_coreset_end_to_end_and_no_op_rerun(source_lake, lake, tmp_path)
     assert np.bincount([r["stratum"] for r in rows], minlength=5).tolist() == groups["budgets"]
     assert set(manifest["source"]) == {"samples", "vocab", "items", "influence", "effort"}
     assert manifest["source"]["samples"]["uri"] == lake.partition("samples", DT)
-    assert manifest["config"]["n"] == 20 and manifest["config"]["source_sha256"]["effort"]
+    assert manifest["config"]["n"] == 20 and manifest["inputs"]["effort"]
     png = lake.storage.read_bytes(join_uri(result.uris["coreset"], "report.png"))
     assert png.startswith(b"\x89PNG") and manifest["files"]["report.png"]["bytes"] == len(png)
     (tmp_path / "report.png").write_bytes(png)
@@ -149,7 +149,7 @@ def test_too_many_and_the_cli(source_lake, local_lake, capsys):
 
 
 def test_constants_match_the_producing_steps():
-    from dealrec_tasks.data.schema import SCORES_INFLUENCE, SURROGATE
+    from dealrec_tasks.catalogue import SCORES_INFLUENCE, SURROGATE
 
     assert select_steps.SCORES_INFLUENCE == SCORES_INFLUENCE and select_steps.SURROGATE == SURROGATE
     assert MANIFEST == "_manifest.json"

@@ -12,23 +12,22 @@ import numpy as np
 import pytest
 import torch
 
+from dealrec_tasks.catalogue import Source
 from dealrec_tasks.config import IngestConfig, SamplesConfig, SyntheticConfig
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.scoring.influence import combine_members, influence
 from dealrec_tasks.steps import ingest, pending_days, samples, synthetic
 from dealrec_tasks.steps.influence import merge_influence, score_influence, solve_influence
-from dealrec_tasks.steps.pipeline import solve_influence_once, train_surrogate_once
-from dealrec_tasks.steps.surrogate import (
-    Source,
+from dealrec_tasks.steps.readers import (
     influence_sha256,
     influence_weights,
     load_ensemble,
     load_influence_models,
     load_model,
     read_samples,
-    train_surrogate,
 )
+from dealrec_tasks.steps.surrogate import train_surrogate
 from dealrec_tasks.storage import Lake, join_uri
 from dealrec_tasks.surrogate.batching import train_seqs, valid_seqs
 from dealrec_tasks.surrogate.config import SurrogateConfig
@@ -232,34 +231,34 @@ def test_influence_toward_the_validation_rows_through_the_steps(lake):
 def test_a_rerun_with_unchanged_inputs_is_a_no_op(lake):
     d4 = lake.days[-1]
     cfg = SurrogateConfig.tiny(seed=11)
-    train_surrogate_once(lake, d4, cfg)
-    again = train_surrogate_once(lake, d4, cfg)
+    train_surrogate(lake, d4, cfg)
+    again = train_surrogate(lake, d4, cfg)
     assert not again.changed and "already trained" in again.notes[0] and again.counts["members"] == 2
-    solve_influence_once(lake, d4, ICFG)
-    solved = solve_influence_once(lake, d4, ICFG)
+    solve_influence(lake, d4, ICFG)
+    solved = solve_influence(lake, d4, ICFG)
     assert not solved.changed and "already published" in solved.notes[0]
     for _ in range(2):
         shard = score_influence(lake, d4, ICFG, (0, 1))
         merged = merge_influence(lake, d4, 1)
     assert not shard.changed and not merged.changed and not shard.notes
     # A retrained ensemble (new member checksums) makes the published solve stale: it is not used.
-    assert train_surrogate_once(lake, d4, SurrogateConfig.tiny(seed=12)).changed
+    assert train_surrogate(lake, d4, SurrogateConfig.tiny(seed=12)).changed
     assert "no matching published solve" in score_influence(lake, d4, ICFG, (0, 1)).notes[0]
-    assert solve_influence_once(lake, d4, ICFG).changed
+    assert solve_influence(lake, d4, ICFG).changed
 
 
 def test_a_solve_for_other_weights_is_not_used(lake):
     d4 = lake.days[-1]
     train_surrogate(lake, d4, SurrogateConfig.tiny(seed=1, **LEARNS))
     assert len(influence_weights(lake.manifest("surrogate", d4))) == 4
-    assert solve_influence_once(lake, d4, ICFG).changed
+    assert solve_influence(lake, d4, ICFG).changed
     assert not score_influence(lake, d4, ICFG, (0, 1)).notes
     # The same member best files, but without their checkpoints: other weights, so the solve is stale.
     _republish_as_old(lake, d4, ("model.pt", "model_1.pt", "metrics.json"), ())
     assert len(influence_weights(lake.manifest("surrogate", d4))) == 2
     shard = score_influence(lake, d4, ICFG, (0, 1))
     assert shard.changed and "no matching published solve" in shard.notes[0] and shard.counts["weights"] == 2
-    assert solve_influence_once(lake, d4, ICFG).changed
+    assert solve_influence(lake, d4, ICFG).changed
 
 
 def _flip_byte(lake: Lake, dataset: str, dt: str | None, name: str, offset: int) -> None:
@@ -351,8 +350,8 @@ def test_an_old_single_member_partition_still_loads_and_scores(tmp_path):
     res = train_surrogate(lake, d4, SurrogateConfig.tiny(members=2))
     assert [m["warm_start"] for m in res.counts["per_member"]] == [True, True]
     assert any("member 1: dt=" in n and "its member 0" in n for n in res.notes)
-    # The old partition's config lacks `members`: train_surrogate_once retrains instead of reusing it.
-    assert train_surrogate_once(lake, d3, SurrogateConfig.tiny(members=1)).changed
+    # The old partition's config lacks `members`: train_surrogate retrains instead of reusing it.
+    assert train_surrogate(lake, d3, SurrogateConfig.tiny(members=1)).changed
 
 
 def test_an_old_ensemble_partition_without_checkpoints_still_loads_and_scores(tmp_path):

@@ -1,0 +1,154 @@
+"""Typed reads of published partitions that more than one step uses: a day's samples with its item count, the
+titles by item index, and the surrogate's checkpoints (checksum-verified, weights_only) as models.
+
+The surrogate partition's layout (written by ``steps/surrogate.py``): member i's best weights are ``model.pt``
+(i = 0) or ``model_i.pt``; its other kept checkpoints ``ckpt_{i}_e{epoch}.pt``; the manifest's top-level
+``influence_weights`` lists, member-major, epochs ascending, best last per member, the files influence uses
+(``[{"file", "member", "epoch", "best"}, ...]``). A partition without that list (older ones) stands for its member
+best files, so older lakes still load and score.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dealrec_tasks.catalogue import DATASETS, ITEMS, SAMPLES, SURROGATE, VOCAB, Source
+from dealrec_tasks.errors import InputError
+from dealrec_tasks.storage import Lake
+from dealrec_tasks.surrogate.config import SurrogateConfig
+
+if TYPE_CHECKING:  # torch only when a model is loaded: the CLI starts without it
+    import torch
+
+    from dealrec_tasks.surrogate.model import SASRec
+
+MODEL_FILE = "model.pt"  # member 0; member i > 0 is model_i.pt (see member_file)
+INFLUENCE_WEIGHTS = "influence_weights"  # manifest key: the ordered weight files influence uses
+
+
+def read_samples(lake: Lake, src: Source) -> tuple[pa.Table, int]:
+    """The samples table and the item count (largest item index of the vocab the samples were built with)."""
+    samples = lake.read(src.path(SAMPLES), src.dt, "samples.parquet")
+    vocab = lake.read(f"{DATASETS}/{src.dataset}", None, "item_vocab") if src.dataset else None
+    if vocab is None:
+        vocab = lake.read(VOCAB, src.dt, "items.parquet")
+    n_items = int(pc.max(vocab.column("item_idx")).as_py() or 0)
+    return samples, n_items
+
+
+def member_file(i: int) -> str:
+    """The checkpoint file of ensemble member ``i``: ``model.pt`` for member 0 (backward compatible)."""
+    return MODEL_FILE if i == 0 else f"model_{i}.pt"
+
+
+def member_files(manifest: dict[str, Any]) -> list[str]:
+    """The checkpoint files a surrogate manifest lists, member 0 first (one for partitions older than ensembles)."""
+    files = manifest["files"]
+    out: list[str] = []
+    while member_file(len(out)) in files:
+        out.append(member_file(len(out)))
+    if not out:
+        raise InputError(
+            f"{manifest.get('uri', 'surrogate')}: no {MODEL_FILE} in the manifest; republish the surrogate"
+        )
+    return out
+
+
+def checkpoint_file(i: int, epoch: int) -> str:
+    """A kept checkpoint of member ``i`` other than its best: its weights after evaluated epoch ``epoch``."""
+    return f"ckpt_{i}_e{epoch}.pt"
+
+
+def influence_weights(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The weight files influence uses, in order: ``[{"file", "member", "epoch", "best"}, ...]``, member-major,
+    epochs ascending, each member's best last. A partition without the list (older than checkpoint averaging)
+    gives its member best files (``epoch`` None)."""
+    listed = manifest.get(INFLUENCE_WEIGHTS)
+    if listed is None:
+        return [{"file": f, "member": i, "epoch": None, "best": True} for i, f in enumerate(member_files(manifest))]
+    missing = [w.get("file") for w in listed if w.get("file") not in manifest["files"]]
+    if not listed or missing:
+        raise InputError(
+            f"{manifest.get('uri', 'surrogate')}: {INFLUENCE_WEIGHTS} lists {missing or 'no'} file(s) the manifest "
+            "does not hold; republish the surrogate"
+        )
+    return listed
+
+
+def influence_sha256(manifest: dict[str, Any]) -> list[str]:
+    """Identity of the weights influence uses: the checksums of the ``influence_weights`` files, in order (the
+    member checksums for a partition older than checkpoint averaging)."""
+    return [manifest["files"][w["file"]]["sha256"] for w in influence_weights(manifest)]
+
+
+def _read_state(lake: Lake, src: Source, manifest: dict[str, Any], name: str) -> dict[str, torch.Tensor]:
+    return lake.read_verified_torch(src.path(SURROGATE), src.dt, name, "republish the surrogate", manifest)
+
+
+def load_checkpoint(lake: Lake, src: Source) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """state_dict of member 0 and the manifest of a published surrogate, checksum-verified, weights_only."""
+    manifest = lake.require_manifest(src.path(SURROGATE), src.dt)
+    return _read_state(lake, src, manifest, MODEL_FILE), manifest
+
+
+def load_checkpoints(lake: Lake, src: Source) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
+    """state_dicts of every member (one for an older single-surrogate partition) and the manifest they match."""
+    manifest = lake.require_manifest(src.path(SURROGATE), src.dt)
+    return [_read_state(lake, src, manifest, name) for name in member_files(manifest)], manifest
+
+
+def _build(state: dict[str, torch.Tensor], manifest: dict[str, Any]) -> SASRec:
+    from dealrec_tasks.surrogate.model import SASRec
+
+    cfg = SurrogateConfig.from_dict(manifest["config"])
+    model = SASRec(int(manifest["counts"]["items"]), cfg)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_model(lake: Lake, src: Source) -> tuple[SASRec, dict[str, Any]]:
+    """Member 0 of the published surrogate (what single-model readers, e.g. GraNd / EL2N, use)."""
+    state, manifest = load_checkpoint(lake, src)
+    return _build(state, manifest), manifest
+
+
+def load_ensemble(lake: Lake, src: Source) -> tuple[list[SASRec], dict[str, Any]]:
+    """Every member's best weights (one for an older single-surrogate partition), checksum-verified each,
+    weights_only, and the manifest they were verified against."""
+    states, manifest = load_checkpoints(lake, src)
+    return [_build(state, manifest) for state in states], manifest
+
+
+def load_influence_models(lake: Lake, src: Source) -> tuple[list[SASRec], dict[str, Any]]:
+    """The models of every ``influence_weights`` file, in that order (every member's kept checkpoints, best last;
+    the member best files for an older partition), checksum-verified each, weights_only, and the manifest."""
+    manifest = lake.require_manifest(src.path(SURROGATE), src.dt)
+    states = [_read_state(lake, src, manifest, w["file"]) for w in influence_weights(manifest)]
+    return [_build(state, manifest) for state in states], manifest
+
+
+def item_titles(lake: Lake, dt: str) -> list[str]:
+    """Titles by item index: ``titles[i - 1]`` is item_idx i (the vocab at ``dt`` joined to the catalogue)."""
+    vocab = lake.read(VOCAB, dt, "items.parquet").to_pylist()
+    catalogue = lake.read(ITEMS, None, "items.parquet")
+    title = dict(zip(catalogue.column("item_id").to_pylist(), catalogue.column("title").to_pylist()))
+    out = [None] * len(vocab)
+    for row in vocab:
+        out[row["item_idx"] - 1] = title.get(row["item_id"])
+    return [t if t is not None else "(unknown title)" for t in out]
+
+
+def samples_sha256(lake: Lake, src: Source) -> str:
+    """Identity of a source's samples: their file's checksum in the samples manifest."""
+    return lake.file_sha256(src.path(SAMPLES), src.dt, "samples.parquet")
+
+
+def checked_samples(lake: Lake, src: Source, n_items_model: int) -> pa.Table:
+    """The samples, refused when their vocab does not have the surrogate's item count (a surrogate of other data)."""
+    samples, n_items = read_samples(lake, src)
+    if n_items != n_items_model:
+        raise InputError(f"surrogate {src.label} has {n_items_model} items, the samples' vocab {n_items}; retrain it")
+    return samples
