@@ -188,22 +188,44 @@ def merge_effort(lake: Lake, dt: str, n: int) -> StepResult:
     return StepResult("merge-effort", {"effort": pub.uri}, {"shards": n, "samples": table.num_rows}, pub.changed)
 
 
-def training_rows(
-    lake: Lake, dt: str, from_samples: int, seed: int, coreset: str | None = None
-) -> tuple[list[dict], str]:
-    """The coreset ``coreset`` (a partition URI, e.g. the one the asset event announced; default: the day's) when
-    published; otherwise (``from_samples`` > 0) that many random training samples of ``dt``."""
+def _training_source(lake: Lake, dt: Day, from_samples: int, coreset: str | None) -> tuple[str, str | None, str]:
+    """Where the fine-tuning rows come from: (dataset, day, identity). The coreset ``coreset`` (a partition URI,
+    e.g. the one the asset event announced; default: the day's) when published, identified by its file's checksum;
+    otherwise (``from_samples`` > 0) that many random training samples of ``dt``."""
     dataset, day = lake.locate(coreset) if coreset else (CORESET, dt)
     if lake.manifest(dataset, day) is not None:
-        return lake.read(dataset, day, "coreset.parquet").to_pylist(), lake.partition(dataset, day)
+        return dataset, day, lake.file_sha256(dataset, day, "coreset.parquet")
     if coreset or from_samples <= 0:
         raise InputError(
             f"{lake.partition(dataset, day)}: no published coreset; run `dealrec select` first, "
             "or pass --from-samples N to fine-tune on N random training samples"
         )
+    return SAMPLES, dt, f"random {from_samples} of {lake.file_sha256(SAMPLES, dt, 'samples.parquet')}"
+
+
+def training_rows(
+    lake: Lake, dt: str, from_samples: int, seed: int, coreset: str | None = None
+) -> tuple[list[dict], str]:
+    """The rows ``_training_source`` names, and a description of where they come from."""
+    dataset, day, _ = _training_source(lake, Day(dt), from_samples, coreset)
+    if dataset != SAMPLES:
+        return lake.read(dataset, day, "coreset.parquet").to_pylist(), lake.partition(dataset, day)
     train = _split(lake.read(SAMPLES, dt, "samples.parquet"), TRAIN)
     pick = np.random.default_rng(seed).choice(len(train), size=min(from_samples, len(train)), replace=False)
     return [train[i] for i in sorted(pick)], f"{lake.partition(SAMPLES, dt)} (random {len(pick)})"
+
+
+def _day_inputs(lake: Lake, dt: Day, model_dir: str) -> dict[str, str]:
+    """Identity of what every LLM step of a day reads besides its own input: the samples, the titles (vocab and
+    catalogue) and the base model."""
+    from dealrec_tasks.llm.evaluate import model_fingerprint
+
+    return {
+        "samples": lake.file_sha256(SAMPLES, dt, "samples.parquet"),
+        "vocab": lake.file_sha256(VOCAB, dt, "items.parquet"),
+        "items": lake.file_sha256(ITEMS, None, "items.parquet"),
+        "model_fingerprint": model_fingerprint(model_dir),
+    }
 
 
 def finetune(
@@ -218,7 +240,8 @@ def finetune(
     coreset: str | None = None,
 ) -> StepResult:
     """LoRA fine-tuning on the coreset at ``dt`` (or the partition URI ``coreset``); the best adapter is published
-    to ``adapters/dt=D/``.
+    to ``adapters/dt=D/``. A no-op when published with this config from the same rows, samples, titles and base
+    model.
 
     ``work_dir`` keeps the per-epoch checkpoints, so a retried task resumes instead of starting over.
     """
@@ -227,6 +250,13 @@ def finetune(
     from dealrec_tasks.llm.tiny import load
 
     dt = Day(dt)  # also names the checkpoint folder under work_dir
+    config = cfg.to_dict() | {"lora": lora.to_dict()}
+    inputs = _day_inputs(lake, dt, model_dir) | {"training": _training_source(lake, dt, from_samples, coreset)[2]}
+    done = lake.current(ADAPTERS, dt, config, inputs)
+    if done is not None:  # also on a worker without the checkpoints of the run that published it
+        metrics = done.get("metrics", {})
+        counts = {"best_epoch": metrics.get("best_epoch"), "best_valid_loss": metrics.get("best_valid_loss")}
+        return StepResult("finetune", {"adapter": lake.partition(ADAPTERS, dt)}, counts, False)
     rows, source = training_rows(lake, dt, from_samples, cfg.seed, coreset)
     valid = _split(lake.read(SAMPLES, dt, "samples.parquet"), VALID)
     if len(valid) > max_valid:
@@ -246,7 +276,8 @@ def finetune(
         dt,
         {},
         blobs=blobs,
-        config=cfg.to_dict() | {"lora": lora.to_dict()},
+        config=config,
+        inputs=inputs,
         extra={
             "base_model": {"path": str(Path(model_dir).resolve()), "fingerprint": model_fingerprint(model_dir)},
             "source": {"training": source},
@@ -301,7 +332,8 @@ def evaluate(
     max_users: int = 0,
     seed: int = 0,
 ) -> StepResult:
-    """Grounded evaluation of the adapter at ``dt`` (or of the base model) on the test rows at ``dt``."""
+    """Grounded evaluation of the adapter at ``dt`` (or of the base model) on the test rows at ``dt``; a no-op when
+    published with this config from the same samples, titles, base model and adapter weights."""
     import json
 
     from dealrec_tasks.errors import ConfigError
@@ -311,20 +343,27 @@ def evaluate(
     dt = Day(dt)
     if max_users < 0:
         raise ConfigError(f"max_users={max_users}: must be >= 0 (0: every test user)")
+    config = cfg.to_dict() | {"adapter": adapter, "max_users": max_users}
+    inputs: dict[str, Any] = _day_inputs(lake, dt, model_dir) | {"users_seed": seed}
+    adapter_manifest = lake.require_manifest(ADAPTERS, dt) if adapter else None
+    if adapter_manifest is not None:  # the adapter's file checksums: which weights these metrics belong to
+        inputs["adapter"] = {n: e["sha256"] for n, e in adapter_manifest["files"].items()}
+    done = lake.current(EVALUATION, dt, config, inputs)
+    if done is not None:
+        shown = {k: round(v, 4) for k, v in done.get("metrics", {}).items() if k in ("recall@20", "ndcg@20", "users")}
+        return StepResult("evaluate", {"evaluation": lake.partition(EVALUATION, dt)}, shown, False)
     test = _split(lake.read(SAMPLES, dt, "samples.parquet"), TEST)
     if not test:
         raise InputError(f"{lake.partition(SAMPLES, dt)}: no test rows to evaluate on")
     if max_users and len(test) > max_users:
         test = [test[i] for i in sorted(np.random.default_rng(seed).choice(len(test), max_users, replace=False))]
     tokenizer, model = load(model_dir)
-    scored: dict[str, str] = {}  # the adapter's file checksums: which weights these metrics belong to
-    if adapter:
+    scored: dict[str, str] = inputs.get("adapter", {})
+    if adapter_manifest is not None:
         from peft import PeftModel
 
-        adapter_manifest = lake.require_manifest(ADAPTERS, dt)
         with local_adapter(lake, dt, adapter_manifest) as local:  # loaded in memory; the copy goes after the block
             model = PeftModel.from_pretrained(model, local)
-        scored = {name: entry["sha256"] for name, entry in adapter_manifest["files"].items()}
     titles = item_titles(lake, dt)
     prompts = encode_rows(test, titles, tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len, with_target=False)
     targets = [[t - 1 for t in r["targets"]] for r in test]
@@ -343,7 +382,8 @@ def evaluate(
         EVALUATION,
         dt,
         {},
-        config=cfg.to_dict() | {"adapter": adapter, "max_users": max_users},
+        config=config,
+        inputs=inputs,
         blobs={
             "metrics.json": json.dumps(metrics, indent=2).encode(),
             "examples.json": json.dumps(examples, indent=2).encode(),

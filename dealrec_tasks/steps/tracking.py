@@ -104,7 +104,7 @@ def log_pruning(
     from dealrec_tasks.tracking.client import Tracking
     from dealrec_tasks.tracking.runs import log_run
 
-    dt = Day(dt)
+    dt = str(Day(dt))  # checked; a plain str for MLflow (its YAML cannot represent a str subclass)
     _check_run_id(orchestrator_run_id)
     raw = lake.manifest_bytes(CORESET, dt)
     manifest = json.loads(raw)
@@ -267,7 +267,7 @@ def register(
     from dealrec_tasks.tracking.model import MODEL_ARTIFACT_PATH
     from dealrec_tasks.tracking.runs import log_run
 
-    dt = Day(dt)
+    dt = str(Day(dt))  # checked; a plain str for MLflow (its YAML cannot represent a str subclass)
     _check_run_id(orchestrator_run_id)
     day = _read_finetuned(lake, dt, model_dir, cfg.metric, check_fingerprint)
     # The adapter is copied and checked against the manifest the digest covers, before any run is created.
