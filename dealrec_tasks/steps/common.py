@@ -40,18 +40,20 @@ def merge_shards(
     name: str,
     out_dataset: str,
     out_dt: str | None,
-    expected_rows: int,
-    extra: dict | None = None,
+    extra: dict | Callable[[dict], dict] | None = None,
     key: str = "sample_id",
     finish: Callable[[pa.Table], pa.Table] | None = None,
 ):
-    """Concatenate the published shard partitions ``parts`` (each holding ``name``) into one partition.
+    """Concatenate the published shard partitions ``parts`` (each holding ``name``) into one partition; returns the
+    publish outcome, the merged table and shard 0's manifest.
 
-    ``finish`` (table -> table), if given, runs on the checked concatenation before it is published: for what
-    needs every row at once (the influence ensemble's normalisation).
+    ``extra``: manifest fields of the merge, or a function of shard 0's manifest giving them. ``finish`` (table ->
+    table), if given, runs on the checked concatenation before it is published: for what needs every row at once
+    (the influence ensemble's normalisation).
 
-    Refuses, naming the problem, when a shard is missing, when shards were made with different configs, or when
-    they do not hold ``expected_rows`` distinct ``key`` values: a partial or mixed merge is never published.
+    Refuses, naming the problem, when a shard is missing, when shards were made with different configs or inputs,
+    or when they do not hold exactly the ``counts.train_samples`` distinct ``key`` values their manifests announce:
+    a partial or mixed merge is never published.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -62,8 +64,10 @@ def merge_shards(
     missing = [i for i, m in enumerate(manifests) if m is None]
     if missing:
         raise InputError(f"{lake.partition(parts[0])}: shard(s) {missing} of {len(parts)} are not published yet")
-    if any((m["config"], m.get("inputs")) != (manifests[0]["config"], manifests[0].get("inputs")) for m in manifests):
+    first = manifests[0]
+    if any((m["config"], m.get("inputs")) != (first["config"], first.get("inputs")) for m in manifests):
         raise InputError(f"{lake.partition(parts[0])}: shards were made with different configs, inputs or models")
+    expected_rows = first.get("counts", {}).get("train_samples")
     table = pa.concat_tables([lake.read(p, None, name) for p in parts])
     table = table.take(pc.sort_indices(table, [(key, "ascending")]))
     distinct = len(pc.unique(table.column(key)))
@@ -79,8 +83,9 @@ def merge_shards(
         out_dataset,
         out_dt,
         {name: table},
-        config=manifests[0]["config"],
-        inputs=manifests[0].get("inputs"),
-        extra={"source": {"shards": sources}, "counts": {"samples": table.num_rows}} | (extra or {}),
+        config=first["config"],
+        inputs=first.get("inputs"),
+        extra={"source": {"shards": sources}, "counts": {"samples": table.num_rows}}
+        | ((extra(first) if callable(extra) else extra) or {}),
     )
-    return pub, table
+    return pub, table, first

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from dealrec_tasks.catalogue import DATASETS, INTERACTIONS, ITEMS, REJECTS, SAMPLES, SEQUENCES, VOCAB
+from dealrec_tasks.catalogue import INTERACTIONS, ITEMS, REJECTS, SAMPLES, SEQUENCES, VOCAB, imported
 from dealrec_tasks.config import (
     Day,
     ImportConfig,
@@ -31,10 +31,6 @@ from dealrec_tasks.steps.common import StepResult
 from dealrec_tasks.storage import MANIFEST, Lake, join_uri, parquet_bytes, parquet_from_bytes, sha256
 
 
-def _dataset_name(name: str) -> str:
-    return f"{DATASETS}/{name}"
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Import and log producers
 # ---------------------------------------------------------------------------------------------------------
@@ -51,7 +47,7 @@ def import_dealrec(source_dir: str, lake: Lake, cfg: ImportConfig) -> StepResult
     }
     src = {"source_dir": str(source_dir)}
     pub = lake.publish(
-        _dataset_name(cfg.dataset), None, tables, config=cfg.to_dict(), extra={"counts": counts, "source": src}
+        imported(cfg.dataset), None, tables, config=cfg.to_dict(), extra={"counts": counts, "source": src}
     )
     cat = lake.publish(ITEMS, None, {"items.parquet": tables["items"]}, extra={"source": src})
     return StepResult("import-dealrec", {"dataset": pub.uri, "items": cat.uri}, counts, pub.changed or cat.changed)
@@ -78,7 +74,7 @@ def _publish_logs(
 
 def replay(lake: Lake, cfg: ReplayConfig) -> StepResult:
     """Cut an imported dataset into ``cfg.days`` daily log partitions (a replay, not real time)."""
-    name = _dataset_name(cfg.dataset)
+    name = imported(cfg.dataset)
     lake.require_manifest(name)
     days = replay_mod.replay_days(
         lake.read(name, None, "sequences"), lake.read(name, None, "item_vocab"), cfg.days, cfg.start, cfg.seed
@@ -366,7 +362,7 @@ def samples(lake: Lake, dt: str, cfg: SamplesConfig) -> StepResult:
 
 def samples_from_dataset(lake: Lake, dataset: str, cfg: SamplesConfig) -> StepResult:
     """Samples of an imported dataset with its own (the paper's) split: ``datasets/<name>/samples/``."""
-    name = _dataset_name(dataset)
+    name = imported(dataset)
     split = lake.read(name, None, "sequences").cast(SPLIT_SEQUENCES_SCHEMA)
     return _publish_samples(lake, f"{name}/{SAMPLES}", None, split, cfg, {"dataset": lake.partition(name)})
 

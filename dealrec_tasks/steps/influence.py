@@ -225,21 +225,20 @@ def merge_influence(lake: Lake, dt: str | None, n: int, *, dataset: str | None =
     src = source(dt, dataset)
     check_shard_count(n)
     parts = [influence_shard(src, (i, n)) for i in range(n)]
-    first = lake.manifest(parts[0])
-    expected = first["counts"]["train_samples"] if first else 0
-    pub, table = merge_shards(
+    pub, table, first = merge_shards(
         lake,
         parts,
         "influence.parquet",
         src.path(SCORES_INFLUENCE),
         src.dt,
-        expected,
-        extra={"surrogate": lake.partition(src.path(SURROGATE), src.dt)}
-        | ({"weights": first["weights"]} if first and "weights" in first else {}),
+        lambda shard0: (
+            {"surrogate": lake.partition(src.path(SURROGATE), src.dt)}
+            | ({"weights": shard0["weights"]} if "weights" in shard0 else {})
+        ),
         finish=combined_table,
     )
     counts = {"samples": table.num_rows, "shards": n, "weights": len(member_columns(table))}
-    members = (first or {}).get("counts", {}).get("members")  # shard 0's count of distinct members
+    members = first.get("counts", {}).get("members")  # shard 0's count of distinct members
     if members is not None:
         counts["members"] = members
     return StepResult("merge-influence", {"scores": pub.uri}, counts, pub.changed)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dealrec_tasks.catalogue import DATASETS, ITEMS, SAMPLES, SURROGATE, VOCAB, Source
+from dealrec_tasks.catalogue import ITEMS, SAMPLES, SURROGATE, VOCAB, Source, imported
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.storage import Lake
 from dealrec_tasks.surrogate.config import SurrogateConfig
@@ -32,7 +32,7 @@ INFLUENCE_WEIGHTS = "influence_weights"  # manifest key: the ordered weight file
 def read_samples(lake: Lake, src: Source) -> tuple[pa.Table, int]:
     """The samples table and the item count (largest item index of the vocab the samples were built with)."""
     samples = lake.read(src.path(SAMPLES), src.dt, "samples.parquet")
-    vocab = lake.read(f"{DATASETS}/{src.dataset}", None, "item_vocab") if src.dataset else None
+    vocab = lake.read(imported(src.dataset), None, "item_vocab") if src.dataset else None
     if vocab is None:
         vocab = lake.read(VOCAB, src.dt, "items.parquet")
     n_items = int(pc.max(vocab.column("item_idx")).as_py() or 0)

@@ -71,10 +71,28 @@ def test_finetune_then_evaluate(lake, tiny_dir, tmp_path):
     assert manifest["base_model"]["fingerprint"] and result.counts["train_samples"] == 16
     # A retry of the same task resumes from the finished checkpoint: nothing is trained or published again.
     assert not llm_steps.finetune(lake, DT, tiny_dir, cfg, LoRAConfig(), str(tmp_path), from_samples=16).changed
+    # Another worker, without the first run's checkpoints, finds the published adapter: nothing is trained.
+    other = llm_steps.finetune(lake, DT, tiny_dir, cfg, LoRAConfig(), str(tmp_path / "other"), from_samples=16)
+    assert not other.changed and not (tmp_path / "other").exists()
     ev = llm_steps.evaluate(lake, DT, tiny_dir, EvalConfig(num_beams=2, max_new_tokens=8), str(tmp_path / "c"))
     metrics = lake.storage.read_json(ev.uris["evaluation"] + "/metrics.json")
     assert metrics["users"] == ev.counts["users"] > 0
     assert 0.0 <= metrics["recall@50"] <= 1.0
+    again = llm_steps.evaluate(lake, DT, tiny_dir, EvalConfig(num_beams=2, max_new_tokens=8), str(tmp_path / "d"))
+    assert not again.changed and again.counts == ev.counts and not (tmp_path / "d").exists()
+    # Other fine-tuning settings train again, and the evaluation follows the new adapter.
+    assert llm_steps.finetune(
+        lake,
+        DT,
+        tiny_dir,
+        FinetuneConfig(epochs=1, batch_size=8, micro_batch_size=8),
+        LoRAConfig(),
+        str(tmp_path / "e1"),
+        from_samples=16,
+    ).changed
+    assert llm_steps.evaluate(
+        lake, DT, tiny_dir, EvalConfig(num_beams=2, max_new_tokens=8), str(tmp_path / "c")
+    ).changed
 
 
 def test_finetune_reads_the_announced_coreset_uri_and_only_inside_the_lake(lake, tmp_path):
