@@ -9,8 +9,10 @@ Every day after midnight UTC, for the day that just ended (`dt`):
 3. **influence** toward the day's validation rows (`influence_target`; `train` is the paper's training risk;
    solve once, then `shards` parallel GPU tasks, merged) and **effort** on the LLM (`shards` parallel GPU tasks on
    `base_model`, merged);
-4. **select** the coverage-enhanced coreset (`n` or `ratio`, `lambda`, `k`, `hard_prune`, `strategy`);
-5. **log_pruning** to MLflow and emit the `dealrec_coreset` asset, which starts `dealrec_finetune`.
+4. **select** a coreset per arm (`arms`: the pipeline's strategy first, then its controls, default `random`; `n` or
+   `ratio`, `lambda`, `k`, `hard_prune`), mapped over the arms;
+5. **log_pruning** to MLflow and emit the `dealrec_coreset` asset (every arm's coreset URI), which starts
+   `dealrec_finetune`.
 
 Trigger it by hand with **dt** set to (re)build a given day. Every task writes atomically, keyed by `dt`: a
 retry or a second run with the same inputs changes nothing. Lake, models and MLflow come from the environment
@@ -113,30 +115,38 @@ def dealrec_daily():
 
         return dx.result(merge_effort(dx.lake(), dt, len(shards)))
 
+    @task(execution_timeout=timedelta(minutes=5))
+    def arms(params=None) -> list[list]:
+        """What select is mapped over: ``[[strategy, control], ...]``, the first arm the pipeline's own."""
+        return dx.arms(params["arms"])
+
     @task(execution_timeout=timedelta(hours=1))
-    def select(dt: str, params=None) -> dict:
+    def select(dt: str, arm: list, params=None) -> dict:
         from dealrec_tasks.selection import SelectConfig
         from dealrec_tasks.steps.select import select
 
+        strategy, control = arm
         size = {"n": None, "ratio": params["ratio"]} if params["ratio"] is not None else {"n": params["n"]}
-        cfg = SelectConfig(
-            strategy=params["strategy"],
-            lam=params["lambda"],
-            k=params["k"],
-            hard_prune=params["hard_prune"],
-            **size,
-        )
-        return dx.result(select(dx.lake(), dt, cfg))
+        knobs = {"lam": params["lambda"], "k": params["k"], "hard_prune": params["hard_prune"]}
+        cfg = SelectConfig(strategy=strategy, **knobs, **size)
+        return dx.result(select(dx.lake(), dt, cfg, control=control))
 
     @task(outlets=[dx.CORESET], execution_timeout=timedelta(minutes=30))
-    def log_pruning(dt: str, coreset: dict, outlet_events=None) -> dict:
-        """Record the coreset in MLflow, then announce it: the asset event carries the day and the URI."""
+    def log_pruning(dt: str, coresets: list[dict], outlet_events=None) -> dict:
+        """Record each arm's coreset in MLflow, then announce them: the asset event carries the day, the primary
+        coreset's URI and every arm's."""
+        from dealrec_tasks.catalogue import arm_of
         from dealrec_tasks.steps.tracking import log_pruning
 
-        ctx = get_current_context()
-        out = dx.result(log_pruning(dx.lake(), dt, dx.tracking(), dx.run_key(ctx, dt), run_tags=dx.run_tags(ctx)))
-        outlet_events[dx.CORESET].extra = {"dt": dt, "coreset": coreset["uris"]["coreset"]}
-        return out
+        ctx, lake = get_current_context(), dx.lake()
+        announced: dict[str, str] = {}
+        for coreset in coresets:
+            uri = coreset["uris"]["coreset"]
+            arm = arm_of(lake.locate(uri)[0])
+            dx.result(log_pruning(lake, dt, dx.tracking(), dx.run_key(ctx, dt), run_tags=dx.run_tags(ctx), arm=arm))
+            announced[coreset["counts"]["strategy"]] = uri
+        outlet_events[dx.CORESET].extra = {"dt": dt, "coreset": coresets[0]["uris"]["coreset"], "arms": announced}
+        return {"dt": dt, "arms": announced}
 
     dt, parts = plan(), shards()
     day = samples(dt)
@@ -154,9 +164,9 @@ def dealrec_daily():
     day >> model
     scored_e >> merged_e
 
-    coreset = select(dt)
-    [merged_i, merged_e] >> coreset
-    log_pruning(dt, coreset)
+    coresets = select.partial(dt=dt).expand(arm=arms())
+    [merged_i, merged_e] >> coresets
+    log_pruning(dt, coresets)
 
 
 dealrec_daily()

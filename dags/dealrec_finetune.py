@@ -1,14 +1,16 @@
 """
-### dealrec_finetune: LoRA fine-tuning on a day's coreset, registered in MLflow, promoted only if better
+### dealrec_finetune: LoRA fine-tuning on each arm's coreset, registered in MLflow, promoted only if better
 
 Runs whenever `dealrec_daily` publishes a coreset (the `dealrec_coreset` asset), or by hand:
 
-1. **finetune** the base model with LoRA on `coreset/dt=D/` (GPU; resumes from its checkpoint on retry);
-2. **evaluate** it on the day's test users (GPU; generate, ground to the catalogue, Recall/NDCG@K);
-3. **register** an MLflow model version tagged with dt, the run id and the coreset URI (a retry finds it
+1. **finetune** the base model with LoRA on each arm's coreset, as the asset event announced them (GPU, mapped
+   over the arms; resumes from its checkpoint on retry);
+2. **evaluate** every arm on the same test users of the day (GPU; generate, ground to the catalogue, Recall/NDCG@K);
+3. **register** an MLflow model version per arm, tagged with dt, its strategy, the coreset URI (a retry finds it
    instead of registering twice);
-4. **promote**: the version becomes `challenger`, and `champion` only if it beats the champion's ndcg@20
-   by more than `margin` (or there is none yet).
+4. **evaluate_champion**: the current champion on the same users (cached per version and evaluation set);
+5. **gate**: the best arm becomes `challenger`, and `champion` only if it beats the champion's same-day ndcg@20
+   by more than `margin` (or there is none yet); the day's MLflow run gets every arm and `lift_vs_random`.
 
 The day: the **dt** Param, else the triggering coreset event's day, else the newest published coreset.
 Lake, models and MLflow come from the environment (see `plugins/dealrec_airflow.py`).
@@ -45,44 +47,66 @@ def dealrec_finetune():
 
         return base_model_dir(dx.lake(), params["base_model"], dx.tiny_llm_dir(), dx.tiny_llm_config(), dt)
 
+    @task(execution_timeout=timedelta(minutes=5))
+    def arms(dt: str) -> list[dict]:
+        """The day's arms: ``[{"strategy", "coreset"}, ...]`` as the asset event announced them (else as published)."""
+        return dx.announced_arms(get_current_context(), dx.lake(), dt)
+
     @task(**dx.GPU, execution_timeout=timedelta(hours=12))
-    def finetune(dt: str, model_dir: str, params=None) -> dict:
+    def finetune(dt: str, model_dir: str, arm: dict, params=None) -> dict:
         from dealrec_tasks.llm.config import FinetuneConfig, LoRAConfig
         from dealrec_tasks.steps.llm import finetune
 
         cfg = FinetuneConfig(epochs=params["epochs"])
-        coreset = dx.announced_coreset(get_current_context(), dt)  # the URI the asset event announced, if any
-        return dx.result(finetune(dx.lake(), dt, model_dir, cfg, LoRAConfig(), dx.work_dir(), coreset=coreset))
+        lake = dx.lake()
+        return dx.result(finetune(lake, dt, model_dir, cfg, LoRAConfig(), dx.work_dir(), coreset=arm["coreset"]))
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=4))
-    def evaluate(dt: str, model_dir: str, params=None) -> dict:
+    def evaluate(dt: str, model_dir: str, arm: dict, params=None) -> dict:
         from dealrec_tasks.llm.config import EvalConfig
         from dealrec_tasks.steps.llm import evaluate
 
-        cache = f"{dx.work_dir()}/embeddings"
-        return dx.result(evaluate(dx.lake(), dt, model_dir, EvalConfig(), cache, max_users=params["eval_users"]))
+        lake, cache = dx.lake(), f"{dx.work_dir()}/embeddings"
+        users = params["eval_users"]
+        return dx.result(evaluate(lake, dt, model_dir, EvalConfig(), cache, max_users=users, arm=dx.arm_of(lake, arm)))
 
     @task(execution_timeout=timedelta(minutes=30))
-    def register(dt: str, model_dir: str) -> int:
+    def register(dt: str, model_dir: str, arm: dict) -> int:
         from dealrec_tasks.steps.tracking import register
 
-        ctx = get_current_context()
-        out = register(dx.lake(), dt, model_dir, dx.tracking(), dx.run_key(ctx, dt), run_tags=dx.run_tags(ctx))
+        ctx, lake = get_current_context(), dx.lake()
+        key, tags = dx.run_key(ctx, dt), dx.run_tags(ctx)
+        out = register(lake, dt, model_dir, dx.tracking(), key, run_tags=tags, arm=dx.arm_of(lake, arm))
         return int(dx.result(out)["counts"]["version"])
 
-    @task(execution_timeout=timedelta(minutes=10))
-    def promote(version: int, params=None) -> dict:
-        from dealrec_tasks.steps.tracking import promote_if_better
+    @task(**dx.GPU, execution_timeout=timedelta(hours=4))
+    def evaluate_champion(dt: str, model_dir: str, params=None) -> dict:
+        """The champion on the arms' users (cached per version and evaluation set), so the gate compares like with
+        like."""
+        from dealrec_tasks.llm.config import EvalConfig
+        from dealrec_tasks.steps.gate import evaluate_champion
 
-        return dx.result(promote_if_better(dx.tracking(margin=params["margin"]), version))
+        cache, users = f"{dx.work_dir()}/embeddings", params["eval_users"]
+        step = evaluate_champion(dx.lake(), dt, model_dir, EvalConfig(), dx.tracking(), cache, max_users=users)
+        return dx.result(step)
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def gate(dt: str, versions: list[int], params=None) -> dict:
+        from dealrec_tasks.steps.gate import gate
+
+        ctx = get_current_context()
+        cfg = dx.tracking(margin=params["margin"])
+        return dx.result(gate(dx.lake(), dt, cfg, list(versions), dx.run_key(ctx, dt), run_tags=dx.run_tags(ctx)))
 
     dt = plan()
     model = base_model(dt)
-    tuned = finetune(dt, model)
-    evaluated = evaluate(dt, model)
-    version = register(dt, model)
-    tuned >> evaluated >> version
-    promote(version)
+    day_arms = arms(dt)
+    tuned = finetune.partial(dt=dt, model_dir=model).expand(arm=day_arms)
+    evaluated = evaluate.partial(dt=dt, model_dir=model).expand(arm=day_arms)
+    versions = register.partial(dt=dt, model_dir=model).expand(arm=day_arms)
+    champion = evaluate_champion(dt, model)
+    tuned >> evaluated >> versions >> champion
+    champion >> gate(dt, versions)
 
 
 dealrec_finetune()

@@ -53,6 +53,7 @@ SCORES_EFFORT = "scores_effort"
 CORESET = "coreset"
 ADAPTERS = "adapters"
 EVALUATION = "evaluation"
+GATE = "gate"
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,18 @@ CATALOGUE: dict[str, Dataset] = {
                 "dealrec effort", "effort scores of one shard"),
         Dataset(SCORES_EFFORT, "scores_effort/dt={dt}/", {"effort.parquet": schema.EFFORT_SCHEMA},
                 "dealrec effort + merge-effort", "merged effort scores"),
-        Dataset(CORESET, "coreset/dt={dt}/", {"coreset.parquet": schema.CORESET_SCHEMA, "report.png": None},
-                "dealrec select", "the selected samples and their report"),
-        Dataset(ADAPTERS, "adapters/dt={dt}/", {"adapter_model.safetensors": None, "adapter_config.json": None},
-                "dealrec finetune", "the fine-tuned LoRA adapter"),
-        Dataset(EVALUATION, "evaluation/dt={dt}/", {"metrics.json": None, "examples.json": None},
-                "dealrec evaluate", "grounded evaluation"),
+        Dataset(CORESET, "coreset/dt={dt}/ | coreset/arm={strategy}/dt={dt}/",
+                {"coreset.parquet": schema.CORESET_SCHEMA, "report.png": None},
+                "dealrec select", "the selected samples and their report; a control arm's below arm=<strategy>/"),
+        Dataset(ADAPTERS, "adapters/dt={dt}/ | adapters/arm={strategy}/dt={dt}/",
+                {"adapter_model.safetensors": None, "adapter_config.json": None},
+                "dealrec finetune", "the fine-tuned LoRA adapter of an arm's coreset"),
+        Dataset(EVALUATION,
+                "evaluation/dt={dt}/ | evaluation/arm={strategy}/dt={dt}/ | evaluation/version={v}/dt={dt}/",
+                {"metrics.json": None, "examples.json": None},
+                "dealrec evaluate", "grounded evaluation of an arm, or of a registered version on that day's users"),
+        Dataset(GATE, "gate/dt={dt}/", {"gate.json": None, "arms.png": None},
+                "dealrec gate", "the day's arms and champion on the same users, the decision, the plot over days"),
         Dataset(DATASETS, "datasets/{name}/", {"items": schema.ITEMS_SCHEMA, "sequences": None},
                 "dealrec import-dealrec", "an imported dataset; its steps' outputs live below it"),
     )
@@ -150,6 +157,23 @@ def daily(dt: str) -> Source:
 def imported(name: str) -> str:
     """The folder of an imported dataset."""
     return f"{DATASETS}/{name}"
+
+
+def arm_dataset(kind: str, arm: str | None) -> str:
+    """Where an arm's coreset, adapter or evaluation lives: ``kind`` for the day's primary arm (the first of the
+    daily DAG's ``arms``, the strategy the pipeline stands for), ``kind/arm=<strategy>`` for a control arm."""
+    return kind if arm is None else f"{kind}/arm={arm}"
+
+
+def arm_of(dataset: str) -> str | None:
+    """The control arm a dataset path belongs to (``coreset/arm=random`` -> ``random``), None for a primary one."""
+    last = dataset.rsplit("/", 1)[-1]
+    return last[4:] if last.startswith("arm=") else None
+
+
+def version_evaluation(version: int) -> str:
+    """Where a registered version is evaluated on a day's users (the champion, for a fair gate)."""
+    return f"{EVALUATION}/version={int(version)}"
 
 
 def influence_solve(src: Source) -> str:

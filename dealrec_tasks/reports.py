@@ -131,3 +131,39 @@ def coreset_report_png(
     fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def gate_history_png(history: list[dict[str, Any]]) -> bytes:
+    """A PNG over the gated days: each arm's metric, the champion's on the same users, the days a version was
+    promoted; what a person checks to see whether the primary strategy keeps beating its random control."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = history[-1]["metric"]
+    days = [h["dt"] for h in history]
+    x = np.arange(len(days))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(days) + 3), 4.2))
+    strategies = list(dict.fromkeys(a["strategy"] for h in history for a in h["arms"]))
+    for strategy in strategies:
+        ys = [next((a[metric] for a in h["arms"] if a["strategy"] == strategy), np.nan) for h in history]
+        ax.plot(x, ys, "o-", lw=1.2, ms=4, label=f"arm {strategy}")
+    champ = [h["champion_value"] if h["champion_same_users"] else np.nan for h in history]
+    ax.plot(x, champ, "s--", color="black", lw=1, ms=4, label="champion, same users")
+    promoted = [i for i, h in enumerate(history) if h["decision"] == "champion"]
+    if promoted:
+        ax.scatter(x[promoted], [history[i]["best"][metric] for i in promoted], s=120, facecolors="none",
+                   edgecolors="tab:red", label="promoted")  # fmt: skip
+    ax.set_xticks(x, days, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(metric)
+    last = history[-1]
+    lift = last["lift_vs_random"]
+    shown = "n/a (no random arm)" if lift is None else f"{lift:+.4g}"
+    ax.set_title(f"arms and champion by day; {last['dt']}: lift vs random {shown}, {last['decision']}", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()

@@ -426,6 +426,19 @@ MAX_LAMBDA = 1000.0
 MAX_STRATA = 100_000
 
 
+def check_arms(strategies: list[str]) -> list[str]:
+    """The daily arms: known strategies, each once, at least one (the first is the pipeline's own); refused by name."""
+    if not isinstance(strategies, (list, tuple)) or not strategies:
+        raise ConfigError(f"arms={strategies!r}: give a list of one or more strategies, e.g. ['dealrec', 'random']")
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ConfigError(f"arms={list(strategies)}: unknown strateg(ies) {unknown}; choose from {list(STRATEGIES)}")
+    repeated = sorted({s for s in strategies if list(strategies).count(s) > 1})
+    if repeated:
+        raise ConfigError(f"arms={list(strategies)}: {repeated} given more than once; each arm is one strategy")
+    return list(strategies)
+
+
 @dataclass(frozen=True)
 class SelectConfig(_Config):
     """``select``: which strategy picks the coreset of a day and how many samples it keeps."""

@@ -208,13 +208,33 @@ def finetune_dt(context: dict[str, Any], lake: Lake) -> str:
     return published[-1]
 
 
-def announced_coreset(context: dict[str, Any], dt: str) -> str | None:
-    """The coreset URI a triggering asset event announced for ``dt`` (the one fine-tuning reads), else None (a
-    manual run or ``airflow dags test``: the day's coreset partition)."""
+def arms(values: list[str]) -> list[list]:
+    """What the select task is mapped over: ``[[strategy, control], ...]``, the first arm primary; unknown or
+    repeated strategies are refused by the library (the form's schema refuses them too)."""
+    from dealrec_tasks.selection import check_arms
+
+    return [[strategy, i > 0] for i, strategy in enumerate(check_arms(values))]
+
+
+def arm_of(lake: Lake, arm: dict[str, str]) -> str | None:
+    """The control arm an arm's coreset URI names (None for the primary one)."""
+    from dealrec_tasks.catalogue import arm_of as arm_of_dataset
+
+    return arm_of_dataset(lake.locate(arm["coreset"])[0])
+
+
+def announced_arms(context: dict[str, Any], lake: Lake, dt: str) -> list[dict[str, str]]:
+    """The arms to fine-tune for ``dt``: the coreset URIs the triggering asset event announced for that day (its
+    ``arms``), else the published coresets of the day in the lake (a manual run, ``airflow dags test``)."""
+    from dealrec_tasks.steps.select import published_arms
+
     events = context.get("triggering_asset_events") or {}
-    uris = [e.extra["coreset"] for evs in events.values() for e in evs if (e.extra or {}).get("dt") == dt]
-    uris = [u for u in uris if isinstance(u, str) and u]
-    return uris[-1] if uris else None
+    for evs in events.values():
+        for e in reversed(list(evs)):
+            extra = e.extra or {}
+            if extra.get("dt") == dt and isinstance(extra.get("arms"), dict) and extra["arms"]:
+                return [{"strategy": str(k), "coreset": str(v)} for k, v in extra["arms"].items()]
+    return published_arms(lake, dt)
 
 
 def run_key(context: dict[str, Any], dt: str) -> str:
@@ -305,7 +325,18 @@ def daily_params() -> dict[str, Param]:
         "lambda": config_param(SelectConfig, "lam", title="lambda", minimum=0, maximum=MAX_LAMBDA),
         "k": config_param(SelectConfig, "k", title="Strata k", minimum=1, maximum=MAX_STRATA),
         "hard_prune": config_param(SelectConfig, "hard_prune", title="Hard prune", minimum=0, exclusiveMaximum=1),
-        "strategy": config_param(SelectConfig, "strategy", title="Strategy", enum=list(STRATEGIES)),
+        "arms": Param(
+            [SelectConfig.strategy, "random"],
+            type="array",
+            items={"type": "string", "enum": list(STRATEGIES)},
+            minItems=1,
+            uniqueItems=True,
+            title="Arms",
+            description="Selection strategies, each its own coreset, fine-tune and evaluation on the same users. The "
+            "first is the pipeline's strategy (coreset/dt=D/); the others are controls measured beside it "
+            "(coreset/arm=<strategy>/dt=D/), one per line. Default: the default strategy and random; only the "
+            f"first to turn the control off. One of: {', '.join(STRATEGIES)}.",
+        ),
         "influence_target": config_param(InfluenceConfig, "target", title="Influence target", enum=list(TARGETS)),
         "base_model": _base_model_param(),
         "shards": Param(

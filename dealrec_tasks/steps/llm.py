@@ -21,7 +21,10 @@ from dealrec_tasks.catalogue import (
     SEQUENCES,
     VOCAB,
     Source,
+    arm_dataset,
+    arm_of,
     effort_shard,
+    version_evaluation,
 )
 from dealrec_tasks.config import Day
 from dealrec_tasks.data.samples import TEST, TRAIN, VALID
@@ -249,12 +252,15 @@ def finetune(
 
     dt = Day(dt)  # also names the checkpoint folder under work_dir
     config = cfg.to_dict() | {"lora": lora.to_dict()}
-    inputs = _day_inputs(lake, dt, model_dir) | {"training": _training_source(lake, dt, from_samples, coreset)[2]}
-    done = lake.current(ADAPTERS, dt, config, inputs)
+    rows_from, _, rows_id = _training_source(lake, dt, from_samples, coreset)
+    arm = arm_of(rows_from)  # a control arm's coreset gives a control arm's adapter
+    out = arm_dataset(ADAPTERS, arm)
+    inputs = _day_inputs(lake, dt, model_dir) | {"training": rows_id}
+    done = lake.current(out, dt, config, inputs)
     if done is not None:  # also on a worker without the checkpoints of the run that published it
         metrics = done.get("metrics", {})
         counts = {"best_epoch": metrics.get("best_epoch"), "best_valid_loss": metrics.get("best_valid_loss")}
-        return StepResult("finetune", {"adapter": lake.partition(ADAPTERS, dt)}, counts, False)
+        return StepResult("finetune", {"adapter": lake.partition(out, dt)}, counts, False)
     rows, source = training_rows(lake, dt, from_samples, cfg.seed, coreset)
     valid = _split(lake.read(SAMPLES, dt, "samples.parquet"), VALID)
     if len(valid) > max_valid:
@@ -264,13 +270,13 @@ def finetune(
     template = PromptTemplate(cfg.domain)
     train_p = encode_rows(rows, titles, tokenizer, template, cfg.cutoff_len)
     valid_p = encode_rows(valid, titles, tokenizer, template, cfg.cutoff_len)
-    work = Path(work_dir) / f"dt={dt}"
+    work = Path(work_dir) / (f"dt={dt}" if arm is None else f"arm={arm}/dt={dt}")
     state = ft.finetune(model, tokenizer.pad_token_id, train_p, valid_p, cfg, lora, work)
     adapter = Path(state["adapter_dir"])
     blobs = {p.name: p.read_bytes() for p in adapter.iterdir() if p.is_file()}
     metrics = {k: state[k] for k in ("history", "best_epoch", "best_valid_loss")}
     pub = lake.publish(
-        ADAPTERS,
+        out,
         dt,
         {},
         blobs=blobs,
@@ -295,7 +301,9 @@ def finetune(
 
 
 @contextlib.contextmanager
-def local_adapter(lake: Lake, dt: str, manifest: dict[str, Any] | None = None) -> Iterator[Path]:
+def local_adapter(
+    lake: Lake, dt: str, manifest: dict[str, Any] | None = None, dataset: str = ADAPTERS
+) -> Iterator[Path]:
     """The adapter of ``dt`` as a local folder for ``PeftModel.from_pretrained`` or MLflow, removed when the block
     ends (also on error).
 
@@ -303,8 +311,8 @@ def local_adapter(lake: Lake, dt: str, manifest: dict[str, Any] | None = None) -
     registration then use exactly the weights fine-tuning published, and a manifest entry cannot name a path
     outside the folder (``../x``: ``Lake.read_verified_bytes`` refuses it).
     """
-    manifest = manifest if manifest is not None else lake.require_manifest(ADAPTERS, dt)
-    where = join_uri(lake.partition(ADAPTERS, dt), MANIFEST)
+    manifest = manifest if manifest is not None else lake.require_manifest(dataset, dt)
+    where = join_uri(lake.partition(dataset, dt), MANIFEST)
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise InputError(f"{where}: lists no adapter files; republish the adapter (`dealrec finetune --dt {dt}`)")
@@ -312,7 +320,7 @@ def local_adapter(lake: Lake, dt: str, manifest: dict[str, Any] | None = None) -
         local = Path(tmp, ADAPTER_DIR)
         local.mkdir()
         for name in files:
-            data = lake.read_verified_bytes(ADAPTERS, dt, name, manifest=manifest)
+            data = lake.read_verified_bytes(dataset, dt, name, manifest=manifest)
             target = local / name
             if target.resolve().parent != local.resolve():  # a second fence: never write outside the folder
                 raise InputError(f"{where}: file entry {name!r} resolves outside the adapter folder; refusing it")
@@ -329,9 +337,47 @@ def evaluate(
     adapter: bool = True,
     max_users: int = 0,
     seed: int = 0,
+    arm: str | None = None,
 ) -> StepResult:
-    """Grounded evaluation of the adapter at ``dt`` (or of the base model) on the test rows at ``dt``; a no-op when
-    published with this config from the same samples, titles, base model and adapter weights."""
+    """Grounded evaluation of an arm's adapter at ``dt`` (the primary arm's by default; or of the base model) on the
+    test rows at ``dt``; a no-op when published with this config from the same samples, titles, base model and
+    adapter weights. Every arm (and ``evaluate_version``) with the same ``max_users`` and ``seed`` scores the same
+    users."""
+    source = (arm_dataset(ADAPTERS, arm), Day(dt)) if adapter else None
+    return _evaluate(lake, dt, model_dir, cfg, cache_dir, source, arm_dataset(EVALUATION, arm), max_users, seed)
+
+
+def evaluate_version(
+    lake: Lake,
+    dt: str,
+    model_dir: str,
+    cfg: EvalConfig,
+    version: int,
+    adapter_uri: str,
+    cache_dir: str | None = None,
+    max_users: int = 0,
+    seed: int = 0,
+) -> StepResult:
+    """A registered version's adapter (its published partition ``adapter_uri``, from an earlier day) evaluated on
+    ``dt``'s test users, into ``evaluation/version=N/dt=D/``: the champion measured on the users of today's arms,
+    so the gate compares like with like. Cached: a retry or a second arm finds it published (a no-op)."""
+    source = lake.locate(adapter_uri)
+    return _evaluate(lake, dt, model_dir, cfg, cache_dir, source, version_evaluation(version), max_users, seed)
+
+
+def _evaluate(
+    lake: Lake,
+    dt: str,
+    model_dir: str,
+    cfg: EvalConfig,
+    cache_dir: str | None,
+    adapter_at: tuple[str, str | None] | None,
+    out: str,
+    max_users: int,
+    seed: int,
+) -> StepResult:
+    """Evaluate the base model with the adapter of the partition ``adapter_at`` (None: without one) on ``dt``'s test
+    users and publish to ``out/dt=D``."""
     import json
 
     from dealrec_tasks.errors import ConfigError
@@ -341,15 +387,15 @@ def evaluate(
     dt = Day(dt)
     if max_users < 0:
         raise ConfigError(f"max_users={max_users}: must be >= 0 (0: every test user)")
-    config = cfg.to_dict() | {"adapter": adapter, "max_users": max_users}
+    config = cfg.to_dict() | {"adapter": adapter_at is not None, "max_users": max_users}
     inputs: dict[str, Any] = _day_inputs(lake, dt, model_dir) | {"users_seed": seed}
-    adapter_manifest = lake.require_manifest(ADAPTERS, dt) if adapter else None
+    adapter_manifest = lake.require_manifest(*adapter_at) if adapter_at else None
     if adapter_manifest is not None:  # the adapter's file checksums: which weights these metrics belong to
         inputs["adapter"] = {n: e["sha256"] for n, e in adapter_manifest["files"].items()}
-    done = lake.current(EVALUATION, dt, config, inputs)
+    done = lake.current(out, dt, config, inputs)
     if done is not None:
         shown = {k: round(v, 4) for k, v in done.get("metrics", {}).items() if k in ("recall@20", "ndcg@20", "users")}
-        return StepResult("evaluate", {"evaluation": lake.partition(EVALUATION, dt)}, shown, False)
+        return StepResult("evaluate", {"evaluation": lake.partition(out, dt)}, shown, False)
     test = _split(lake.read(SAMPLES, dt, "samples.parquet"), TEST)
     if not test:
         raise InputError(f"{lake.partition(SAMPLES, dt)}: no test rows to evaluate on")
@@ -357,10 +403,11 @@ def evaluate(
         test = [test[i] for i in sorted(np.random.default_rng(seed).choice(len(test), max_users, replace=False))]
     tokenizer, model = load(model_dir)
     scored: dict[str, str] = inputs.get("adapter", {})
-    if adapter_manifest is not None:
+    if adapter_at is not None:
         from peft import PeftModel
 
-        with local_adapter(lake, dt, adapter_manifest) as local:  # loaded in memory; the copy goes after the block
+        # Loaded in memory; the copy goes after the block.
+        with local_adapter(lake, adapter_at[1], adapter_manifest, dataset=adapter_at[0]) as local:
             model = PeftModel.from_pretrained(model, local)
     titles = item_titles(lake, dt)
     prompts = encode_rows(test, titles, tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len, with_target=False)
@@ -376,8 +423,9 @@ def evaluate(
         }
         for r, g in zip(test[:25], result["generated"][:25])
     ]
+    source = {"adapter": lake.partition(*adapter_at)} if adapter_at else {}
     pub = lake.publish(
-        EVALUATION,
+        out,
         dt,
         {},
         config=config,
@@ -387,7 +435,7 @@ def evaluate(
             "examples.json": json.dumps(examples, indent=2).encode(),
             SCORED_ADAPTER: json.dumps(scored, indent=2, sort_keys=True).encode(),
         },
-        extra={"metrics": metrics, "base_model": str(Path(model_dir).resolve())},
+        extra={"metrics": metrics, "base_model": str(Path(model_dir).resolve()), "source": source},
     )
     shown = {k: round(v, 4) for k, v in metrics.items() if k in ("recall@20", "ndcg@20", "users")}
     return StepResult("evaluate", {"evaluation": pub.uri}, shown, pub.changed)

@@ -13,7 +13,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dealrec_tasks import reports
-from dealrec_tasks.catalogue import CORESET, ITEMS, SAMPLES, SCORES_EFFORT, SCORES_INFLUENCE, SURROGATE, VOCAB, daily
+from dealrec_tasks.catalogue import (
+    CORESET,
+    ITEMS,
+    SAMPLES,
+    SCORES_EFFORT,
+    SCORES_INFLUENCE,
+    SURROGATE,
+    VOCAB,
+    arm_dataset,
+    arm_of,
+    daily,
+)
 from dealrec_tasks.catalogue import writer as writer_of
 from dealrec_tasks.config import Day
 from dealrec_tasks.data.samples import TRAIN
@@ -100,8 +111,9 @@ def _with_titles(lists: pa.ListArray, titles: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(lists.offsets, pa.array(titles[flat - 1], pa.string()))
 
 
-def select(lake: Lake, dt: str, cfg: SelectConfig) -> StepResult:
-    """Pick the coreset of ``dt`` with ``cfg.strategy`` and publish ``coreset/dt=D/`` (table, report, manifest).
+def select(lake: Lake, dt: str, cfg: SelectConfig, control: bool = False) -> StepResult:
+    """Pick the coreset of ``dt`` with ``cfg.strategy`` and publish ``coreset/dt=D/`` (table, report, manifest), or
+    ``coreset/arm=<strategy>/dt=D/`` for a ``control`` arm (a coreset measured beside the primary one).
 
     Refuses, naming the partition, when an input the strategy needs is missing; scores a strategy does not need
     are still copied into the table when they are published (to compare strategies on the same columns). A no-op
@@ -110,8 +122,9 @@ def select(lake: Lake, dt: str, cfg: SelectConfig) -> StepResult:
     dt = Day(dt)
     sources = _sources(lake, dt, cfg)
     inputs = {k: v["manifest_sha256"] for k, v in sorted(sources.items())}
-    uris = {"coreset": lake.partition(CORESET, dt), "report": join_uri(lake.partition(CORESET, dt), REPORT_FILE)}
-    done = lake.current(CORESET, dt, cfg.to_dict(), inputs)
+    dataset = arm_dataset(CORESET, cfg.strategy if control else None)
+    uris = {"coreset": lake.partition(dataset, dt), "report": join_uri(lake.partition(dataset, dt), REPORT_FILE)}
+    done = lake.current(dataset, dt, cfg.to_dict(), inputs)
     if done is not None:
         return StepResult("select", uris, done.get("summary", done["counts"]), False)
 
@@ -133,7 +146,7 @@ def select(lake: Lake, dt: str, cfg: SelectConfig) -> StepResult:
     groups = sel.groups.to_dict() if sel.groups is not None else None
     summary = _summary(counts, cfg.strategy, sel, coverage)
     pub = lake.publish(
-        CORESET,
+        dataset,
         dt,
         {CORESET_FILE: table},
         config=cfg.to_dict(),
@@ -148,6 +161,22 @@ def select(lake: Lake, dt: str, cfg: SelectConfig) -> StepResult:
         blobs={REPORT_FILE: png},
     )
     return StepResult("select", uris, summary, pub.changed)
+
+
+def published_arms(lake: Lake, dt: str) -> list[dict[str, str]]:
+    """The day's published coresets as arms, the primary one (``coreset/dt=D/``) first: ``[{"strategy", "coreset"},
+    ...]``; refused by name when the day has none."""
+    dt = Day(dt)
+    found = []
+    if lake.manifest(CORESET, dt) is not None:
+        found.append({"strategy": lake.require_manifest(CORESET, dt).get("strategy", ""), "coreset": CORESET})
+    for name in lake.storage.list_dir(lake.uri(CORESET)):
+        arm = arm_of(f"{CORESET}/{name}")
+        if arm is not None and lake.manifest(arm_dataset(CORESET, arm), dt) is not None:
+            found.append({"strategy": arm, "coreset": arm_dataset(CORESET, arm)})
+    if not found:
+        raise InputError(f"{lake.partition(CORESET, dt)}: no published coreset for dt={dt}; run dealrec_daily first")
+    return [{"strategy": a["strategy"], "coreset": lake.partition(a["coreset"], dt)} for a in found]
 
 
 def _candidates(lake: Lake, dt: Day) -> pa.Table:

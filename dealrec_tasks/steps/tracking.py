@@ -25,6 +25,7 @@ from dealrec_tasks.catalogue import (
     SCORES_EFFORT,
     SCORES_INFLUENCE,
     SURROGATE,
+    arm_dataset,
 )
 from dealrec_tasks.config import Day
 from dealrec_tasks.errors import ConfigError, InputError
@@ -42,17 +43,19 @@ def _check_run_id(orchestrator_run_id: str) -> None:
         raise ConfigError("orchestrator_run_id='': give the orchestrator's run id (it makes retries idempotent)")
 
 
-def verified_metrics(lake: Lake, dt: str, evaluation: dict[str, Any]) -> dict[str, float]:
+def verified_metrics(lake: Lake, dt: str, evaluation: dict[str, Any], dataset: str = EVALUATION) -> dict[str, float]:
     """The metrics the promotion gate compares: from the evaluation's checksummed ``metrics.json``, never from the
     manifest's own ``metrics`` field, which no checksum covers (an edit there would otherwise pick the champion)."""
-    values, _ = lake.read_verified_json(EVALUATION, dt, "metrics.json", evaluation)
+    values, _ = lake.read_verified_json(dataset, dt, "metrics.json", evaluation)
     if not isinstance(values, dict):
-        uri = join_uri(lake.partition(EVALUATION, dt), "metrics.json")
+        uri = join_uri(lake.partition(dataset, dt), "metrics.json")
         raise InputError(f"{uri}: expected an object of metrics, not a JSON {type(values).__name__}")
     return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _check_scored_adapter(lake: Lake, dt: str, evaluation: dict[str, Any], adapter: dict[str, Any]) -> None:
+def _check_scored_adapter(
+    lake: Lake, dt: str, evaluation: dict[str, Any], adapter: dict[str, Any], arm: str | None = None
+) -> None:
     """The metrics must be the published adapter's: an adapter republished after its evaluation (a retried
     fine-tune) would otherwise be registered with the previous weights' numbers. Evaluations from before this
     record was kept have no ``scored_adapter.json`` and are taken as they are."""
@@ -60,12 +63,13 @@ def _check_scored_adapter(lake: Lake, dt: str, evaluation: dict[str, Any], adapt
 
     if SCORED_ADAPTER not in evaluation.get("files", {}):
         return
-    scored, _ = lake.read_verified_json(EVALUATION, dt, SCORED_ADAPTER, evaluation)
+    scored, _ = lake.read_verified_json(arm_dataset(EVALUATION, arm), dt, SCORED_ADAPTER, evaluation)
     published = {name: entry["sha256"] for name, entry in adapter["files"].items()}
     if scored != published:
         raise InputError(
-            f"{lake.partition(EVALUATION, dt)}: scored other adapter weights than the ones published in "
-            f"{lake.partition(ADAPTERS, dt)} (republished since?); run `dealrec evaluate --dt {dt}` again"
+            f"{lake.partition(arm_dataset(EVALUATION, arm), dt)}: scored other adapter weights than the ones "
+            f"published in {lake.partition(arm_dataset(ADAPTERS, arm), dt)} (republished since?); run "
+            f"`dealrec evaluate --dt {dt}` again"
         )
 
 
@@ -94,7 +98,13 @@ def _column(lake: Lake, dataset: str, dt: str, file: str, column: str) -> np.nda
 # Pruning run
 # ---------------------------------------------------------------------------------------------------------
 def log_pruning(
-    lake: Lake, dt: str, cfg: TrackingConfig, orchestrator_run_id: str, *, run_tags: dict[str, str] | None = None
+    lake: Lake,
+    dt: str,
+    cfg: TrackingConfig,
+    orchestrator_run_id: str,
+    *,
+    run_tags: dict[str, str] | None = None,
+    arm: str | None = None,
 ) -> StepResult:
     """The coreset of ``dt`` as an MLflow run: selection/scoring/surrogate configs as params; counts, coverage,
     score statistics and surrogate metrics as metrics; report.png and the coreset manifest as artifacts.
@@ -106,26 +116,35 @@ def log_pruning(
 
     dt = str(Day(dt))  # checked; a plain str for MLflow (its YAML cannot represent a str subclass)
     _check_run_id(orchestrator_run_id)
-    raw = lake.manifest_bytes(CORESET, dt)
+    coreset = arm_dataset(CORESET, arm)
+    raw = lake.manifest_bytes(coreset, dt)
     manifest = json.loads(raw)
-    coreset_uri = lake.partition(CORESET, dt)
+    coreset_uri = lake.partition(coreset, dt)
 
     def content(_run_id: str):
-        return _pruning_content(lake, dt, raw, manifest, run_tags)
+        return _pruning_content(lake, dt, raw, manifest, run_tags, coreset)
 
     tr = Tracking(cfg)
     tr.ping()
-    run_id, changed = log_run(tr, PRUNING, dt, orchestrator_run_id, sha256(raw), f"pruning dt={dt}", content)
+    name = f"pruning dt={dt}" + (f" arm={arm}" if arm else "")
+    run_id, changed = log_run(tr, PRUNING, dt, orchestrator_run_id, sha256(raw), name, content)
     counts = {"run_id": run_id, "selected": manifest.get("counts", {}).get("selected")}
     return StepResult("track-pruning", {"run": tr.run_link(run_id), "coreset": coreset_uri}, counts, changed)
 
 
-def _pruning_content(lake: Lake, dt: str, raw: bytes, manifest: dict[str, Any], run_tags: dict[str, str] | None):
+def _pruning_content(
+    lake: Lake,
+    dt: str,
+    raw: bytes,
+    manifest: dict[str, Any],
+    run_tags: dict[str, str] | None,
+    coreset: str = CORESET,
+):
     """The pruning run's params, metrics, tags and artifacts. Built inside ``log_run``, once the run exists: a
     retry that finds the finished run reads nothing, and a corrupt partition found here marks the new run FAILED."""
     from dealrec_tasks.tracking.runs import RunContent
 
-    coreset_uri = lake.partition(CORESET, dt)
+    coreset_uri = lake.partition(coreset, dt)
     c = RunContent()
     c.add_params("select", {k: v for k, v in manifest["config"].items() if k != "source_sha256"})
     counts = manifest.get("counts", {})
@@ -138,7 +157,7 @@ def _pruning_content(lake: Lake, dt: str, raw: bytes, manifest: dict[str, Any], 
         c.add_metric("groups", len(groups.get("budgets") or []))
     for key in ("items", "target_items"):
         c.add_metrics(f"coverage.{key}", manifest.get("coverage", {}).get(key, {}))
-    table = lake.read(CORESET, dt, "coreset.parquet")
+    table = lake.read(coreset, dt, "coreset.parquet")
     if counts.get("selected") is not None and counts["selected"] != table.num_rows:
         raise InputError(
             f"{join_uri(coreset_uri, MANIFEST)}: counts.selected={counts['selected']!r} but the checksummed "
@@ -150,7 +169,7 @@ def _pruning_content(lake: Lake, dt: str, raw: bytes, manifest: dict[str, Any], 
     _add_upstream(c, lake, dt)
     c.artifacts["coreset/_manifest.json"] = raw
     if "report.png" in manifest.get("files", {}):
-        c.artifacts["coreset/report.png"] = lake.read_verified_bytes(CORESET, dt, "report.png", manifest=manifest)
+        c.artifacts["coreset/report.png"] = lake.read_verified_bytes(coreset, dt, "report.png", manifest=manifest)
     c.tags.update(
         {
             "coreset_uri": coreset_uri,
@@ -230,6 +249,9 @@ class _Finetuned:
     coreset_uri: str
     coreset_digest: str | None
     eval_files: dict[str, bytes]
+    arm: str | None = None
+    strategy: str = ""
+    adapter_uri: str = ""
 
     @property
     def digest(self) -> str:
@@ -250,8 +272,10 @@ def register(
     *,
     check_fingerprint: bool = True,
     run_tags: dict[str, str] | None = None,
+    arm: str | None = None,
 ) -> StepResult:
-    """Log the fine-tuning run of ``dt`` (linked as a child of its pruning run) and register its model version.
+    """Log the fine-tuning run of ``dt``'s arm (the primary one by default; linked as a child of its pruning run)
+    and register its model version, tagged with the arm's strategy and its adapter's partition.
 
     The model is a pyfunc holding only the adapter; it loads the base model from ``model_dir`` (recorded with
     its fingerprint). The version is tagged dt / orchestrator_run_id / coreset_uri / input_digest, the
@@ -269,10 +293,11 @@ def register(
 
     dt = str(Day(dt))  # checked; a plain str for MLflow (its YAML cannot represent a str subclass)
     _check_run_id(orchestrator_run_id)
-    day = _read_finetuned(lake, dt, model_dir, cfg.metric, check_fingerprint)
+    day = _read_finetuned(lake, dt, model_dir, cfg.metric, check_fingerprint, arm)
     # The adapter is copied and checked against the manifest the digest covers, before any run is created.
-    with local_adapter(lake, dt, day.adapter) as local, tempfile.TemporaryDirectory(prefix="dealrec-register-") as tmp:
-        _check_scored_adapter(lake, dt, day.evaluation, day.adapter)
+    copy = local_adapter(lake, dt, day.adapter, dataset=arm_dataset(ADAPTERS, arm))
+    with copy as local, tempfile.TemporaryDirectory(prefix="dealrec-register-") as tmp:
+        _check_scored_adapter(lake, dt, day.evaluation, day.adapter, arm)
         tr = Tracking(cfg)
         tr.ping()
         pruning = _pruning_run(tr, dt, day.coreset_digest)
@@ -281,7 +306,8 @@ def register(
         def content(_run_id: str):
             return _finetune_content(day, Path(tmp), local, pruning_id, run_tags)
 
-        run_id, run_changed = log_run(tr, FINETUNE, dt, orchestrator_run_id, day.digest, f"finetune dt={dt}", content)
+        run_name = f"finetune dt={dt}" + (f" arm={arm}" if arm else "")
+        run_id, run_changed = log_run(tr, FINETUNE, dt, orchestrator_run_id, day.digest, run_name, content)
 
     identity = {TAG_DT: dt, TAG_ORCHESTRATOR_RUN: orchestrator_run_id, TAG_DIGEST: day.digest}
     description = f"BIGRec LoRA adapter of dt={dt}, fine-tuned on {day.coreset_uri}"
@@ -300,18 +326,21 @@ def register(
     return StepResult("register", uris, counts, run_changed or created, notes)
 
 
-def _read_finetuned(lake: Lake, dt: str, model_dir: str, metric: str, check_fingerprint: bool) -> _Finetuned:
+def _read_finetuned(
+    lake: Lake, dt: str, model_dir: str, metric: str, check_fingerprint: bool, arm: str | None = None
+) -> _Finetuned:
     """The day's adapter and evaluation, refused with a clear error when they cannot be registered: an evaluation
     of the base model, another base model than the adapter's, a missing ``metric``, a file not matching its
     checksum."""
     from dealrec_tasks.llm.evaluate import model_fingerprint
 
-    adapter_raw = lake.manifest_bytes(ADAPTERS, dt)
-    eval_raw = lake.manifest_bytes(EVALUATION, dt)
+    adapters, evaluations = arm_dataset(ADAPTERS, arm), arm_dataset(EVALUATION, arm)
+    adapter_raw = lake.manifest_bytes(adapters, dt)
+    eval_raw = lake.manifest_bytes(evaluations, dt)
     adapter, evaluation = json.loads(adapter_raw), json.loads(eval_raw)
     if not evaluation.get("config", {}).get("adapter", True):
         raise InputError(
-            f"{lake.partition(EVALUATION, dt)}: evaluates the base model (adapter=false), not the adapter; "
+            f"{lake.partition(evaluations, dt)}: evaluates the base model (adapter=false), not the adapter; "
             f"run `dealrec evaluate --dt {dt}` without --base-only before registering"
         )
     base_dir = Path(model_dir).resolve()
@@ -324,21 +353,23 @@ def _read_finetuned(lake: Lake, dt: str, model_dir: str, metric: str, check_fing
             f"model_dir={model_dir!r}: fingerprint {fingerprint} differs from {trained_on['fingerprint']}, the base "
             f"model the adapter of dt={dt} was trained on ({trained_on.get('path')})"
         )
-    metrics = verified_metrics(lake, dt, evaluation)
+    metrics = verified_metrics(lake, dt, evaluation, evaluations)
     if metric not in metrics:
         raise InputError(
-            f"{lake.partition(EVALUATION, dt)}: no {metric!r} in its metrics ({sorted(metrics)}); "
+            f"{lake.partition(evaluations, dt)}: no {metric!r} in its metrics ({sorted(metrics)}); "
             "set metric to one of them"
         )
     eval_set = evaluation_set_id(lake, dt, evaluation)
     coreset_uri = str(adapter.get("source", {}).get("training", ""))
-    coreset_digest = None
-    if lake.manifest(CORESET, dt) is not None and coreset_uri == lake.partition(CORESET, dt):
-        coreset_digest = sha256(lake.manifest_bytes(CORESET, dt))
+    coreset_digest, strategy = None, ""
+    coreset = arm_dataset(CORESET, arm)
+    if lake.manifest(coreset, dt) is not None and coreset_uri == lake.partition(coreset, dt):
+        coreset_raw = lake.manifest_bytes(coreset, dt)
+        coreset_digest, strategy = sha256(coreset_raw), str(json.loads(coreset_raw).get("strategy", ""))
     # Everything logged is read through its checksum first, before MLflow is touched: a tampered file is refused
     # by name instead of being published (the manifests themselves are the reference, logged as read).
     eval_files = {
-        name: lake.read_verified_bytes(EVALUATION, dt, name, manifest=evaluation)
+        name: lake.read_verified_bytes(evaluations, dt, name, manifest=evaluation)
         for name in ("metrics.json", "examples.json")
         if name in evaluation.get("files", {})
     }
@@ -355,6 +386,9 @@ def _read_finetuned(lake: Lake, dt: str, model_dir: str, metric: str, check_fing
         coreset_uri=coreset_uri,
         coreset_digest=coreset_digest,
         eval_files=eval_files,
+        arm=arm,
+        strategy=strategy or (arm or ""),
+        adapter_uri=lake.partition(adapters, dt),
     )
 
 
@@ -412,6 +446,8 @@ def _finetune_content(
     c.tags.update(
         {
             "coreset_uri": day.coreset_uri,
+            "arm": day.arm or "primary",
+            "strategy": day.strategy,
             "pruning_run_id": pruning_id or "none",
             reg.EVAL_SET_TAG: day.eval_set,
             "base_model_fingerprint": day.fingerprint,
@@ -433,6 +469,9 @@ def _version_tags(
 
     return {
         "coreset_uri": day.coreset_uri,
+        "adapter_uri": day.adapter_uri,
+        "arm": day.arm or "primary",
+        "strategy": day.strategy,
         "run_id": run_id,
         "pruning_run_id": pruning_id or "none",
         reg.EVAL_SET_TAG: day.eval_set,

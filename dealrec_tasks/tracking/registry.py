@@ -26,6 +26,7 @@ CHALLENGER = "challenger"
 HISTORY_TAG = "dealrec_champion_history"
 HISTORY_KEEP = 200
 EVAL_SET_TAG = "eval_set"
+SAME_USERS = "re-evaluated on the same users"  # in a decision's reason: the champion was measured on those users
 
 
 def metric_key(name: str) -> str:
@@ -259,9 +260,18 @@ def rollback_champion(tr: Tracking, name: str, reason: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------------
 # Promotion: decide once (recorded as tags), then apply
 # ---------------------------------------------------------------------------------------------------------
-def promotion_tags(mv, champion, metric: str, margin: float, require_comparable: bool = False) -> dict[str, str]:
+def promotion_tags(
+    mv,
+    champion,
+    metric: str,
+    margin: float,
+    require_comparable: bool = False,
+    champion_same_users: float | None = None,
+) -> dict[str, str]:
     """The decision on challenger ``mv`` against ``champion`` (the version behind the alias, or None) and the numbers
-    it was taken on, as the version tags that record it. Reads only the two versions' tags.
+    it was taken on, as the version tags that record it. Reads only the two versions' tags, unless
+    ``champion_same_users`` gives the champion's ``metric`` measured on the challenger's users (the fair gate):
+    then that number decides, and the two are comparable.
 
     ``mv`` must carry ``metric`` (see ``promote_if_better``); a champion without it is kept, for a person to decide.
     """
@@ -272,6 +282,10 @@ def promotion_tags(mv, champion, metric: str, margin: float, require_comparable:
         decision = Decision(True, "already champion")
         champion_value = challenger
         comparable = True
+    elif champion is not None and champion_same_users is not None:
+        champion_value, comparable = champion_same_users, True
+        decision = decide(challenger, champion_value, margin, True, require_comparable, metric)
+        decision = Decision(decision.promote, decision.reason + f" (champion {SAME_USERS})")
     elif champion is not None and metric_of(champion, metric) is None:
         decision = Decision(False, f"champion {champion.version} has no {metric}; promote by hand")
     else:
@@ -293,7 +307,13 @@ def promotion_tags(mv, champion, metric: str, margin: float, require_comparable:
 
 
 def promote_if_better(
-    tr: Tracking, name: str, version: int, metric: str, margin: float, require_comparable: bool = False
+    tr: Tracking,
+    name: str,
+    version: int,
+    metric: str,
+    margin: float,
+    require_comparable: bool = False,
+    champion_same_users: float | None = None,
 ) -> tuple[dict[str, str], bool]:
     """``version`` gets ``challenger``, then the decision is recorded and applied; returns (its tags, changed).
 
@@ -316,7 +336,8 @@ def promote_if_better(
             f"{name} version {version}: no tag {eval_tag(metric)} (has {have}); "
             "register versions with `dealrec register`, or set metric to one it has"
         )
-    tags = promotion_tags(mv, alias_version(tr, name, CHAMPION), metric, margin, require_comparable)
+    champion = alias_version(tr, name, CHAMPION)
+    tags = promotion_tags(mv, champion, metric, margin, require_comparable, champion_same_users)
     set_tags(tr, name, version, tags)
     if tags["promotion.decision"] == "champion":
         move_champion(tr, name, version, {"champion.reason": "automatic: " + tags["promotion.reason"]})

@@ -115,23 +115,35 @@ def test_daily_then_finetune_then_both_again_for_the_same_day(stack):
     for kind in ("influence", "effort"):
         shards = sorted(p.name for p in (lake_root / kind / f"dt={DT}").glob("shard=*"))
         assert shards == ["shard=0-of-2", "shard=1-of-2"], kind
-    manifest = stack.lake.require_manifest("coreset", DT)
-    assert stack.lake.read("coreset", DT, "coreset.parquet").num_rows == N == manifest["counts"]["selected"]
-    assert manifest["config"]["n"] == N and (lake_root / "coreset" / f"dt={DT}" / "report.png").stat().st_size > 0
-    assert asset_events(stack) == [{"dt": DT, "coreset": stack.lake.partition("coreset", DT)}]
+    # Two arms by default: the pipeline's strategy at coreset/dt=D/, its random control beside it, same size.
+    for arm, strategy in (("coreset", "dealrec"), ("coreset/arm=random", "random")):
+        manifest = stack.lake.require_manifest(arm, DT)
+        assert stack.lake.read(arm, DT, "coreset.parquet").num_rows == N == manifest["counts"]["selected"]
+        assert manifest["config"]["n"] == N and manifest["strategy"] == strategy
+    assert (lake_root / "coreset" / f"dt={DT}" / "report.png").stat().st_size > 0
+    arms = {"dealrec": stack.lake.partition("coreset", DT), "random": stack.lake.partition("coreset/arm=random", DT)}
+    assert asset_events(stack) == [{"dt": DT, "coreset": arms["dealrec"], "arms": arms}]
 
     out = dags_test(stack, "dealrec_finetune", FINETUNE_CONF)
     assert f"dealrec_finetune: dt={DT}" in out
-    for partition in ("adapters", "evaluation"):
+    for partition in ("adapters", "evaluation", "adapters/arm=random", "evaluation/arm=random", "gate"):
         assert stack.lake.manifest(partition, DT) is not None, partition
+    # Both arms were evaluated on the same users with the same settings.
+    evaluations = [stack.lake.require_manifest(p, DT) for p in ("evaluation", "evaluation/arm=random")]
+    assert evaluations[0]["config"] == evaluations[1]["config"]
+    assert evaluations[0]["metrics"]["users"] == evaluations[1]["metrics"]["users"] == FINETUNE_CONF["eval_users"]
     first = mlflow_state(stack.mlflow)
-    assert first["versions"] == [1] and first["champion"] == 1
+    assert first["versions"] == [1, 2] and first["champion"] in (1, 2)
     # The Airflow run that logged each run and the version (the MLflow key is the coarser dag/dt).
-    assert first["airflow_dags"] == ["dealrec_daily", "dealrec_finetune"]
+    assert first["airflow_dags"] == ["dealrec_daily", "dealrec_daily", "dealrec_finetune", "dealrec_finetune",
+                                     "dealrec_finetune"]  # fmt: skip
     assert first["champion_tags"]["airflow.dag_id"] == "dealrec_finetune" and first["champion_tags"]["airflow.run_id"]
     assert first["champion_tags"]["dt"] == DT and first["champion_tags"]["promotion.decision"] == "champion"
-    assert [kind for kind, status in first["runs"]] == ["finetune", "pruning"]
+    assert first["champion_tags"]["strategy"] in ("dealrec", "random")
+    assert [kind for kind, status in first["runs"]] == ["day", "finetune", "finetune", "pruning", "pruning"]
     assert all(status == "FINISHED" for _, status in first["runs"])
+    gate, _ = stack.lake.read_verified_json("gate", DT, "gate.json")
+    assert [a["strategy"] for a in gate["arms"]] == ["dealrec", "random"] and gate["lift_vs_random"] is not None
     published = manifests(lake_root)
 
     dags_test(stack, "dealrec_daily", DAILY_CONF)

@@ -90,12 +90,13 @@ def test_daily_dag_shape(daily):
     assert up["base_model"] == {"plan", "samples"}  # built for the day: its corpus ends before that day's tests
     assert up["effort"] == {"plan", "shards", "base_model"}
     assert up["merge_effort"] == {"plan", "shards", "effort"}
-    assert up["select"] == {"plan", "merge_influence", "merge_effort"}
+    assert up["arms"] == set()
+    assert up["select"] == {"plan", "arms", "merge_influence", "merge_effort"}
     assert up["log_pruning"] == {"plan", "select"}
-    # The scoring tasks are mapped over the shards task's list (dynamic task mapping).
+    # The scoring tasks are mapped over the shards task's list, select over the arms (dynamic task mapping).
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
-    assert {t.task_id for t in daily.tasks if isinstance(t, MappedOperator)} == {"influence", "effort"}
+    assert {t.task_id for t in daily.tasks if isinstance(t, MappedOperator)} == {"influence", "effort", "select"}
     # The coreset asset is emitted once lineage is recorded, and it is what the fine-tuning DAG runs on.
     assert daily.get_task("log_pruning").outlets == [dx.CORESET]
     assert dx.CORESET.uri == "dealrec://coreset/"
@@ -108,17 +109,23 @@ def test_finetune_dag_shape(finetune):
     assert up == {
         "plan": set(),
         "base_model": {"plan"},
-        "finetune": {"plan", "base_model"},
-        "evaluate": {"plan", "base_model", "finetune"},
-        "register": {"plan", "base_model", "evaluate"},
-        "promote": {"register"},
+        "arms": {"plan"},
+        "finetune": {"plan", "base_model", "arms"},
+        "evaluate": {"plan", "base_model", "arms", "finetune"},
+        "register": {"plan", "base_model", "arms", "evaluate"},
+        "evaluate_champion": {"plan", "base_model", "register"},
+        "gate": {"plan", "register", "evaluate_champion"},
     }
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    mapped = {t.task_id for t in finetune.tasks if isinstance(t, MappedOperator)}
+    assert mapped == {"finetune", "evaluate", "register"}  # one of each per arm
 
 
 @pytest.mark.parametrize("dag_id", ["dealrec_daily", "dealrec_finetune"])
 def test_queues_pools_retries_timeouts(dagbag, dag_id):
     dag = dagbag.dags[dag_id]
-    gpu = GPU_TASKS | ({"finetune", "evaluate"} if dag_id == "dealrec_finetune" else set())
+    gpu = GPU_TASKS | ({"finetune", "evaluate", "evaluate_champion"} if dag_id == "dealrec_finetune" else set())
     for t in dag.tasks:
         where = (t.queue, t.pool)
         assert where == (("gpu", "gpu") if t.task_id in gpu else ("default", "default_pool")), t.task_id
@@ -140,14 +147,16 @@ def test_retry_policy_fails_fast_on_errors_a_retry_cannot_fix(daily):
     assert decide(OSError("S3 timeout")) == RetryAction.DEFAULT
 
 
-def test_params_defaults_are_valid_and_strategy_enum_is_the_librarys(daily, finetune):
-    from dealrec_tasks.selection import STRATEGIES
+def test_params_defaults_are_valid_and_the_arms_enum_is_the_librarys(daily, finetune):
+    from dealrec_tasks.selection import STRATEGIES, SelectConfig
 
     daily.params.validate()
     finetune.params.validate()
-    assert set(daily.params) >= {"dt", "n", "ratio", "lambda", "k", "hard_prune", "strategy", "base_model", "shards"}
+    assert set(daily.params) >= {"dt", "n", "ratio", "lambda", "k", "hard_prune", "arms", "base_model", "shards"}
     assert set(finetune.params) >= {"dt", "base_model", "epochs", "eval_users", "margin"}
-    assert daily.params.get_param("strategy").schema["enum"] == list(STRATEGIES)
+    arms = daily.params.get_param("arms")
+    assert arms.schema["items"]["enum"] == list(STRATEGIES) and arms.schema["uniqueItems"] is True
+    assert arms.value == [SelectConfig.strategy, "random"]  # the default strategy and its random control
 
 
 @pytest.mark.parametrize(
@@ -166,7 +175,10 @@ def test_params_defaults_are_valid_and_strategy_enum_is_the_librarys(daily, fine
         ("k", 10**8),
         ("hard_prune", 1.0),
         ("hard_prune", -0.1),
-        ("strategy", "best"),
+        ("arms", ["best"]),
+        ("arms", ["dealrec", "dealrec"]),
+        ("arms", []),
+        ("arms", "dealrec"),
         ("influence_target", "test"),
         ("base_model", 7),
         ("base_model", ""),
@@ -211,7 +223,8 @@ def test_finetune_params_refuse_bad_values(finetune, key, value):
         ("dt", None),
         ("ratio", 0.05),
         ("ratio", None),
-        ("strategy", "random"),
+        ("arms", ["dealrec"]),
+        ("arms", ["quantile", "random", "dealrec"]),
         ("shards", 64),
         ("base_model", None),
         ("base_model", "/models/Llama-3.2-1B"),
@@ -242,7 +255,6 @@ FROM_CONFIG = {
         "lambda": ("dealrec_tasks.selection", "SelectConfig", "lam"),
         "k": ("dealrec_tasks.selection", "SelectConfig", "k"),
         "hard_prune": ("dealrec_tasks.selection", "SelectConfig", "hard_prune"),
-        "strategy": ("dealrec_tasks.selection", "SelectConfig", "strategy"),
         "influence_target": ("dealrec_tasks.scoring.config", "InfluenceConfig", "target"),
         "surrogate_max_epochs": ("dealrec_tasks.surrogate.config", "SurrogateConfig", "max_epochs"),
     },
@@ -262,7 +274,7 @@ def test_param_names_and_defaults(daily, finetune):
         "lambda": 0.3,
         "k": 50,
         "hard_prune": 0.1,
-        "strategy": "dealrec",
+        "arms": ["dealrec", "random"],
         "influence_target": "valid",
         "base_model": None,
         "shards": 2,

@@ -73,15 +73,30 @@ def test_finetune_dt_from_param_event_or_newest_coreset(tmp_path):
     assert dx.finetune_dt(context(dt="2026-01-01", events=events), lake) == "2026-01-01"
 
 
-def test_the_coreset_uri_of_the_triggering_event_is_the_one_fine_tuned_on():
-    """The asset event announces the coreset's URI; the finetune task passes it on (the step checks it lies in the
-    lake) instead of rebuilding it from the day. A manual run has no event: None, the day's coreset."""
-    event = lambda dt, uri: SimpleNamespace(extra={"dt": dt, "coreset": uri})  # noqa: E731
-    events = {dx.CORESET: [event("2026-01-02", "s3://lake/coreset/dt=2026-01-02"), event("2026-01-03", "u3")]}
-    assert dx.announced_coreset(context(events=events), "2026-01-02") == "s3://lake/coreset/dt=2026-01-02"
-    assert dx.announced_coreset(context(events=events), "2026-01-03") == "u3"
-    assert dx.announced_coreset(context(events=events), "2026-01-04") is None
-    assert dx.announced_coreset(context(), "2026-01-02") is None
+def test_the_arms_of_the_triggering_event_are_the_ones_fine_tuned(tmp_path):
+    """The asset event announces every arm's coreset URI; the finetune DAG maps over those (each step checks its URI
+    lies in the lake) instead of rebuilding them from the day. A manual run has no event: the day's published
+    coresets, the primary one first."""
+    lake = Lake(str(tmp_path / "lake"))
+    arms = {"dealrec": "s3://lake/coreset/dt=2026-01-02", "random": "s3://lake/coreset/arm=random/dt=2026-01-02"}
+    event = lambda dt, arms: SimpleNamespace(extra={"dt": dt, "coreset": "x", "arms": arms})  # noqa: E731
+    events = {dx.CORESET: [event("2026-01-02", arms), event("2026-01-03", {"dealrec": "u3"})]}
+    assert dx.announced_arms(context(events=events), lake, "2026-01-02") == [
+        {"strategy": "dealrec", "coreset": arms["dealrec"]},
+        {"strategy": "random", "coreset": arms["random"]},
+    ]
+    with pytest.raises(InputError, match="no published coreset for dt=2026-01-04"):
+        dx.announced_arms(context(events=events), lake, "2026-01-04")
+    lake.publish("coreset/arm=random", "2026-01-04", {}, blobs={"x": b"x"})
+    lake.publish("coreset", "2026-01-04", {}, blobs={"x": b"x"}, extra={"strategy": "dealrec"})
+    assert dx.announced_arms(context(), lake, "2026-01-04") == [
+        {"strategy": "dealrec", "coreset": lake.partition("coreset", "2026-01-04")},
+        {"strategy": "random", "coreset": lake.partition("coreset/arm=random", "2026-01-04")},
+    ]
+    assert dx.arms(["dealrec", "random"]) == [["dealrec", False], ["random", True]]
+    for bad, why in ((["dealrec", "dealrec"], "more than once"), (["nope"], "unknown"), ([], "one or more")):
+        with pytest.raises(ConfigError, match=why):
+            dx.arms(bad)
 
 
 @pytest.mark.parametrize(

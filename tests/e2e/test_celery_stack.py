@@ -140,13 +140,25 @@ def test_daily_and_finetune_on_celery_with_a_gpu_worker_killed_mid_scoring(stack
             assert all(v is not None for v in table[column]), f"{dataset}: missing scores"
         print(f"lake: {counts}")
 
-        # MLflow: a registered version of this day's coreset, holding the champion alias, registered once.
+        # The control arm: a random coreset of the same size beside the primary one, each fine-tuned and evaluated.
+        control_key = f"lake/coreset/arm=random/dt={dt}/coreset.parquet"
+        assert control_key in objects and f"lake/gate/dt={dt}/gate.json" in objects
+        assert pq.read_table(pa.BufferReader(objects[control_key])).num_rows == DAILY_CONF["n"]
+        assert {"finetune", "evaluate", "register"} <= {t["task_id"] for t in finetune_tis if t["map_index"] == 1}
+
+        # MLflow: one registered version per arm of this day, the better one holding the champion alias, registered
+        # once each.
         client = MlflowClient(tracking_uri=st.env["MLFLOW_TRACKING_URI"])
         champion = client.get_model_version_by_alias("dealrec-bigrec", "champion")
         assert champion.tags.get("dt") == dt, champion.tags
-        assert champion.tags.get("coreset_uri") == f"s3://{st.bucket}/lake/coreset/dt={dt}", champion.tags
+        arms = {
+            "dealrec": f"s3://{st.bucket}/lake/coreset/dt={dt}",
+            "random": f"s3://{st.bucket}/lake/coreset/arm=random/dt={dt}",
+        }
+        assert champion.tags.get("coreset_uri") == arms[champion.tags.get("strategy")], champion.tags
         assert champion.tags.get("orchestrator_run_id"), champion.tags
-        assert len(client.search_model_versions("name='dealrec-bigrec'")) == 1, "a retry registered twice"
+        versions = client.search_model_versions("name='dealrec-bigrec'")
+        assert sorted(v.tags.get("strategy") for v in versions) == ["dealrec", "random"], "a retry registered twice"
         print(f"champion: version {champion.version}; whole test {time.monotonic() - t0:.0f} s after start-up")
     except BaseException:
         print(st.diagnostics(60))
