@@ -28,14 +28,17 @@ Listing (``<kind>/dt=D/`` = one partition per day, manifest last; ``CATALOGUE`` 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from dealrec_tasks.config import Day, day_or_none
 from dealrec_tasks.data import schema
-from dealrec_tasks.errors import InputError
+from dealrec_tasks.errors import ConfigError, InputError
 from dealrec_tasks.sharding import shard_name
+
+_ARM_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 # Dataset (folder) names inside the lake.
 INTERACTIONS = "interactions"
@@ -162,6 +165,8 @@ def imported(name: str) -> str:
 def arm_dataset(kind: str, arm: str | None) -> str:
     """Where an arm's coreset, adapter or evaluation lives: ``kind`` for the day's primary arm (the first of the
     daily DAG's ``arms``, the strategy the pipeline stands for), ``kind/arm=<strategy>`` for a control arm."""
+    if arm is not None and not _ARM_RE.match(str(arm)):
+        raise ConfigError(f"arm={arm!r}: a strategy name (lower-case letters, digits, _), e.g. random")
     return kind if arm is None else f"{kind}/arm={arm}"
 
 

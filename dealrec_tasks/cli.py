@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dealrec_tasks import steps
+from dealrec_tasks.catalogue import CORESET, arm_dataset
 from dealrec_tasks.config import Day, ImportConfig, IngestConfig, ReplayConfig, S3Config, SamplesConfig, SyntheticConfig
 from dealrec_tasks.errors import DealrecError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
@@ -135,14 +136,23 @@ def cmd_merge_effort(args: argparse.Namespace) -> list[steps.StepResult]:
 
 def cmd_finetune(args: argparse.Namespace) -> list[steps.StepResult]:
     cfg, lora = _config(FinetuneConfig, args), _config(LoRAConfig, args)
-    return [llm_steps.finetune(_lake(args), args.dt, args.model, cfg, lora, args.work_dir, args.from_samples)]
+    lake = _lake(args)
+    coreset = lake.partition(arm_dataset(CORESET, args.arm), args.dt) if args.arm else None
+    return [llm_steps.finetune(lake, args.dt, args.model, cfg, lora, args.work_dir, args.from_samples, coreset=coreset)]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> list[steps.StepResult]:
     cfg = _config(EvalConfig, args)
     return [
         llm_steps.evaluate(
-            _lake(args), args.dt, args.model, cfg, args.cache_dir, adapter=not args.base_only, max_users=args.max_users
+            _lake(args),
+            args.dt,
+            args.model,
+            cfg,
+            args.cache_dir,
+            adapter=not args.base_only,
+            max_users=args.max_users,
+            arm=args.arm,
         )
     ]
 
@@ -187,7 +197,7 @@ def cmd_select(args: argparse.Namespace) -> list[steps.StepResult]:
 
     if args.ratio is not None and args.n == SelectConfig.n:  # --ratio replaces the default n
         args.n = None
-    return [select(_lake(args), args.dt, _config(SelectConfig, args))]
+    return [select(_lake(args), args.dt, _config(SelectConfig, args), control=args.control)]
 
 
 def cmd_track_pruning(args: argparse.Namespace) -> list[steps.StepResult]:
@@ -200,10 +210,23 @@ def cmd_register(args: argparse.Namespace) -> list[steps.StepResult]:
     from dealrec_tasks.steps.tracking import promote_if_better, register
 
     cfg = _config(TrackingConfig, args)
-    result = register(_lake(args), args.dt, args.model, cfg, args.orchestrator_run_id)
+    result = register(_lake(args), args.dt, args.model, cfg, args.orchestrator_run_id, arm=args.arm)
     if not args.promote:
         return [result]
     return [result, promote_if_better(cfg, result.counts["version"])]
+
+
+def cmd_evaluate_champion(args: argparse.Namespace) -> list[steps.StepResult]:
+    from dealrec_tasks.steps.gate import evaluate_champion
+
+    lake, eval_cfg, cfg = _lake(args), _config(EvalConfig, args), _config(TrackingConfig, args)
+    return [evaluate_champion(lake, args.dt, args.model, eval_cfg, cfg, args.cache_dir, max_users=args.max_users)]
+
+
+def cmd_gate(args: argparse.Namespace) -> list[steps.StepResult]:
+    from dealrec_tasks.steps.gate import gate
+
+    return [gate(_lake(args), args.dt, _config(TrackingConfig, args), args.versions, args.orchestrator_run_id)]
 
 
 def cmd_promote(args: argparse.Namespace) -> list[steps.StepResult]:
@@ -267,6 +290,7 @@ DEFAULT_MODEL = "var/models/tiny-llm"
 DT = arg("--dt", help="partition day YYYY-MM-DD")
 DT_REQUIRED = arg("--dt", required=True, help="partition day YYYY-MM-DD")
 DATASET = arg("--dataset", help="an imported dataset (datasets/<name>/) instead of a day")
+ARM = arg("--arm", default=None, help="a control arm's strategy (partitions below arm=<strategy>/); default: primary")
 MODEL = arg("--model", default=DEFAULT_MODEL, help="local Hugging Face causal LM directory (default %(default)s)")
 ORCHESTRATOR_RUN = arg(
     "--orchestrator-run-id",
@@ -328,6 +352,7 @@ COMMANDS: dict[str, Command] = {
             MODEL,
             arg("--work-dir", default="var/work/finetune", help="per-epoch checkpoints, for resume"),
             arg("--from-samples", type=int, default=0, help="without a coreset: N random training samples"),
+            ARM,
         ),
     ),
     "evaluate": Command(
@@ -340,6 +365,7 @@ COMMANDS: dict[str, Command] = {
             arg("--cache-dir", default="var/cache/embeddings", help="item embedding cache (default %(default)s)"),
             arg("--base-only", action="store_true", help="evaluate the base model without the adapter"),
             arg("--max-users", type=int, default=0, help="evaluate a seeded random subset of test users (0: all)"),
+            ARM,
         ),
     ),
     "surrogate": Command(
@@ -368,9 +394,12 @@ COMMANDS: dict[str, Command] = {
     ),
     "select": Command(
         cmd_select,
-        "pick the day's coreset (DEALRec or a baseline strategy) -> coreset/dt=D/",
+        "pick the day's coreset (DEALRec or a baseline strategy) -> coreset/dt=D/ (--control: coreset/arm=<s>/dt=D/)",
         (SelectConfig,),
-        (DT_REQUIRED,),
+        (
+            DT_REQUIRED,
+            arg("--control", action="store_true", help="a control arm measured beside the primary coreset"),
+        ),
     ),
     "track-pruning": Command(
         cmd_track_pruning,
@@ -386,12 +415,34 @@ COMMANDS: dict[str, Command] = {
             DT_REQUIRED,
             MODEL,
             ORCHESTRATOR_RUN,
+            ARM,
             arg(
                 "--promote",
                 action=argparse.BooleanOptionalAction,
                 default=True,
                 help="give the version 'challenger' and make it 'champion' when it beats the champion",
             ),
+        ),
+    ),
+    "evaluate-champion": Command(
+        cmd_evaluate_champion,
+        "the champion's adapter on the day's test users (as the arms were evaluated) -> evaluation/version=N/dt=D/",
+        (EvalConfig, TrackingConfig),
+        (
+            DT_REQUIRED,
+            MODEL,
+            arg("--cache-dir", default="var/cache/embeddings", help="item embedding cache (default %(default)s)"),
+            arg("--max-users", type=int, default=0, help="the arms' --max-users (the same seeded users)"),
+        ),
+    ),
+    "gate": Command(
+        cmd_gate,
+        "promote the best of the day's arm versions if it beats the champion on the same users; gate/dt=D/",
+        (TrackingConfig,),
+        (
+            DT_REQUIRED,
+            ORCHESTRATOR_RUN,
+            arg("--versions", type=int, nargs="+", required=True, help="the day's registered arm versions"),
         ),
     ),
     "promote": Command(

@@ -18,6 +18,7 @@ from dealrec_tasks.catalogue import (
     ADAPTERS,
     CORESET,
     EVALUATION,
+    GATE,
     REJECTS,
     SAMPLES,
     SCORES_EFFORT,
@@ -156,10 +157,27 @@ def day_detail(lake: Lake, dt: str, tracking=None, links: MlflowLinks | None = N
             "has_report": REPORT_FILE in coreset.get("files", {}),
         }
     out["scores"] = _score_distributions(lake, dt, stages)
-    evaluation = stages["evaluated"]
-    # One arm today (the coreset); a control arm adds rows here.
-    out["arms"] = [] if evaluation is None else [{"arm": "coreset", **evaluation.get("metrics", {})}]
+    out["arms"] = _arms(lake, dt, stages)
+    gate = lake.manifest(GATE, dt)
+    out["gate"] = None if gate is None else lake.read_verified_json(GATE, dt, "gate.json", gate)[0]
     out["mlflow"] = None if tracking is None else mlflow_of_day(tracking, dt, links or MlflowLinks())
+    return out
+
+
+def _arms(lake: Lake, dt: str, stages: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The day's evaluated arms, the primary one first (named by its coreset's strategy), then the controls, then
+    registered versions evaluated on the day's users (the champion, for the gate)."""
+    out = []
+    evaluation, coreset = stages["evaluated"], stages["coreset"]
+    if evaluation is not None:
+        name = f"{(coreset or {}).get('strategy', 'coreset')} (primary)"
+        out.append({"arm": name, **evaluation.get("metrics", {})})
+    for folder in lake.storage.list_dir(lake.uri(EVALUATION)):
+        if folder.startswith(("arm=", "version=")):
+            manifest = lake.manifest(f"{EVALUATION}/{folder}", dt)
+            if manifest is not None:
+                name = folder[4:] if folder.startswith("arm=") else f"champion v{folder[8:]}, same users"
+                out.append({"arm": name, **manifest.get("metrics", {})})
     return out
 
 

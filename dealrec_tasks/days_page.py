@@ -217,6 +217,15 @@ def day_page(d: dict[str, Any], airflow_url: str = "/") -> str:
             for a in arms
         )
         body.append(f"<table><tr><th class=l>arm</th><th>test users</th>{head}</tr>{rows}</table>")
+    gate = d.get("gate")
+    if gate:
+        lift = gate.get("lift_vs_random")
+        shown = "n/a (no random arm)" if lift is None else f"{lift:+.4g}"
+        body.append(
+            f"<p>Gate: best arm <b>{escape(str(gate['best']['strategy']))}</b> (version {gate['best']['version']}), "
+            f"lift vs random {escape(shown)}, decision <b>{escape(gate['decision'])}</b>: "
+            f"{escape(gate['reason'])}</p>"
+        )
 
     body.append(_mlflow_section(d.get("mlflow"), airflow_url))
     return _page(f"DEALRec {dt}", "".join(body))

@@ -6,8 +6,9 @@
    contract); the runs are dated now, the day they cover is the ``dt`` Param;
 3. ``airflow dags test dealrec_daily -c '{"dt": <yesterday>, ...}'``: ingest (catching up every day), samples,
    surrogate, influence and effort in 2 shards each, the coreset, its MLflow run, the coreset asset;
-4. ``airflow dags test dealrec_finetune``: LoRA fine-tuning on that coreset, evaluation, a registered MLflow
-   version, promoted to ``champion`` when it beats the current one;
+4. ``airflow dags test dealrec_finetune``: LoRA fine-tuning on each arm's coreset (the dealrec one and its random
+   control), evaluation on the same users, a registered MLflow version per arm, the best promoted to ``champion``
+   when it beats the current one on those users (the gate);
 5. where everything is, and how to open the Airflow and MLflow UIs on it.
 
 Each task runs in this process tree, in order (``airflow dags test`` needs no scheduler or worker). The demo's
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STEP_LINE = re.compile(
     r"^(dealrec_daily|dealrec_finetune|ingest|samples|surrogate|influence-solve|influence|merge-influence|tiny-llm|"
-    r"effort|merge-effort|select|track-pruning|finetune|evaluate|register|promote-if-better): "
+    r"effort|merge-effort|select|track-pruning|finetune|evaluate|register|evaluate-champion|gate): "
 )
 DAILY_CONF = {"ratio": 0.05, "shards": 2}
 FINETUNE_CONF = {"epochs": 2, "eval_users": 200}
@@ -175,6 +176,8 @@ def main() -> None:
         f"  rejects      {part('rejects')}/rejects.parquet\n"
         f"  adapter      {part('adapters')}/ (base model: {rel(var / 'models' / 'tiny-llm')})\n"
         f"  evaluation   {part('evaluation')}/metrics.json, examples.json\n"
+        f"  control arm  {part('coreset/arm=random')}/ (adapters/ and evaluation/ likewise: arm=random/)\n"
+        f"  gate         {part('gate')}/gate.json (both arms, lift vs random, the decision), arms.png\n"
         f"  model        {champion(env)}\n"
         f"  task logs    {rel(logs)}/\n"
         "\nAirflow UI (the two runs, their task logs, the Params form; http://localhost:8080, user admin, password in "

@@ -96,3 +96,13 @@ def test_verified_reads_refuse_a_changed_byte(tmp_path):
         lake.read_verified_json("evaluation", "2026-01-04", "metrics.json")
     with pytest.raises(InputError, match="checksum differs.*republish it"):
         lake.read_verified_torch("evaluation", "2026-01-04", "metrics.json", "republish it")
+
+
+def test_arms_have_their_own_partitions_and_a_crafted_arm_is_refused():
+    assert catalogue.arm_dataset("coreset", None) == "coreset"
+    assert catalogue.arm_dataset("adapters", "random") == "adapters/arm=random"
+    assert catalogue.arm_of("evaluation/arm=random") == "random" and catalogue.arm_of("evaluation") is None
+    assert catalogue.version_evaluation(7) == "evaluation/version=7"
+    for bad in ("../samples", "Random", "a/b", ""):
+        with pytest.raises(ConfigError, match="arm="):
+            catalogue.arm_dataset("coreset", bad)

@@ -72,3 +72,15 @@ def test_new_inputs_or_config_redo_the_work(lake, capsys):
     assert "(unchanged, no-op)" not in _run(lake, capsys, "influence-solve", "--dt", DT, *SOLVE)
     solve = lake.require_manifest(f"influence/dt={DT}/solve")
     assert solve["inputs"]["samples"] == after["inputs"]["samples"]
+
+
+def test_a_control_arm_from_the_cli_has_its_own_partition(lake, capsys):
+    _run(lake, capsys, "surrogate", "--dt", DT, *TINY)
+    out = _run(lake, capsys, "select", "--dt", DT, "--strategy", "random", "--n", "15", "--control")
+    assert f"coreset/arm=random/dt={DT}" in out
+    assert lake.require_manifest("coreset/arm=random", DT)["counts"]["selected"] == 15
+    assert "(unchanged, no-op)" in _run(lake, capsys, "select", "--dt", DT, "--strategy", "random", "--n", "15",
+                                        "--control")  # fmt: skip
+    capsys.readouterr()
+    assert main(["--lake", lake.root, "evaluate", "--dt", DT, "--arm", "../samples"]) == 2
+    assert "arm='../samples'" in capsys.readouterr().err

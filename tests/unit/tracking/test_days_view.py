@@ -44,7 +44,7 @@ def test_a_whole_day_with_its_mlflow_runs_versions_and_decision(tracked, cfg):
     assert d["coreset"]["config"]["k"] == 4 and "source_sha256" not in d["coreset"]["config"]
     infl = d["scores"]["influence"]
     assert infl["n"] == row["candidates"] and sum(infl["all"]) == infl["n"] and sum(infl["kept"]) == 16
-    assert [a["arm"] for a in d["arms"]] == ["coreset"] and d["arms"][0]["ndcg@20"] == row["ndcg@20"]
+    assert d["arms"][0]["arm"] == "dealrec (primary)" and d["arms"][0]["ndcg@20"] == row["ndcg@20"]
     m = d["mlflow"]
     kinds = {r["kind"]: r for r in m["runs"]}
     assert set(kinds) == {"pruning", "finetune"}
