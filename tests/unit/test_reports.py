@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from dealrec_tasks import reports
 from dealrec_tasks.reports import ACTIVITY_BINS, ACTIVITY_LABELS, coreset_report_png, coverage
 from dealrec_tasks.selection import Candidates, SelectConfig, random_baseline, select
 
@@ -101,3 +102,26 @@ def test_report_png_for_each_kind_of_selection(strategy, kind):
     png = coreset_report_png(sel, cfg, cov, interactions, "2026-01-04")
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert png == coreset_report_png(sel, cfg, cov, interactions, "2026-01-04")  # no timestamp: reruns are no-ops
+
+
+def test_the_gate_history_plot_draws_every_arm_and_the_champion_over_days():
+    def day(dt, dealrec, random, champion, decision):
+        return {
+            "dt": dt,
+            "metric": "ndcg@20",
+            "arms": [{"strategy": "dealrec", "ndcg@20": dealrec}, {"strategy": "random", "ndcg@20": random}],
+            "best": {"strategy": "dealrec" if dealrec >= random else "random", "ndcg@20": max(dealrec, random)},
+            "lift_vs_random": max(dealrec, random) - random,
+            "champion_value": champion,
+            "champion_same_users": champion is not None,
+            "decision": decision,
+        }
+
+    history = [
+        day("2026-01-01", 0.10, 0.09, None, "champion"),
+        day("2026-01-02", 0.11, 0.10, 0.095, "champion"),
+        day("2026-01-03", 0.10, 0.12, 0.115, "kept"),
+    ]
+    png = reports.gate_history_png(history)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and png == reports.gate_history_png(history)
+    assert reports.gate_history_png(history[:1]) != png
