@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dealrec_tasks import steps
-from dealrec_tasks.catalogue import CORESET, arm_dataset
+from dealrec_tasks.catalogue import CORESET, arm_dataset, source
 from dealrec_tasks.config import Day, ImportConfig, IngestConfig, ReplayConfig, S3Config, SamplesConfig, SyntheticConfig
 from dealrec_tasks.errors import DealrecError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
@@ -122,37 +122,44 @@ def cmd_demo(args: argparse.Namespace) -> list[steps.StepResult]:
 
 def cmd_tiny_llm(args: argparse.Namespace) -> list[steps.StepResult]:
     cfg = _config(TinyLLMConfig, args)
-    return [llm_steps.tiny_llm(_lake(args), args.out, cfg, args.dt, rebuild=args.rebuild)]
+    lake = _lake(args)
+    return [llm_steps.tiny_llm(lake, args.out, cfg, args.dt, rebuild=args.rebuild, dataset=args.dataset)]
 
 
 def cmd_effort(args: argparse.Namespace) -> list[steps.StepResult]:
     cfg, lora = _config(EffortConfig, args), _config(LoRAConfig, args)
-    return [llm_steps.effort(_lake(args), args.dt, args.model, cfg, lora, parse_shard(args.shard))]
+    dt, dataset = _dt_or_dataset(args)
+    return [llm_steps.effort(_lake(args), dt, args.model, cfg, lora, parse_shard(args.shard), dataset=dataset)]
 
 
 def cmd_merge_effort(args: argparse.Namespace) -> list[steps.StepResult]:
-    return [llm_steps.merge_effort(_lake(args), args.dt, args.shards)]
+    dt, dataset = _dt_or_dataset(args)
+    return [llm_steps.merge_effort(_lake(args), dt, args.shards, dataset=dataset)]
 
 
 def cmd_finetune(args: argparse.Namespace) -> list[steps.StepResult]:
     cfg, lora = _config(FinetuneConfig, args), _config(LoRAConfig, args)
-    lake = _lake(args)
-    coreset = lake.partition(arm_dataset(CORESET, args.arm), args.dt) if args.arm else None
-    return [llm_steps.finetune(lake, args.dt, args.model, cfg, lora, args.work_dir, args.from_samples, coreset=coreset)]
+    lake, (dt, dataset) = _lake(args), _dt_or_dataset(args)
+    src = source(dt, dataset)
+    coreset = lake.partition(arm_dataset(src.path(CORESET), args.arm), src.dt) if args.arm else None
+    work, n = args.work_dir, args.from_samples
+    return [llm_steps.finetune(lake, dt, args.model, cfg, lora, work, n, coreset=coreset, dataset=dataset)]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> list[steps.StepResult]:
     cfg = _config(EvalConfig, args)
+    dt, dataset = _dt_or_dataset(args)
     return [
         llm_steps.evaluate(
             _lake(args),
-            args.dt,
+            dt,
             args.model,
             cfg,
             args.cache_dir,
             adapter=not args.base_only,
             max_users=args.max_users,
             arm=args.arm,
+            dataset=dataset,
         )
     ]
 
@@ -197,7 +204,8 @@ def cmd_select(args: argparse.Namespace) -> list[steps.StepResult]:
 
     if args.ratio is not None and args.n == SelectConfig.n:  # --ratio replaces the default n
         args.n = None
-    return [select(_lake(args), args.dt, _config(SelectConfig, args), control=args.control)]
+    dt, dataset = _dt_or_dataset(args)
+    return [select(_lake(args), dt, _config(SelectConfig, args), control=args.control, dataset=dataset)]
 
 
 def cmd_track_pruning(args: argparse.Namespace) -> list[steps.StepResult]:
@@ -327,6 +335,7 @@ COMMANDS: dict[str, Command] = {
         (TinyLLMConfig,),
         (
             arg("--dt", help="the first day it serves (default: the last ingested day); later days reuse it"),
+            DATASET,
             arg("--out", default=DEFAULT_MODEL, help="model directory (default %(default)s)"),
             arg("--rebuild", action="store_true", help="rebuild even when a matching model exists"),
         ),
@@ -335,20 +344,21 @@ COMMANDS: dict[str, Command] = {
         cmd_effort,
         "effort scores of the training samples (one shard)",
         (EffortConfig, LoRAConfig),
-        (DT_REQUIRED, MODEL, arg("--shard", default="0/1", help="score slice i of n (0-based), e.g. 2/8")),
+        (DT, DATASET, MODEL, arg("--shard", default="0/1", help="score slice i of n (0-based), e.g. 2/8")),
     ),
     "merge-effort": Command(
         cmd_merge_effort,
         "merge the effort shards of a day",
         (),
-        (DT_REQUIRED, arg("--shards", type=int, required=True, help="number of shards to merge")),
+        (DT, DATASET, arg("--shards", type=int, required=True, help="number of shards to merge")),
     ),
     "finetune": Command(
         cmd_finetune,
         "LoRA fine-tuning on the day's coreset",
         (FinetuneConfig, LoRAConfig),
         (
-            DT_REQUIRED,
+            DT,
+            DATASET,
             MODEL,
             arg("--work-dir", default="var/work/finetune", help="per-epoch checkpoints, for resume"),
             arg("--from-samples", type=int, default=0, help="without a coreset: N random training samples"),
@@ -360,7 +370,8 @@ COMMANDS: dict[str, Command] = {
         "grounded evaluation: generate a title, embed, rank all items",
         (EvalConfig,),
         (
-            DT_REQUIRED,
+            DT,
+            DATASET,
             MODEL,
             arg("--cache-dir", default="var/cache/embeddings", help="item embedding cache (default %(default)s)"),
             arg("--base-only", action="store_true", help="evaluate the base model without the adapter"),
@@ -397,7 +408,8 @@ COMMANDS: dict[str, Command] = {
         "pick the day's coreset (DEALRec or a baseline strategy) -> coreset/dt=D/ (--control: coreset/arm=<s>/dt=D/)",
         (SelectConfig,),
         (
-            DT_REQUIRED,
+            DT,
+            DATASET,
             arg("--control", action="store_true", help="a control arm measured beside the primary coreset"),
         ),
     ),

@@ -129,22 +129,35 @@ class S3Config(_Config):
 class ImportConfig(_Config):
     """``import-dealrec``: the paper's release format into the lake."""
 
-    dataset: str = opt("games", "name of the imported dataset inside the lake (datasets/<name>/)")
+    dataset: str | None = opt(None, "name of the imported dataset (datasets/<name>/); default: the folder's name")
+    domain: str | None = opt(
+        None,
+        "what the items are, for the LLM prompts: games (the paper's Games text) or a singular noun, e.g. movie; "
+        "stored with the catalogue (default: games for a dataset named games, else item)",
+    )
+    force: bool = opt(False, "replace an imported dataset of the same name that holds other data")
 
     def validate(self) -> None:
-        _require(bool(re.match(r"^[a-z0-9_\-]+$", self.dataset)), f"dataset={self.dataset!r}: use [a-z0-9_-]")
+        if self.dataset is not None:
+            _require(bool(re.match(r"^[a-z0-9_\-]+$", self.dataset)), f"dataset={self.dataset!r}: use [a-z0-9_-]")
 
 
 @dataclass(frozen=True)
 class ReplayConfig(_Config):
     """``replay``: cut an imported dataset into daily interaction logs (a replay, not real time)."""
 
-    dataset: str = opt("games", "imported dataset to replay (datasets/<name>/)")
+    dataset: str | None = opt(None, "imported dataset to replay (datasets/<name>/); required")
     days: int = opt(30, "number of daily partitions; the last two hold the validation and test items")
     start: str = opt("2026-01-01", "date of the first replayed day")
     seed: int = opt(0, "seed for user start days and times within a day")
+    force: bool = opt(
+        False,
+        "rewrite logs of days already ingested (their ingested partitions are withdrawn from the first rewritten "
+        "day on, so `ingest --all` ingests them again in order)",
+    )
 
     def validate(self) -> None:
+        _require(self.dataset is not None, "dataset: give the imported dataset to replay (--dataset NAME)")
         _require(self.days >= 3, f"days={self.days}: need at least 3 (train days, a validation day, a test day)")
         parse_dt(self.start, "start")
 

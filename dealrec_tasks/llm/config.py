@@ -5,7 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dealrec_tasks.config import _Config, _require, opt
-from dealrec_tasks.llm.prompts import INSTRUCTIONS
+from dealrec_tasks.llm.prompts import check_domain
+
+DOMAIN_HELP = (
+    "prompt domain: games (the paper's Games instruction) or a singular noun for the items, e.g. movie; default: "
+    "the data's own (stored with an imported dataset's catalogue; games for the daily lake's)"
+)
+
+
+def _check_domain(domain: str | None) -> None:
+    if domain is not None:
+        check_domain(domain)
+
 
 LORA_PARAM_SETS = ("last_v_lora_B", "last_layer", "all")
 
@@ -22,7 +33,7 @@ class TinyLLMConfig(_Config):
     """The embedded default model: a small LLaMA with a BPE tokenizer trained on the catalogue, pretrained on the
     catalogue titles and an earlier time cut of the interactions (``llm/pretrain.py``)."""
 
-    domain: str = opt("games", "prompt domain (instruction text)")
+    domain: str | None = opt(None, DOMAIN_HELP)
     vocab_size: int = opt(4000, "BPE vocabulary size")
     hidden_size: int = opt(256, "hidden size")
     intermediate_size: int = opt(512, "MLP size")
@@ -50,7 +61,7 @@ class TinyLLMConfig(_Config):
         return cls(**(TINY_LLM_SIZES[size] | overrides))
 
     def validate(self) -> None:
-        _require(self.domain in INSTRUCTIONS, f"domain={self.domain!r}: one of {sorted(INSTRUCTIONS)}")
+        _check_domain(self.domain)
         _require(self.vocab_size >= 300, f"vocab_size={self.vocab_size}: must be >= 300 (256 bytes + specials)")
         _require(self.hidden_size % self.num_heads == 0, f"hidden_size={self.hidden_size}: not divisible by num_heads")
         _require(self.num_layers >= 1, f"num_layers={self.num_layers}: must be >= 1")
@@ -89,10 +100,11 @@ class EffortConfig(_Config):
     cutoff_len: int = opt(512, "maximum prompt + response tokens")
     shared_prefix: bool = opt(True, "compute the prompt's fixed prefix once (exact; see llm/effort.py)")
     train_on_inputs: bool = opt(True, "loss over the whole prompt (BIGRec default) or the response only")
-    domain: str = opt("games", "prompt domain")
+    domain: str | None = opt(None, DOMAIN_HELP)
     seed: int = opt(0, "seed of the LoRA initialisation")
 
     def validate(self) -> None:
+        _check_domain(self.domain)
         _require(self.params in LORA_PARAM_SETS, f"params={self.params!r}: one of {', '.join(LORA_PARAM_SETS)}")
         _require(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
         _require(self.cutoff_len >= 16, f"cutoff_len={self.cutoff_len}: must be >= 16")
@@ -109,10 +121,11 @@ class FinetuneConfig(_Config):
     micro_batch_size: int = opt(8, "samples per forward pass (gradient accumulation up to batch_size)")
     cutoff_len: int = opt(512, "maximum prompt + response tokens")
     train_on_inputs: bool = opt(True, "loss over the whole prompt (BIGRec default) or the response only")
-    domain: str = opt("games", "prompt domain")
+    domain: str | None = opt(None, DOMAIN_HELP)
     seed: int = opt(0, "seed of LoRA init, data order and dropout")
 
     def validate(self) -> None:
+        _check_domain(self.domain)
         _require(self.lr > 0, f"lr={self.lr}: must be > 0")
         _require(self.epochs >= 1, f"epochs={self.epochs}: must be >= 1")
         _require(self.patience >= 1, f"patience={self.patience}: must be >= 1")
@@ -139,9 +152,10 @@ class EvalConfig(_Config):
     cutoff_len: int = opt(512, "maximum prompt tokens")
     ks: tuple[int, ...] = opt((10, 20, 50), "cut-offs of Recall@K and NDCG@K")
     embed_with_base: bool = opt(True, "embed with the base model, adapter disabled (the paper's choice)")
-    domain: str = opt("games", "prompt domain")
+    domain: str | None = opt(None, DOMAIN_HELP)
 
     def validate(self) -> None:
+        _check_domain(self.domain)
         _require(self.num_beams >= 1, f"num_beams={self.num_beams}: must be >= 1")
         _require(self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens}: must be >= 1")
         _require(self.ngram_repeat_limit >= 0, f"ngram_repeat_limit={self.ngram_repeat_limit}: must be >= 0")

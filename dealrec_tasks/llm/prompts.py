@@ -7,7 +7,10 @@ computes it once).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from dealrec_tasks.errors import ConfigError
 
 PREAMBLE = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -20,6 +23,35 @@ INSTRUCTIONS = {
 INPUT_LEADS = {
     "games": "The user has purchased the following game products before, with titles as: ",
 }
+GENERIC_DOMAIN = "item"  # the noun of a catalogue that names none
+_DOMAIN_RE = re.compile(r"^[a-z][a-z \-]{0,39}$")
+
+
+def check_domain(domain: str) -> str:
+    """A prompt domain: ``games`` (the paper's Games text) or a singular noun naming the catalogue's items (``movie``,
+    ``video``, ``book``) for the same instruction in general words; refused by name before any model is loaded."""
+    if not isinstance(domain, str) or not _DOMAIN_RE.match(domain):
+        raise ConfigError(
+            f"domain={domain!r}: 'games' or a singular noun for the items (lower-case letters, spaces, '-'), e.g. movie"
+        )
+    return domain
+
+
+def instruction(domain: str) -> str:
+    if domain in INSTRUCTIONS:
+        return INSTRUCTIONS[domain]
+    return (
+        f"Given the {domain}s that the user interacted with before, please recommend a new {domain} that the user "
+        "likes to the user."
+    )
+
+
+def input_lead(domain: str) -> str:
+    if domain in INPUT_LEADS:
+        return INPUT_LEADS[domain]
+    return f"The user has interacted with the following {domain}s before, with titles as: "
+
+
 TITLE_SEPARATOR = "; "
 RESPONSE_HEADER = "\n\n### Response:\n"
 
@@ -35,12 +67,13 @@ def clean_title(title: str | None) -> str:
 class PromptTemplate:
     """The fixed text of a domain's prompt."""
 
-    domain: str = "games"
+    domain: str | None = "games"
 
     @property
     def prefix(self) -> str:
         """Everything before the first history title: identical for every sample."""
-        return f"{PREAMBLE}\n\n### Instruction:\n{INSTRUCTIONS[self.domain]}\n\n### Input:\n{INPUT_LEADS[self.domain]}"
+        domain = check_domain(self.domain or "games")  # None: the paper's (steps resolve the data's own first)
+        return f"{PREAMBLE}\n\n### Instruction:\n{instruction(domain)}\n\n### Input:\n{input_lead(domain)}"
 
     def middle(self, history_titles: list[str]) -> str:
         """The sample's own input text, up to and including the response header."""

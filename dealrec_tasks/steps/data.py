@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +36,19 @@ from dealrec_tasks.storage import MANIFEST, Lake, join_uri, parquet_bytes, parqu
 # Import and log producers
 # ---------------------------------------------------------------------------------------------------------
 def import_dealrec(source_dir: str, lake: Lake, cfg: ImportConfig) -> StepResult:
-    """The paper's release -> ``datasets/<name>/`` (catalogue, vocab, split sequences) and the lake catalogue."""
-    tables = dealrec_format.read_release(source_dir)
+    """The paper's release -> ``datasets/<name>/`` (catalogue, vocab, split sequences, domain), named by
+    ``cfg.dataset`` or the folder. Another dataset of that name is never replaced silently (``cfg.force``); the
+    lake's daily catalogue ``items/`` is set only when it is empty or holds this catalogue (``replay`` sets it)."""
+    from pathlib import Path
+
+    from dealrec_tasks.llm.prompts import GENERIC_DOMAIN, check_domain
+
+    folder = Path(source_dir).expanduser().resolve()
+    name = cfg.dataset or re.sub(r"[^a-z0-9_\-]+", "-", folder.name.lower()).strip("-")
+    if not name:
+        raise ConfigError(f"{folder}: cannot name a dataset after this folder; pass --dataset NAME")
+    domain = check_domain(cfg.domain or ("games" if name == "games" else GENERIC_DOMAIN))
+    tables = dealrec_format.read_release(folder)
     seqs = tables["sequences"]
     counts = {
         "users": seqs.num_rows,
@@ -45,12 +57,29 @@ def import_dealrec(source_dir: str, lake: Lake, cfg: ImportConfig) -> StepResult
         "valid_users": int(sum(1 for t in seqs.column("valid").to_pylist() if t)),
         "interactions": int(sum(len(x) for k in ("train", "valid", "test") for x in seqs.column(k).to_pylist())),
     }
-    src = {"source_dir": str(source_dir)}
+    src = {"source_dir": str(folder)}
+    config = {"dataset": name, "domain": domain}
+    old = lake.manifest(imported(name))
+    new_files = {k: sha256(parquet_bytes(t)) for k, t in tables.items()}
+    if old is not None and not cfg.force and {k: e["sha256"] for k, e in old["files"].items()} != new_files:
+        raise ConfigError(
+            f"{lake.partition(imported(name))}: dataset {name!r} exists and holds other data (from "
+            f"{old.get('source', {}).get('source_dir')}); pass --dataset ANOTHER_NAME, or --force to replace it"
+        )
     pub = lake.publish(
-        imported(cfg.dataset), None, tables, config=cfg.to_dict(), extra={"counts": counts, "source": src}
+        imported(name), None, tables, config=config, extra={"counts": counts, "source": src, "domain": domain}
     )
-    cat = lake.publish(ITEMS, None, {"items.parquet": tables["items"]}, extra={"source": src})
-    return StepResult("import-dealrec", {"dataset": pub.uri, "items": cat.uri}, counts, pub.changed or cat.changed)
+    notes, uris = [], {"dataset": pub.uri}
+    catalogue = lake.manifest(ITEMS)
+    if catalogue is None or catalogue["files"].get("items.parquet", {}).get("sha256") == new_files["items"]:
+        cat = lake.publish(ITEMS, None, {"items.parquet": tables["items"]}, extra={"source": src, "domain": domain})
+        uris["items"] = cat.uri
+    else:
+        notes.append(
+            f"import-dealrec: the lake's daily catalogue {lake.partition(ITEMS)} holds another catalogue and is kept; "
+            f"`dealrec replay --dataset {name}` makes this one the daily lake's"
+        )
+    return StepResult("import-dealrec", uris, counts | {"dataset": name, "domain": domain}, pub.changed, notes)
 
 
 def _publish_logs(
@@ -73,21 +102,65 @@ def _publish_logs(
 
 
 def replay(lake: Lake, cfg: ReplayConfig) -> StepResult:
-    """Cut an imported dataset into ``cfg.days`` daily log partitions (a replay, not real time)."""
+    """Cut an imported dataset into ``cfg.days`` daily log partitions (a replay, not real time), with its catalogue
+    as the daily lake's ``items/``.
+
+    Logs of days already ingested are never rewritten silently: the replay is refused, naming them, unless
+    ``cfg.force``, which rewrites them and withdraws the ingested partitions from the first rewritten day on (the
+    next ``ingest --all`` ingests those days again, in order).
+    """
     name = imported(cfg.dataset)
-    lake.require_manifest(name)
+    dataset = lake.require_manifest(name)
     days = replay_mod.replay_days(
         lake.read(name, None, "sequences"), lake.read(name, None, "item_vocab"), cfg.days, cfg.start, cfg.seed
     )
+    ingested = set(lake.partitions(SEQUENCES))
+    rewritten = sorted(
+        d for d, table in days.items() if d in ingested and _log_files_sha(lake, d) != {sha256(parquet_bytes(table))}
+    )
+    items = lake.read(name, None, "items") if "items" in dataset["files"] else None  # (a hand-made one may lack it)
+    catalogue = lake.manifest(ITEMS)
+    other_catalogue = (
+        items is not None
+        and catalogue is not None
+        and catalogue["files"]["items.parquet"]["sha256"] != sha256(parquet_bytes(items))
+    )
+    if (rewritten or (other_catalogue and ingested)) and not cfg.force:
+        what = f"rewrite the logs of ingested days {rewritten[:3]}{'...' if len(rewritten) > 3 else ''}"
+        if not rewritten:
+            what = f"replace the catalogue {lake.partition(ITEMS)} that ingested days were built with"
+        raise OrderError(
+            f"replay --dataset {cfg.dataset} would {what}; pass --force to do it (the ingested partitions from the "
+            "first rewritten day on are then withdrawn, and `ingest --all` ingests them again)"
+        )
+    notes = [replay_mod.REPLAY_NOTE]
+    if rewritten:
+        for d in sorted(ingested):
+            if d >= rewritten[0]:
+                lake.withdraw(SEQUENCES, d)
+        notes.append(f"replay --force: rewrote ingested days {rewritten[0]}..{rewritten[-1]}; withdrew them from "
+                     f"{rewritten[0]} on: run `dealrec ingest --all`")  # fmt: skip
+    uris_out = {"interactions": lake.uri(INTERACTIONS)}
+    cat_changed = False
+    if items is not None:
+        extra = {"source": {"dataset": lake.partition(name)}, "domain": dataset.get("domain")}
+        cat = lake.publish(ITEMS, None, {"items.parquet": items}, extra=extra)
+        uris_out["items"], cat_changed = cat.uri, cat.changed
     extra = {"replay": True, "note": replay_mod.REPLAY_NOTE, "source": {"dataset": lake.partition(name)}}
-    uris, changed = _publish_logs(lake, days, cfg.to_dict(), extra)
+    uris, changed = _publish_logs(lake, days, cfg.to_dict() | {"force": False}, extra)
     counts = {
         "days": len(days),
         "interactions": sum(t.num_rows for t in days.values()),
         "first_dt": min(days),
         "last_dt": max(days),
     }
-    return StepResult("replay", {"interactions": lake.uri(INTERACTIONS)}, counts, changed, [replay_mod.REPLAY_NOTE])
+    return StepResult("replay", uris_out, counts, changed or cat_changed, notes)
+
+
+def _log_files_sha(lake: Lake, dt: str) -> set[str]:
+    """Checksums of the Parquet log files a day's published log partition lists (empty when unpublished)."""
+    manifest = lake.manifest(INTERACTIONS, dt)
+    return {e["sha256"] for n, e in (manifest or {}).get("files", {}).items() if n.endswith(".parquet")}
 
 
 def synthetic(lake: Lake, cfg: SyntheticConfig) -> StepResult:
@@ -380,6 +453,10 @@ def _publish_samples(
         ]
     )
     counts["empty_history_train"] = int((lengths == 0).sum()) if len(lengths) else 0
+    trains, valids = split.column("train").to_pylist(), split.column("valid").to_pylist()
+    # A user without training items has no train sample, and no valid row either (its history would be empty).
+    counts["users_without_train"] = sum(1 for t in trains if not t)
+    counts["valid_rows_dropped"] = sum(1 for t, v in zip(trains, valids) if not t and v)
     pub = lake.publish(
         dataset, dt, {"samples.parquet": table}, config=cfg.to_dict(), extra={"counts": counts, "source": source}
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ from dealrec_tasks.catalogue import (
     arm_dataset,
     arm_of,
     effort_shard,
+    imported,
+    source,
     version_evaluation,
 )
 from dealrec_tasks.config import Day
@@ -34,7 +37,7 @@ from dealrec_tasks.llm.prompts import EncodedPrompt, PromptTemplate, encode
 from dealrec_tasks.progress import progress
 from dealrec_tasks.sharding import check_shard_count, shard_rows
 from dealrec_tasks.steps.common import StepResult, merge_shards
-from dealrec_tasks.steps.readers import item_titles
+from dealrec_tasks.steps.readers import domain_of, item_titles, titles_sha256
 from dealrec_tasks.storage import MANIFEST, Lake, join_uri
 
 ADAPTER_DIR = "adapter"  # the local copy's folder name (MLflow keeps it in the logged model)
@@ -72,27 +75,53 @@ def pretrain_corpus(lake: Lake, dt: str, last_day: str):
     return PretrainCorpus(item_titles(lake, dt), sequences, last_day)
 
 
-def tiny_llm(lake: Lake, out_dir: str, cfg: TinyLLMConfig, dt: str | None = None, rebuild: bool = False) -> StepResult:
-    """Build (or reuse) the embedded default model for day ``dt`` (default: the last ingested day).
+def _dataset_corpus(lake: Lake, name: str):
+    """An imported dataset's training sequences (its own split: never a validation or test item), titled by its
+    vocab: what the embedded model pretrains on for that dataset."""
+    from dealrec_tasks.llm.tiny import PretrainCorpus
+
+    seqs = lake.read(imported(name), None, "sequences")
+    sequences = [s for s in seqs.column("train").to_pylist() if s]
+    return PretrainCorpus(item_titles(lake, Source(None, name)), sequences, f"dataset={name} train split")
+
+
+def tiny_llm(
+    lake: Lake,
+    out_dir: str,
+    cfg: TinyLLMConfig,
+    dt: str | None = None,
+    rebuild: bool = False,
+    *,
+    dataset: str | None = None,
+) -> StepResult:
+    """Build (or reuse) the embedded default model for day ``dt`` (default: the last ingested day), or for the
+    imported ``dataset``.
 
     The tokenizer learns the catalogue's titles; pretraining uses them and the interactions of the days up to
-    ``dt - corpus_gap_days`` (none of ``dt``'s or a later day's validation and test items). A model built for an
-    earlier day is reused for later ones: the base model stays the same every day, as a downloaded one would.
+    ``dt - corpus_gap_days`` (none of ``dt``'s or a later day's validation and test items; for a dataset: its
+    training split). A model built for an earlier day is reused for later ones: the base model stays the same every
+    day, as a downloaded one would.
     """
-
     from dealrec_tasks.llm.tiny import build_tiny_llm
 
-    days = lake.partitions(SEQUENCES)
-    if dt is not None:
-        dt = Day(dt)
-        if dt not in days:
-            raise InputError(f"tiny-llm dt={dt}: no sequences/dt={dt} in {lake.uri(SEQUENCES)} (ingest it first)")
-    day = dt or (days[-1] if days else None)
-    last_day = None
-    if day is not None:
-        last_day = Day(day).minus(cfg.corpus_gap_days)
-    titles = [t or "" for t in lake.read(ITEMS, None, "items.parquet").column("title").to_pylist()]
-    corpus = pretrain_corpus(lake, day, last_day) if day is not None else None
+    if dataset is not None:
+        if dt is not None:
+            raise InputError("tiny-llm: give one of dt (the daily lake) or dataset (an imported dataset)")
+        src = source(None, dataset)
+        cfg = dataclasses.replace(cfg, domain=domain_of(lake, src, cfg.domain))
+        titles = [t or "" for t in lake.read(imported(dataset), None, "items").column("title").to_pylist()]
+        corpus, last_day = _dataset_corpus(lake, dataset), f"dataset={dataset}"
+    else:
+        days = lake.partitions(SEQUENCES)
+        if dt is not None:
+            dt = Day(dt)
+            if dt not in days:
+                raise InputError(f"tiny-llm dt={dt}: no sequences/dt={dt} in {lake.uri(SEQUENCES)} (ingest it first)")
+        day = dt or (days[-1] if days else None)
+        cfg = dataclasses.replace(cfg, domain=domain_of(lake, Source(day), cfg.domain))
+        last_day = None if day is None else Day(day).minus(cfg.corpus_gap_days)
+        titles = [t or "" for t in lake.read(ITEMS, None, "items.parquet").column("title").to_pylist()]
+        corpus = pretrain_corpus(lake, day, last_day) if day is not None else None
     info = build_tiny_llm(out_dir, titles, cfg, rebuild=rebuild, corpus=corpus, latest_corpus_day=last_day)
     counts = {"parameters": info["parameters"], "prefix_tokens": info["prefix_tokens"], "reused": info["reused"]}
     built = info.get("corpus", {})
@@ -124,9 +153,17 @@ def base_model_dir(lake: Lake, base_model: str | None, tiny_dir: str, tiny_cfg: 
 
 
 def effort(
-    lake: Lake, dt: str, model_dir: str, cfg: EffortConfig, lora: LoRAConfig, shard: tuple[int, int] = (0, 1)
+    lake: Lake,
+    dt: str | None,
+    model_dir: str,
+    cfg: EffortConfig,
+    lora: LoRAConfig,
+    shard: tuple[int, int] = (0, 1),
+    *,
+    dataset: str | None = None,
 ) -> StepResult:
-    """Effort scores of shard i/n of the training samples at ``dt`` -> ``effort/dt=D/shard=i-of-n/``.
+    """Effort scores of shard i/n of the training samples at ``dt`` (or of an imported ``dataset``) ->
+    ``effort/dt=D/shard=i-of-n/``.
 
     A no-op without recomputing when the shard is published for the same config, model and inputs (the samples',
     vocab's and catalogue's manifests): a retry or a rerun then costs no GPU time, and float noise between two
@@ -136,22 +173,26 @@ def effort(
     from dealrec_tasks.llm.evaluate import model_fingerprint
     from dealrec_tasks.llm.tiny import check_model_dir, load
 
-    dt = Day(dt)  # first: a crafted dt is refused before anything is read or loaded
+    src = source(dt, dataset)  # first: a crafted dt is refused before anything is read or loaded
+    cfg = dataclasses.replace(cfg, domain=domain_of(lake, src, cfg.domain))  # a bad domain: before the model
+    model_dir = str(Path(model_dir).resolve())
     check_model_dir(model_dir)
+    read = (("samples", src.path(SAMPLES), src.dt),)
+    read += (("dataset", imported(dataset), None),) if dataset else (("vocab", VOCAB, src.dt), ("items", ITEMS, None))
     inputs = {
-        name: {f: e["sha256"] for f, e in lake.require_manifest(dataset, day).get("files", {}).items()}
-        for name, dataset, day in (("samples", SAMPLES, dt), ("vocab", VOCAB, dt), ("items", ITEMS, None))
+        name: {f: e["sha256"] for f, e in lake.require_manifest(path, day).get("files", {}).items()}
+        for name, path, day in read
     } | {"model_fingerprint": model_fingerprint(model_dir)}
     config = cfg.to_dict() | {"lora": lora.to_dict(), "model_dir": model_dir}
-    published = lake.current(_effort_part(dt, shard), None, config, inputs)
+    published = lake.current(effort_shard(src, shard), None, config, inputs)
     if published is not None:
         counts = {"samples": published.get("counts", {}).get("rows"), "reused": True}
-        return StepResult("effort", {"effort": lake.partition(_effort_part(dt, shard))}, counts, False)
-    train = _split(lake.read(SAMPLES, dt, "samples.parquet"), TRAIN)
+        return StepResult("effort", {"effort": lake.partition(effort_shard(src, shard))}, counts, False)
+    train = _split(lake.read(src.path(SAMPLES), src.dt, "samples.parquet"), TRAIN)
     n_train = len(train)
     train = [train[i] for i in shard_rows(n_train, shard)]
     tokenizer, model = load(model_dir)
-    prompts = encode_rows(train, item_titles(lake, dt), tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len)
+    prompts = encode_rows(train, item_titles(lake, src), tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len)
     scorer = EffortScorer(attach_lora(model, lora, seed=cfg.seed), tokenizer.pad_token_id, cfg)
     scores = scorer.score(prompts, desc=f"effort {shard[0]}/{shard[1]}")
     table = pa.table(
@@ -161,13 +202,13 @@ def effort(
         }
     )
     pub = lake.publish(
-        _effort_part(dt, shard),
+        effort_shard(src, shard),
         None,
         {"effort.parquet": table},
         config=config,
         inputs=inputs,
         extra={
-            "source": {"samples": lake.partition(SAMPLES, dt)},
+            "source": {"samples": lake.partition(src.path(SAMPLES), src.dt)},
             "counts": {"train_samples": n_train, "rows": len(train)},
         },
     )
@@ -180,20 +221,20 @@ def _effort_part(dt: str, shard: tuple[int, int]) -> str:
     return effort_shard(Source(Day(dt)), shard)
 
 
-def merge_effort(lake: Lake, dt: str, n: int) -> StepResult:
+def merge_effort(lake: Lake, dt: str | None, n: int, *, dataset: str | None = None) -> StepResult:
     """One ``scores_effort/dt=D/effort.parquet`` from the n shards (every training sample exactly once)."""
-    dt = Day(dt)
+    src = source(dt, dataset)
     check_shard_count(n)
-    parts = [_effort_part(dt, (i, n)) for i in range(n)]
-    pub, table, _ = merge_shards(lake, parts, "effort.parquet", SCORES_EFFORT, dt)
+    parts = [effort_shard(src, (i, n)) for i in range(n)]
+    pub, table, _ = merge_shards(lake, parts, "effort.parquet", src.path(SCORES_EFFORT), src.dt)
     return StepResult("merge-effort", {"effort": pub.uri}, {"shards": n, "samples": table.num_rows}, pub.changed)
 
 
-def _training_source(lake: Lake, dt: Day, from_samples: int, coreset: str | None) -> tuple[str, str | None, str]:
+def _training_source(lake: Lake, src: Source, from_samples: int, coreset: str | None) -> tuple[str, str | None, str]:
     """Where the fine-tuning rows come from: (dataset, day, identity). The coreset ``coreset`` (a partition URI,
-    e.g. the one the asset event announced; default: the day's) when published, identified by its file's checksum;
-    otherwise (``from_samples`` > 0) that many random training samples of ``dt``."""
-    dataset, day = lake.locate(coreset) if coreset else (CORESET, dt)
+    e.g. the one the asset event announced; default: the source's) when published, identified by its file's
+    checksum; otherwise (``from_samples`` > 0) that many random training samples of the source."""
+    dataset, day = lake.locate(coreset) if coreset else (src.path(CORESET), src.dt)
     if lake.manifest(dataset, day) is not None:
         return dataset, day, lake.file_sha256(dataset, day, "coreset.parquet")
     if coreset or from_samples <= 0:
@@ -201,32 +242,36 @@ def _training_source(lake: Lake, dt: Day, from_samples: int, coreset: str | None
             f"{lake.partition(dataset, day)}: no published coreset; run `dealrec select` first, "
             "or pass --from-samples N to fine-tune on N random training samples"
         )
-    return SAMPLES, dt, f"random {from_samples} of {lake.file_sha256(SAMPLES, dt, 'samples.parquet')}"
+    samples = lake.file_sha256(src.path(SAMPLES), src.dt, "samples.parquet")
+    return src.path(SAMPLES), src.dt, f"random {from_samples} of {samples}"
 
 
 def training_rows(
-    lake: Lake, dt: str, from_samples: int, seed: int, coreset: str | None = None
+    lake: Lake,
+    dt: str | None,
+    from_samples: int,
+    seed: int,
+    coreset: str | None = None,
+    *,
+    dataset: str | None = None,
 ) -> tuple[list[dict], str]:
     """The rows ``_training_source`` names, and a description of where they come from."""
-    dataset, day, _ = _training_source(lake, Day(dt), from_samples, coreset)
-    if dataset != SAMPLES:
-        return lake.read(dataset, day, "coreset.parquet").to_pylist(), lake.partition(dataset, day)
-    train = _split(lake.read(SAMPLES, dt, "samples.parquet"), TRAIN)
+    src = source(dt, dataset)
+    path, day, _ = _training_source(lake, src, from_samples, coreset)
+    if path != src.path(SAMPLES):
+        return lake.read(path, day, "coreset.parquet").to_pylist(), lake.partition(path, day)
+    train = _split(lake.read(path, day, "samples.parquet"), TRAIN)
     pick = np.random.default_rng(seed).choice(len(train), size=min(from_samples, len(train)), replace=False)
-    return [train[i] for i in sorted(pick)], f"{lake.partition(SAMPLES, dt)} (random {len(pick)})"
+    return [train[i] for i in sorted(pick)], f"{lake.partition(path, day)} (random {len(pick)})"
 
 
-def _day_inputs(lake: Lake, dt: Day, model_dir: str) -> dict[str, str]:
-    """Identity of what every LLM step of a day reads besides its own input: the samples, the titles (vocab and
-    catalogue) and the base model."""
+def _day_inputs(lake: Lake, src: Source, model_dir: str) -> dict[str, str]:
+    """Identity of what every LLM step reads besides its own input: the samples, the titles (vocab and catalogue)
+    and the base model."""
     from dealrec_tasks.llm.evaluate import model_fingerprint
 
-    return {
-        "samples": lake.file_sha256(SAMPLES, dt, "samples.parquet"),
-        "vocab": lake.file_sha256(VOCAB, dt, "items.parquet"),
-        "items": lake.file_sha256(ITEMS, None, "items.parquet"),
-        "model_fingerprint": model_fingerprint(model_dir),
-    }
+    samples = lake.file_sha256(src.path(SAMPLES), src.dt, "samples.parquet")
+    return {"samples": samples} | titles_sha256(lake, src) | {"model_fingerprint": model_fingerprint(model_dir)}
 
 
 def finetune(
@@ -239,10 +284,12 @@ def finetune(
     from_samples: int = 0,
     max_valid: int = 256,
     coreset: str | None = None,
+    *,
+    dataset: str | None = None,
 ) -> StepResult:
-    """LoRA fine-tuning on the coreset at ``dt`` (or the partition URI ``coreset``); the best adapter is published
-    to ``adapters/dt=D/``. A no-op when published with this config from the same rows, samples, titles and base
-    model.
+    """LoRA fine-tuning on the coreset at ``dt`` (or of an imported ``dataset``; or the partition URI ``coreset``);
+    the best adapter is published to ``adapters/dt=D/``. A no-op when published with this config from the same rows,
+    samples, titles and base model.
 
     ``work_dir`` keeps the per-epoch checkpoints, so a retried task resumes instead of starting over.
     """
@@ -250,41 +297,43 @@ def finetune(
     from dealrec_tasks.llm.evaluate import model_fingerprint
     from dealrec_tasks.llm.tiny import load
 
-    dt = Day(dt)  # also names the checkpoint folder under work_dir
+    src = source(dt, dataset)  # the day also names the checkpoint folder under work_dir
+    cfg = dataclasses.replace(cfg, domain=domain_of(lake, src, cfg.domain))
     config = cfg.to_dict() | {"lora": lora.to_dict()}
-    rows_from, _, rows_id = _training_source(lake, dt, from_samples, coreset)
+    rows_from, _, rows_id = _training_source(lake, src, from_samples, coreset)
     arm = arm_of(rows_from)  # a control arm's coreset gives a control arm's adapter
-    out = arm_dataset(ADAPTERS, arm)
-    inputs = _day_inputs(lake, dt, model_dir) | {"training": rows_id}
-    done = lake.current(out, dt, config, inputs)
+    out = arm_dataset(src.path(ADAPTERS), arm)
+    inputs = _day_inputs(lake, src, model_dir) | {"training": rows_id}
+    done = lake.current(out, src.dt, config, inputs)
     if done is not None:  # also on a worker without the checkpoints of the run that published it
         metrics = done.get("metrics", {})
         counts = {"best_epoch": metrics.get("best_epoch"), "best_valid_loss": metrics.get("best_valid_loss")}
-        return StepResult("finetune", {"adapter": lake.partition(out, dt)}, counts, False)
-    rows, source = training_rows(lake, dt, from_samples, cfg.seed, coreset)
-    valid = _split(lake.read(SAMPLES, dt, "samples.parquet"), VALID)
+        return StepResult("finetune", {"adapter": lake.partition(out, src.dt)}, counts, False)
+    rows, rows_source = training_rows(lake, dt, from_samples, cfg.seed, coreset, dataset=dataset)
+    valid = _split(lake.read(src.path(SAMPLES), src.dt, "samples.parquet"), VALID)
     if len(valid) > max_valid:
         valid = [valid[i] for i in sorted(np.random.default_rng(cfg.seed).choice(len(valid), max_valid, False))]
     tokenizer, model = load(model_dir)
-    titles = item_titles(lake, dt)
+    titles = item_titles(lake, src)
     template = PromptTemplate(cfg.domain)
     train_p = encode_rows(rows, titles, tokenizer, template, cfg.cutoff_len)
     valid_p = encode_rows(valid, titles, tokenizer, template, cfg.cutoff_len)
-    work = Path(work_dir) / (f"dt={dt}" if arm is None else f"arm={arm}/dt={dt}")
+    where = f"dt={src.dt}" if src.dt else f"dataset={dataset}"
+    work = Path(work_dir) / (where if arm is None else f"arm={arm}/{where}")
     state = ft.finetune(model, tokenizer.pad_token_id, train_p, valid_p, cfg, lora, work)
     adapter = Path(state["adapter_dir"])
     blobs = {p.name: p.read_bytes() for p in adapter.iterdir() if p.is_file()}
     metrics = {k: state[k] for k in ("history", "best_epoch", "best_valid_loss")}
     pub = lake.publish(
         out,
-        dt,
+        src.dt,
         {},
         blobs=blobs,
         config=config,
         inputs=inputs,
         extra={
             "base_model": {"path": str(Path(model_dir).resolve()), "fingerprint": model_fingerprint(model_dir)},
-            "source": {"training": source},
+            "source": {"training": rows_source},
             "metrics": metrics,
         },
     )
@@ -338,13 +387,17 @@ def evaluate(
     max_users: int = 0,
     seed: int = 0,
     arm: str | None = None,
+    *,
+    dataset: str | None = None,
 ) -> StepResult:
     """Grounded evaluation of an arm's adapter at ``dt`` (the primary arm's by default; or of the base model) on the
     test rows at ``dt``; a no-op when published with this config from the same samples, titles, base model and
     adapter weights. Every arm (and ``evaluate_version``) with the same ``max_users`` and ``seed`` scores the same
     users."""
-    source = (arm_dataset(ADAPTERS, arm), Day(dt)) if adapter else None
-    return _evaluate(lake, dt, model_dir, cfg, cache_dir, source, arm_dataset(EVALUATION, arm), max_users, seed)
+    src = source(dt, dataset)
+    adapter_at = (arm_dataset(src.path(ADAPTERS), arm), src.dt) if adapter else None
+    out = arm_dataset(src.path(EVALUATION), arm)
+    return _evaluate(lake, src, model_dir, cfg, cache_dir, adapter_at, out, max_users, seed)
 
 
 def evaluate_version(
@@ -361,13 +414,14 @@ def evaluate_version(
     """A registered version's adapter (its published partition ``adapter_uri``, from an earlier day) evaluated on
     ``dt``'s test users, into ``evaluation/version=N/dt=D/``: the champion measured on the users of today's arms,
     so the gate compares like with like. Cached: a retry or a second arm finds it published (a no-op)."""
-    source = lake.locate(adapter_uri)
-    return _evaluate(lake, dt, model_dir, cfg, cache_dir, source, version_evaluation(version), max_users, seed)
+    adapter_at = lake.locate(adapter_uri)
+    out = version_evaluation(version)
+    return _evaluate(lake, Source(Day(dt)), model_dir, cfg, cache_dir, adapter_at, out, max_users, seed)
 
 
 def _evaluate(
     lake: Lake,
-    dt: str,
+    src: Source,
     model_dir: str,
     cfg: EvalConfig,
     cache_dir: str | None,
@@ -376,19 +430,20 @@ def _evaluate(
     max_users: int,
     seed: int,
 ) -> StepResult:
-    """Evaluate the base model with the adapter of the partition ``adapter_at`` (None: without one) on ``dt``'s test
-    users and publish to ``out/dt=D``."""
+    """Evaluate the base model with the adapter of the partition ``adapter_at`` (None: without one) on the source's
+    test users and publish to ``out/dt=D``."""
     import json
 
     from dealrec_tasks.errors import ConfigError
     from dealrec_tasks.llm.evaluate import grounded_evaluation
     from dealrec_tasks.llm.tiny import load
 
-    dt = Day(dt)
     if max_users < 0:
         raise ConfigError(f"max_users={max_users}: must be >= 0 (0: every test user)")
+    cfg = dataclasses.replace(cfg, domain=domain_of(lake, src, cfg.domain))
+    dt = src.dt
     config = cfg.to_dict() | {"adapter": adapter_at is not None, "max_users": max_users}
-    inputs: dict[str, Any] = _day_inputs(lake, dt, model_dir) | {"users_seed": seed}
+    inputs: dict[str, Any] = _day_inputs(lake, src, model_dir) | {"users_seed": seed}
     adapter_manifest = lake.require_manifest(*adapter_at) if adapter_at else None
     if adapter_manifest is not None:  # the adapter's file checksums: which weights these metrics belong to
         inputs["adapter"] = {n: e["sha256"] for n, e in adapter_manifest["files"].items()}
@@ -396,9 +451,9 @@ def _evaluate(
     if done is not None:
         shown = {k: round(v, 4) for k, v in done.get("metrics", {}).items() if k in ("recall@20", "ndcg@20", "users")}
         return StepResult("evaluate", {"evaluation": lake.partition(out, dt)}, shown, False)
-    test = _split(lake.read(SAMPLES, dt, "samples.parquet"), TEST)
+    test = _split(lake.read(src.path(SAMPLES), dt, "samples.parquet"), TEST)
     if not test:
-        raise InputError(f"{lake.partition(SAMPLES, dt)}: no test rows to evaluate on")
+        raise InputError(f"{lake.partition(src.path(SAMPLES), dt)}: no test rows to evaluate on")
     if max_users and len(test) > max_users:
         test = [test[i] for i in sorted(np.random.default_rng(seed).choice(len(test), max_users, replace=False))]
     tokenizer, model = load(model_dir)
@@ -409,7 +464,7 @@ def _evaluate(
         # Loaded in memory; the copy goes after the block.
         with local_adapter(lake, adapter_at[1], adapter_manifest, dataset=adapter_at[0]) as local:
             model = PeftModel.from_pretrained(model, local)
-    titles = item_titles(lake, dt)
+    titles = item_titles(lake, src)
     prompts = encode_rows(test, titles, tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len, with_target=False)
     targets = [[t - 1 for t in r["targets"]] for r in test]
     result = grounded_evaluation(model, tokenizer, prompts, targets, titles, cfg, model_dir, cache_dir)

@@ -130,15 +130,41 @@ def load_influence_models(lake: Lake, src: Source) -> tuple[list[SASRec], dict[s
     return [_build(state, manifest) for state in states], manifest
 
 
-def item_titles(lake: Lake, dt: str) -> list[str]:
-    """Titles by item index: ``titles[i - 1]`` is item_idx i (the vocab at ``dt`` joined to the catalogue)."""
-    vocab = lake.read(VOCAB, dt, "items.parquet").to_pylist()
-    catalogue = lake.read(ITEMS, None, "items.parquet")
+def item_titles(lake: Lake, src: Source | str) -> list[str]:
+    """Titles by item index: ``titles[i - 1]`` is item_idx i (the vocab of ``src`` joined to its catalogue: the day's
+    vocab and the lake's ``items/``, or an imported dataset's own)."""
+    src = src if isinstance(src, Source) else Source(src)
+    if src.dataset:
+        vocab = lake.read(imported(src.dataset), None, "item_vocab").to_pylist()
+        catalogue = lake.read(imported(src.dataset), None, "items")
+    else:
+        vocab = lake.read(VOCAB, src.dt, "items.parquet").to_pylist()
+        catalogue = lake.read(ITEMS, None, "items.parquet")
     title = dict(zip(catalogue.column("item_id").to_pylist(), catalogue.column("title").to_pylist()))
     out = [None] * len(vocab)
     for row in vocab:
         out[row["item_idx"] - 1] = title.get(row["item_id"])
     return [t if t is not None else "(unknown title)" for t in out]
+
+
+def titles_sha256(lake: Lake, src: Source) -> dict[str, str]:
+    """Identity of the titles a source's prompts use: its vocab's and its catalogue's file checksums."""
+    if src.dataset:
+        return {f: lake.file_sha256(imported(src.dataset), None, f) for f in ("item_vocab", "items")}
+    vocab, items = lake.file_sha256(VOCAB, src.dt, "items.parquet"), lake.file_sha256(ITEMS, None, "items.parquet")
+    return {"vocab": vocab, "items": items}
+
+
+def domain_of(lake: Lake, src: Source, given: str | None = None) -> str:
+    """The prompt domain: ``given`` when set; else the one stored with an imported dataset's catalogue (or with the
+    lake's ``items/``); else ``games``, the paper's."""
+    from dealrec_tasks.llm.prompts import check_domain
+
+    if given:
+        return check_domain(given)
+    manifest = lake.manifest(imported(src.dataset)) if src.dataset else lake.manifest(ITEMS)
+    stored = (manifest or {}).get("domain") or (manifest or {}).get("config", {}).get("domain")
+    return check_domain(stored or "games")
 
 
 def samples_sha256(lake: Lake, src: Source) -> str:

@@ -21,9 +21,11 @@ from dealrec_tasks.catalogue import (
     SCORES_INFLUENCE,
     SURROGATE,
     VOCAB,
+    Source,
     arm_dataset,
     arm_of,
-    daily,
+    imported,
+    source,
 )
 from dealrec_tasks.catalogue import writer as writer_of
 from dealrec_tasks.config import Day
@@ -42,15 +44,19 @@ MODEL_NEEDS = ("grand", "el2n", "user_repr")
 SCORES = (("influence", SCORES_INFLUENCE, "influence.parquet"), ("effort", SCORES_EFFORT, "effort.parquet"))
 
 
-def _sources(lake: Lake, dt: Day, cfg: SelectConfig) -> dict[str, dict[str, str]]:
+def _sources(lake: Lake, src: Source, cfg: SelectConfig) -> dict[str, dict[str, str]]:
     """The input partitions a selection reads, each with the sha256 of its manifest (the coreset's source
     snapshot and its inputs' identity). Refuses, naming the partition and the command that writes it, when one
     the strategy needs is missing; scores it does not need are read (and listed) when they are published."""
-    needs = set(cfg.needs)
-    wanted = [("samples", SAMPLES, dt, True)]
-    wanted += [(key, dataset, dt, key in needs) for key, dataset, _ in SCORES]
-    wanted += [("surrogate", SURROGATE, dt, True)] if needs & set(MODEL_NEEDS) else []
-    wanted += [("vocab", VOCAB, dt, True), ("items", ITEMS, None, True)]
+    needs, dt = set(cfg.needs), src.dt
+    wanted = [("samples", src.path(SAMPLES), dt, True)]
+    wanted += [(key, src.path(dataset), dt, key in needs) for key, dataset, _ in SCORES]
+    wanted += [("surrogate", src.path(SURROGATE), dt, True)] if needs & set(MODEL_NEEDS) else []
+    if src.dataset:  # an imported dataset's vocab and catalogue are its own
+        wanted += [("dataset", imported(src.dataset), None, True)]
+    else:
+        wanted += [("vocab", VOCAB, dt, True), ("items", ITEMS, None, True)]
+    where = f"--dt {dt}" if dt else f"--dataset {src.dataset}"
     out = {}
     for name, dataset, day, required in wanted:
         uri = lake.partition(dataset, day)
@@ -58,7 +64,7 @@ def _sources(lake: Lake, dt: Day, cfg: SelectConfig) -> dict[str, dict[str, str]
             if required:
                 raise PartitionNotFound(
                     f"select strategy={cfg.strategy!r} needs {uri}, which is not published; "
-                    f"run `{writer_of(dataset)} --dt {dt}` first"
+                    f"run `{writer_of(dataset)} {where}` first"
                 )
             continue
         out[name] = {"uri": uri, "manifest_sha256": sha256(lake.storage.read_bytes(join_uri(uri, MANIFEST)))}
@@ -83,15 +89,15 @@ def _aligned(lake: Lake, dataset: str, dt: str, name: str, column: str, ids: np.
     return values[pos]
 
 
-def _model_inputs(lake: Lake, dt: Day, samples: pa.Table, cfg: SelectConfig) -> dict[str, Any]:
-    """GraNd / EL2N / user representations of the train rows (ordered by sample_id) from the day's surrogate."""
+def _model_inputs(lake: Lake, src: Source, samples: pa.Table, cfg: SelectConfig) -> dict[str, Any]:
+    """GraNd / EL2N / user representations of the train rows (ordered by sample_id) from the source's surrogate."""
     from dealrec_tasks.scoring import baselines
     from dealrec_tasks.scoring.influence import negative_set
     from dealrec_tasks.surrogate.batching import train_seqs
 
-    model, _ = load_model(lake, daily(dt))
+    model, _ = load_model(lake, src)
     n_items = model.n_items
-    checked_samples(lake, daily(dt), n_items)
+    checked_samples(lake, src, n_items)
     seqs = train_seqs(samples, n_items)
     negatives = negative_set(n_items, cfg.negatives, cfg.neg_seed)
     out: dict[str, Any] = {}
@@ -111,7 +117,9 @@ def _with_titles(lists: pa.ListArray, titles: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(lists.offsets, pa.array(titles[flat - 1], pa.string()))
 
 
-def select(lake: Lake, dt: str, cfg: SelectConfig, control: bool = False) -> StepResult:
+def select(
+    lake: Lake, dt: str | None, cfg: SelectConfig, control: bool = False, *, dataset: str | None = None
+) -> StepResult:
     """Pick the coreset of ``dt`` with ``cfg.strategy`` and publish ``coreset/dt=D/`` (table, report, manifest), or
     ``coreset/arm=<strategy>/dt=D/`` for a ``control`` arm (a coreset measured beside the primary one).
 
@@ -119,34 +127,35 @@ def select(lake: Lake, dt: str, cfg: SelectConfig, control: bool = False) -> Ste
     are still copied into the table when they are published (to compare strategies on the same columns). A no-op
     when the coreset is published with ``cfg`` from the same input partitions (their manifests' checksums).
     """
-    dt = Day(dt)
-    sources = _sources(lake, dt, cfg)
+    src = source(dt, dataset)
+    dt = src.dt
+    sources = _sources(lake, src, cfg)
     inputs = {k: v["manifest_sha256"] for k, v in sorted(sources.items())}
-    dataset = arm_dataset(CORESET, cfg.strategy if control else None)
-    uris = {"coreset": lake.partition(dataset, dt), "report": join_uri(lake.partition(dataset, dt), REPORT_FILE)}
-    done = lake.current(dataset, dt, cfg.to_dict(), inputs)
+    out = arm_dataset(src.path(CORESET), cfg.strategy if control else None)
+    uris = {"coreset": lake.partition(out, dt), "report": join_uri(lake.partition(out, dt), REPORT_FILE)}
+    done = lake.current(out, dt, cfg.to_dict(), inputs)
     if done is not None:
         return StepResult("select", uris, done.get("summary", done["counts"]), False)
 
-    train = _candidates(lake, dt)
+    train = _candidates(lake, src)
     n_cand = train.num_rows
-    scores = _scores(lake, dt, train.column("sample_id").to_numpy(), sources)
+    scores = _scores(lake, src, train.column("sample_id").to_numpy(), sources)
     history = train.column("history").combine_chunks()
     interactions = pc.list_value_length(history).to_numpy(zero_copy_only=False).astype(np.int64) + 1  # [N]
-    extra = _model_inputs(lake, dt, train, cfg) if set(cfg.needs) & set(MODEL_NEEDS) else {}
+    extra = _model_inputs(lake, src, train, cfg) if set(cfg.needs) & set(MODEL_NEEDS) else {}
     sel = run_selection(Candidates(n_cand, interactions=interactions, **scores, **extra), cfg)
 
-    titles = np.asarray(item_titles(lake, dt), dtype=object)
+    titles = np.asarray(item_titles(lake, src), dtype=object)
     table = _coreset_table(train, sel, titles, scores, _overall(scores, cfg.lam), cfg.strategy)
     rand = random_baseline(n_cand, len(sel.indices), cfg.seed + 1)
     coverage = reports.coverage(train, sel.indices, rand, interactions)
-    png = reports.coreset_report_png(sel, cfg, coverage, interactions, dt)
+    png = reports.coreset_report_png(sel, cfg, coverage, interactions, dt or f"dataset={dataset}")
 
     counts = {"candidates": n_cand, "selected": len(sel.indices)}
     groups = sel.groups.to_dict() if sel.groups is not None else None
     summary = _summary(counts, cfg.strategy, sel, coverage)
     pub = lake.publish(
-        dataset,
+        out,
         dt,
         {CORESET_FILE: table},
         config=cfg.to_dict(),
@@ -179,19 +188,22 @@ def published_arms(lake: Lake, dt: str) -> list[dict[str, str]]:
     return [{"strategy": a["strategy"], "coreset": lake.partition(a["coreset"], dt)} for a in found]
 
 
-def _candidates(lake: Lake, dt: Day) -> pa.Table:
-    """The day's train samples ordered by sample_id: the row order of every score array and of the selection."""
-    samples = lake.read(SAMPLES, dt, "samples.parquet")
+def _candidates(lake: Lake, src: Source) -> pa.Table:
+    """The source's train samples ordered by sample_id: the row order of every score array and of the selection."""
+    samples = lake.read(src.path(SAMPLES), src.dt, "samples.parquet")
     train = samples.filter(pc.equal(samples.column("split"), TRAIN))
     train = train.take(pc.sort_indices(train, [("sample_id", "ascending")]))
     if train.num_rows == 0:
-        raise InputError(f"{lake.partition(SAMPLES, dt)}: no train samples to select from")
+        raise InputError(f"{lake.partition(src.path(SAMPLES), src.dt)}: no train samples to select from")
     return train
 
 
-def _scores(lake: Lake, dt: Day, ids: np.ndarray, sources: dict) -> dict[str, np.ndarray | None]:
+def _scores(lake: Lake, src: Source, ids: np.ndarray, sources: dict) -> dict[str, np.ndarray | None]:
     """Influence and effort aligned to the candidate ``ids``; None when not published (a strategy may not need it)."""
-    return {key: _aligned(lake, ds, dt, file, key, ids) if key in sources else None for key, ds, file in SCORES}
+    return {
+        key: _aligned(lake, src.path(ds), src.dt, file, key, ids) if key in sources else None
+        for key, ds, file in SCORES
+    }
 
 
 def _overall(scores: dict[str, np.ndarray | None], lam: float) -> np.ndarray | None:

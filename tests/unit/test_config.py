@@ -11,8 +11,9 @@ from dealrec_tasks.errors import ConfigError
     [
         (lambda: SamplesConfig(max_len=0), "max_len=0"),
         (lambda: SamplesConfig(test_days=-1), "test_days=-1"),
-        (lambda: ReplayConfig(days=2), "days=2"),
-        (lambda: ReplayConfig(start="2026-13-01"), "start='2026-13-01'"),
+        (lambda: ReplayConfig(dataset="games", days=2), "days=2"),
+        (lambda: ReplayConfig(dataset="games", start="2026-13-01"), "start='2026-13-01'"),
+        (lambda: ReplayConfig(), "give the imported dataset to replay"),
         (lambda: SyntheticConfig(return_rate=1.5), "return_rate=1.5"),
         (lambda: S3Config(endpoint_url="localhost:9000"), "endpoint_url='localhost:9000'"),
         (lambda: SamplesConfig.from_dict({"max_len": 5, "maxlen": 3}), "unknown parameter"),
