@@ -170,5 +170,6 @@ def test_airflow_and_mlflow_uis_in_chromium(stack: Stack, page):
     page.get_by_text("eval.ndcg_at_20").first.wait_for()
     shot(page, "mlflow-finetune-run", full=True)
     page.goto(f"{mlflow_url}/#/experiments/{run.info.experiment_id}/runs")
-    page.get_by_text(f"pruning dt={dt}").first.wait_for()
+    # The day's parent run on top; the arms' pruning (and, below them, fine-tuning) runs are nested under it.
+    page.get_by_text(f"day dt={dt}").first.wait_for()
     shot(page, "mlflow-runs")
