@@ -57,6 +57,7 @@ CORESET = "coreset"
 ADAPTERS = "adapters"
 EVALUATION = "evaluation"
 GATE = "gate"
+EFFORT_CACHE = "effort_cache"
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ CATALOGUE: dict[str, Dataset] = {
                 "evaluation/dt={dt}/ | evaluation/arm={strategy}/dt={dt}/ | evaluation/version={v}/dt={dt}/",
                 {"metrics.json": None, "examples.json": None},
                 "dealrec evaluate", "grounded evaluation of an arm, or of a registered version on that day's users"),
+        Dataset(EFFORT_CACHE, "effort_cache/key={k}/snapshot/ | effort_cache/key={k}/delta/dt={dt}/shard={i}-of-{n}/",
+                {"effort.parquet": None}, "dealrec effort (deltas) + merge-effort (snapshot)",
+                "effort scores by prompt digest, per base model and effort settings: a day scores only new prompts"),
         Dataset(GATE, "gate/dt={dt}/", {"gate.json": None, "arms.png": None},
                 "dealrec gate", "the day's arms and champion on the same users, the decision, the plot over days"),
         Dataset(DATASETS, "datasets/{name}/", {"items": schema.ITEMS_SCHEMA, "sequences": None},
@@ -174,6 +178,16 @@ def arm_of(dataset: str) -> str | None:
     """The control arm a dataset path belongs to (``coreset/arm=random`` -> ``random``), None for a primary one."""
     last = dataset.rsplit("/", 1)[-1]
     return last[4:] if last.startswith("arm=") else None
+
+
+def effort_cache_snapshot(key: str) -> str:
+    """Every cached effort score of one cache key (base model + settings), compacted by each merge."""
+    return f"{EFFORT_CACHE}/key={key}/snapshot"
+
+
+def effort_cache_delta(key: str, src: Source, shard: tuple[int, int]) -> str:
+    """The scores one effort shard computed (not found in the snapshot), until the merge compacts them."""
+    return src.sub(f"{EFFORT_CACHE}/key={key}/delta", shard_name(shard))
 
 
 def version_evaluation(version: int) -> str:

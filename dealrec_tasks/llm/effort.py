@@ -18,6 +18,8 @@ Other parameter sets (lower layers) fall back to the full prompt per sample, sti
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -313,3 +315,18 @@ def effort_reference(peft_model, prompts: Sequence[EncodedPrompt], cfg: EffortCo
         peft_model(input_ids=ids, labels=labels).loss.backward()
         out.append(float(torch.sqrt(sum(q.grad.double().pow(2).sum() for q in params if q.grad is not None))))
     return np.asarray(out)
+
+
+def prompt_digest(prompt: EncodedPrompt) -> str:
+    """The identity of one sample's effort: its token ids and how many of them are the response (the loss mask).
+    The effort of a sample depends on nothing else once the model, LoRA and effort settings are fixed."""
+    ids = np.asarray(prompt.input_ids, dtype=np.int64).tobytes()
+    return hashlib.sha256(ids + int(prompt.n_response).to_bytes(4, "little")).hexdigest()[:32]
+
+
+def cache_key(model_fingerprint: str, cfg: EffortConfig, lora_settings: dict) -> str:
+    """Which cache a score belongs to: the base model, the effort settings (less ``batch_size``: batches give the
+    scores of batch size 1) and the LoRA settings. A changed base model or config starts an empty cache."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "batch_size"}
+    blob = json.dumps({"model": model_fingerprint, "effort": settings, "lora": lora_settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -24,6 +24,8 @@ from dealrec_tasks.catalogue import (
     Source,
     arm_dataset,
     arm_of,
+    effort_cache_delta,
+    effort_cache_snapshot,
     effort_shard,
     imported,
     source,
@@ -161,15 +163,21 @@ def effort(
     shard: tuple[int, int] = (0, 1),
     *,
     dataset: str | None = None,
+    use_cache: bool = True,
 ) -> StepResult:
     """Effort scores of shard i/n of the training samples at ``dt`` (or of an imported ``dataset``) ->
     ``effort/dt=D/shard=i-of-n/``.
+
+    Only prompts never scored before are scored: the others come from the effort cache (by prompt digest, for this
+    base model and these settings; ``use_cache=False`` scores every one). A user's prompt only changes when the
+    user has new interactions, so a day pays for its active users, not for the lake's age. The new scores go to
+    the shard's cache delta, which ``merge_effort`` compacts into the cache.
 
     A no-op without recomputing when the shard is published for the same config, model and inputs (the samples',
     vocab's and catalogue's manifests): a retry or a rerun then costs no GPU time, and float noise between two
     computations (seen under heavy CPU load) cannot republish the scores and, through them, the coreset.
     """
-    from dealrec_tasks.llm.effort import EffortScorer, attach_lora
+    from dealrec_tasks.llm.effort import EffortScorer, attach_lora, cache_key, prompt_digest
     from dealrec_tasks.llm.evaluate import model_fingerprint
     from dealrec_tasks.llm.tiny import check_model_dir, load
 
@@ -193,8 +201,17 @@ def effort(
     train = [train[i] for i in shard_rows(n_train, shard)]
     tokenizer, model = load(model_dir)
     prompts = encode_rows(train, item_titles(lake, src), tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len)
+    key = cache_key(inputs["model_fingerprint"], cfg, lora.to_dict())
+    digests = [prompt_digest(p) for p in prompts]
+    cached = _cached_efforts(lake, key) if use_cache else {}
+    todo = [i for i, d in enumerate(digests) if d not in cached]
     scorer = EffortScorer(attach_lora(model, lora, seed=cfg.seed), tokenizer.pad_token_id, cfg)
-    scores = scorer.score(prompts, desc=f"effort {shard[0]}/{shard[1]}")
+    fresh = scorer.score([prompts[i] for i in todo], desc=f"effort {shard[0]}/{shard[1]}") if todo else []
+    new = dict(zip((digests[i] for i in todo), (float(v) for v in fresh)))
+    scores = np.asarray([new[d] if d in new else cached[d] for d in digests], dtype=np.float64)
+    delta = effort_cache_delta(key, src, shard)
+    if new:
+        lake.publish(delta, None, {"effort.parquet": _digest_table(new)}, config={"key": key})
     table = pa.table(
         {
             "sample_id": pa.array([r["sample_id"] for r in train], pa.int64()),
@@ -209,12 +226,48 @@ def effort(
         inputs=inputs,
         extra={
             "source": {"samples": lake.partition(src.path(SAMPLES), src.dt)},
-            "counts": {"train_samples": n_train, "rows": len(train)},
+            "counts": {"train_samples": n_train, "rows": len(train), "scored": len(todo)},
+            "effort_cache": {"key": key, "delta": delta if new else None},
         },
     )
     mean = float(np.mean(scores)) if len(scores) else 0.0
-    counts = {"samples": len(train), "shared_prefix": scorer.use_prefix, "mean_effort": round(mean, 6)}
+    counts = {"samples": len(train), "scored": len(todo), "from_cache": len(train) - len(todo)}
+    counts |= {"shared_prefix": scorer.use_prefix, "mean_effort": round(mean, 6)}
     return StepResult("effort", {"effort": pub.uri}, counts, pub.changed)
+
+
+def _digest_table(scores: dict[str, float]) -> pa.Table:
+    keys = sorted(scores)
+    values = pa.array([scores[k] for k in keys], pa.float64())
+    return pa.table({"prompt": pa.array(keys, pa.string()), "effort": values})
+
+
+def _cached_efforts(lake: Lake, key: str) -> dict[str, float]:
+    """The compacted effort cache of ``key`` (prompt digest -> score); empty when none is published."""
+    if lake.manifest(effort_cache_snapshot(key)) is None:
+        return {}
+    table = lake.read(effort_cache_snapshot(key), None, "effort.parquet")
+    return dict(zip(table.column("prompt").to_pylist(), table.column("effort").to_pylist()))
+
+
+def _compact_effort_cache(lake: Lake, shard_manifests: list[dict]) -> int:
+    """Fold the shards' new scores into their cache's snapshot (one writer: the merge); returns how many it added.
+    A retried merge adds nothing twice (the union is a set), and a day whose merge never ran only costs misses."""
+    found = [m.get("effort_cache") or {} for m in shard_manifests]
+    keys = {f["key"] for f in found if f.get("key")}
+    deltas = [f["delta"] for f in found if f.get("delta")]
+    if len(keys) != 1 or not deltas:
+        return 0
+    (key,) = keys
+    cache = _cached_efforts(lake, key)
+    before = len(cache)
+    for delta in deltas:
+        if lake.manifest(delta) is not None:
+            table = lake.read(delta, None, "effort.parquet")
+            cache.update(zip(table.column("prompt").to_pylist(), table.column("effort").to_pylist()))
+    if len(cache) > before:
+        lake.publish(effort_cache_snapshot(key), None, {"effort.parquet": _digest_table(cache)}, config={"key": key})
+    return len(cache) - before
 
 
 def _effort_part(dt: str, shard: tuple[int, int]) -> str:
@@ -227,7 +280,9 @@ def merge_effort(lake: Lake, dt: str | None, n: int, *, dataset: str | None = No
     check_shard_count(n)
     parts = [effort_shard(src, (i, n)) for i in range(n)]
     pub, table, _ = merge_shards(lake, parts, "effort.parquet", src.path(SCORES_EFFORT), src.dt)
-    return StepResult("merge-effort", {"effort": pub.uri}, {"shards": n, "samples": table.num_rows}, pub.changed)
+    added = _compact_effort_cache(lake, [lake.require_manifest(p) for p in parts])
+    counts = {"shards": n, "samples": table.num_rows, "cache_added": added}
+    return StepResult("merge-effort", {"effort": pub.uri}, counts, pub.changed)
 
 
 def _training_source(lake: Lake, src: Source, from_samples: int, coreset: str | None) -> tuple[str, str | None, str]:
