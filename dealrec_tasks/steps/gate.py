@@ -128,6 +128,8 @@ def gate(
     )
     by_arm = {mv.tags.get("strategy") or mv.tags.get("arm", str(mv.version)): v for mv, v in zip(arms, values)}
     lift = values[best] - by_arm[RANDOM] if RANDOM in by_arm else None
+    # The primary arm (the pipeline's strategy) against random: negative when random won the day.
+    primary = values[0] - by_arm[RANDOM] if RANDOM in by_arm and list(by_arm)[0] != RANDOM else None
     record = {
         "dt": dt,
         "metric": metric,
@@ -138,6 +140,7 @@ def gate(
         ],
         "best": {"strategy": list(by_arm)[best], "version": int(arms[best].version), metric: values[best]},
         "lift_vs_random": lift,
+        "primary_vs_random": primary,
         # From the recorded decision (a retry rebuilds the same record, whatever the champion is now).
         "champion_before": _none_or(tags["promotion.champion_version"], str),
         "champion_value": _none_or(tags["promotion.champion_value"], float),
@@ -159,6 +162,7 @@ def gate(
         "best_arm": record["best"]["strategy"],
         "arms": len(arms),
         "lift_vs_random": None if lift is None else round(lift, 6),
+        "primary_vs_random": None if primary is None else round(primary, 6),
     }
     uris = {"gate": pub.uri, "run": tr.run_link(day_run), "model": f"models:/{name}/{arms[best].version}"}
     return StepResult("gate", uris, counts, changed or run_changed or pub.changed)
@@ -193,6 +197,7 @@ def _day_content(lake: Lake, dt: str, record: dict[str, Any], run_tags: dict[str
     if record["champion_same_users"]:
         c.add_metric(f"champion_same_users.{metric}", record["champion_value"])
     c.add_metric("lift_vs_random", record["lift_vs_random"])
+    c.add_metric("primary_vs_random", record.get("primary_vs_random"))
     c.params.update({"metric": metric, "margin": record["margin"], "dt": dt})
     c.tags.update(
         {

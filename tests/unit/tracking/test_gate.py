@@ -64,6 +64,7 @@ def test_gate_promotes_the_best_arm_records_the_lift_and_nests_the_arms(two_arms
     best = max(versions, key=lambda a: (values[a], a is None))
     assert first.counts["decision"] == "champion" and first.counts["champion"] == versions[best]
     assert first.counts["lift_vs_random"] == pytest.approx(values[best] - values["random"], abs=1e-6)
+    assert first.counts["primary_vs_random"] == pytest.approx(values[None] - values["random"], abs=1e-6)
     record, _ = lake.read_verified_json("gate", dt, "gate.json")
     assert [a["strategy"] for a in record["arms"]] == ["dealrec", "random"] and record["decision"] == "champion"
     assert lake.read_verified_bytes("gate", dt, "arms.png").startswith(b"\x89PNG")
