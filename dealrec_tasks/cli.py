@@ -211,7 +211,8 @@ def cmd_select(args: argparse.Namespace) -> list[steps.StepResult]:
 def cmd_track_pruning(args: argparse.Namespace) -> list[steps.StepResult]:
     from dealrec_tasks.steps.tracking import log_pruning
 
-    return [log_pruning(_lake(args), args.dt, _config(TrackingConfig, args), args.orchestrator_run_id)]
+    cfg = _config(TrackingConfig, args)
+    return [log_pruning(_lake(args), args.dt, cfg, args.orchestrator_run_id, arm=args.arm)]
 
 
 def cmd_register(args: argparse.Namespace) -> list[steps.StepResult]:
@@ -417,7 +418,7 @@ COMMANDS: dict[str, Command] = {
         cmd_track_pruning,
         "log the day's coreset selection as an MLflow run (params, metrics, report, manifest)",
         (TrackingConfig,),
-        (DT_REQUIRED, ORCHESTRATOR_RUN),
+        (DT_REQUIRED, ORCHESTRATOR_RUN, ARM),
     ),
     "register": Command(
         cmd_register,
