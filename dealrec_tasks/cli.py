@@ -129,7 +129,8 @@ def cmd_tiny_llm(args: argparse.Namespace) -> list[steps.StepResult]:
 def cmd_effort(args: argparse.Namespace) -> list[steps.StepResult]:
     cfg, lora = _config(EffortConfig, args), _config(LoRAConfig, args)
     dt, dataset = _dt_or_dataset(args)
-    return [llm_steps.effort(_lake(args), dt, args.model, cfg, lora, parse_shard(args.shard), dataset=dataset)]
+    shard, cache = parse_shard(args.shard), not args.no_cache
+    return [llm_steps.effort(_lake(args), dt, args.model, cfg, lora, shard, dataset=dataset, use_cache=cache)]
 
 
 def cmd_merge_effort(args: argparse.Namespace) -> list[steps.StepResult]:
@@ -345,7 +346,13 @@ COMMANDS: dict[str, Command] = {
         cmd_effort,
         "effort scores of the training samples (one shard)",
         (EffortConfig, LoRAConfig),
-        (DT, DATASET, MODEL, arg("--shard", default="0/1", help="score slice i of n (0-based), e.g. 2/8")),
+        (
+            DT,
+            DATASET,
+            MODEL,
+            arg("--shard", default="0/1", help="score slice i of n (0-based), e.g. 2/8"),
+            arg("--no-cache", action="store_true", help="score every prompt, not only those the cache lacks"),
+        ),
     ),
     "merge-effort": Command(
         cmd_merge_effort,
