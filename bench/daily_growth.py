@@ -2,8 +2,9 @@
 process, timed, with that process's peak RSS, on two lakes fed the same logs side by side:
 
 - ``before``: effort scores every training sample each day (``effort --no-cache``: today's code path without the
-  effort cache, as before it existed);
-- ``after``: effort scores only the prompts the cache lacks (the default).
+  effort cache, as before it existed), and the surrogate starts cold every day (``--cold-start``);
+- ``after``: effort scores only the prompts the cache lacks, and the surrogate warm-starts from the previous day
+  (both the defaults).
 
 Ingest and samples run the same code on both lakes (incremental ingest, item 2 of the issue, is not built: they are
 measured to show how they grow). Users arrive and return (``SyntheticConfig.return_rate``), so the lake grows while
@@ -35,6 +36,7 @@ from dealrec_tasks.storage import Lake  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
+SURROGATE = ["--members", "2", "--max-epochs", "60"]  # 2 members: the measure is epochs to early stop, per day
 TINY = ["--vocab-size", "800", "--hidden-size", "64", "--intermediate-size", "128", "--num-layers", "2",
         "--pretrain-steps", "30", "--corpus-gap-days", "3"]  # fmt: skip
 
@@ -51,7 +53,8 @@ def run_child(args: list[str]) -> dict:
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"dealrec {' '.join(args)} failed:\n{err[-3000:]}")
-    return {"s": round(seconds, 2), "rss_mib": round(usage.ru_maxrss / 1024, 1), "out": out.strip()[-300:]}
+    first_line = out.strip().splitlines()[0] if out.strip() else ""  # the step's summary (counts first)
+    return {"s": round(seconds, 2), "rss_mib": round(usage.ru_maxrss / 1024, 1), "out": first_line[:400]}
 
 
 def lake_mib(root: Path) -> float:
@@ -91,6 +94,10 @@ def main() -> None:
                 row[name] = r
                 continue
             r["samples"] = run_child([*lake, "samples", "--dt", day])
+            # The surrogate: warm-started from the previous day on "after" (the default), cold on "before".
+            cold = ["--cold-start"] if name == "before" else []
+            r["surrogate"] = run_child([*lake, "surrogate", "--dt", day, *SURROGATE, *cold])
+            r["surrogate_epochs"] = count(r["surrogate"]["out"], "epochs")
             if not Path(model, "config.json").exists():
                 run_child([*lake, "tiny-llm", "--dt", day, "--out", model, *TINY])
             effort = [*lake, "effort", "--dt", day, "--model", model] + (["--no-cache"] if name == "before" else [])
@@ -128,12 +135,17 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_title("per-day seconds by step")
     ax.legend(fontsize=7)
     ax = axes[1]
+    twin = ax.twinx()
+    twin.plot(x, [r["before"]["surrogate_epochs"] for r in scored], "x:", color="0.5", label="surrogate epochs, cold")
+    twin.plot(x, [r["after"]["surrogate_epochs"] for r in scored], "+:", color="k", label="surrogate epochs, warm")
+    twin.set_ylabel("surrogate epochs (member 0)")
+    twin.legend(fontsize=7, loc="center right")
     ax.plot(x, [r["before"]["scored"] for r in scored], "o-", label="prompts scored, before")
     ax.plot(x, [r["after"]["scored"] for r in scored], "o-", label="prompts scored, after")
     ax.plot(x, [r["after"]["train_samples"] for r in scored], "k:", label="training samples (users so far)")
     ax.set_xlabel("day")
     ax.set_ylabel("prompts")
-    ax.set_title("effort work per day")
+    ax.set_title("effort work per day; surrogate epochs")
     ax.legend(fontsize=7)
     ax = axes[2]
     ax.plot([r["after"]["lake_mib"] for r in rows], [r["after"]["ingest"]["s"] for r in rows], "s-", label="ingest")
