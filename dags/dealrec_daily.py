@@ -135,14 +135,13 @@ def dealrec_daily():
     def log_pruning(dt: str, coresets: list[dict], outlet_events=None) -> dict:
         """Record each arm's coreset in MLflow, then announce them: the asset event carries the day, the primary
         coreset's URI and every arm's."""
-        from dealrec_tasks.catalogue import arm_of
         from dealrec_tasks.steps.tracking import log_pruning
 
         ctx, lake = get_current_context(), dx.lake()
         announced: dict[str, str] = {}
         for coreset in coresets:
             uri = coreset["uris"]["coreset"]
-            arm = arm_of(lake.locate(uri)[0])
+            arm = dx.arm_of(lake, uri)
             dx.result(log_pruning(lake, dt, dx.tracking(), dx.run_key(ctx, dt), run_tags=dx.run_tags(ctx), arm=arm))
             announced[coreset["counts"]["strategy"]] = uri
         outlet_events[dx.CORESET].extra = {"dt": dt, "coreset": coresets[0]["uris"]["coreset"], "arms": announced}

@@ -67,8 +67,8 @@ def dealrec_finetune():
         from dealrec_tasks.steps.llm import evaluate
 
         lake, cache = dx.lake(), f"{dx.work_dir()}/embeddings"
-        users = params["eval_users"]
-        return dx.result(evaluate(lake, dt, model_dir, EvalConfig(), cache, max_users=users, arm=dx.arm_of(lake, arm)))
+        users, control = params["eval_users"], dx.arm_of(lake, arm["coreset"])
+        return dx.result(evaluate(lake, dt, model_dir, EvalConfig(), cache, max_users=users, arm=control))
 
     @task(execution_timeout=timedelta(minutes=30))
     def register(dt: str, model_dir: str, arm: dict) -> int:
@@ -76,7 +76,7 @@ def dealrec_finetune():
 
         ctx, lake = get_current_context(), dx.lake()
         key, tags = dx.run_key(ctx, dt), dx.run_tags(ctx)
-        out = register(lake, dt, model_dir, dx.tracking(), key, run_tags=tags, arm=dx.arm_of(lake, arm))
+        out = register(lake, dt, model_dir, dx.tracking(), key, run_tags=tags, arm=dx.arm_of(lake, arm["coreset"]))
         return int(dx.result(out)["counts"]["version"])
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=4))

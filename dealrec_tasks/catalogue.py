@@ -157,10 +157,6 @@ def source(dt: str | None, dataset: str | None = None) -> Source:
     return Source(day_or_none(dt), dataset)
 
 
-def daily(dt: str) -> Source:
-    return Source(Day(dt))
-
-
 def imported(name: str) -> str:
     """The folder of an imported dataset."""
     return f"{DATASETS}/{name}"

@@ -216,11 +216,11 @@ def arms(values: list[str]) -> list[list]:
     return [[strategy, i > 0] for i, strategy in enumerate(check_arms(values))]
 
 
-def arm_of(lake: Lake, arm: dict[str, str]) -> str | None:
-    """The control arm an arm's coreset URI names (None for the primary one)."""
+def arm_of(lake: Lake, coreset_uri: str) -> str | None:
+    """The control arm a coreset URI of the lake names (None for the primary one)."""
     from dealrec_tasks.catalogue import arm_of as arm_of_dataset
 
-    return arm_of_dataset(lake.locate(arm["coreset"])[0])
+    return arm_of_dataset(lake.locate(coreset_uri)[0])
 
 
 def announced_arms(context: dict[str, Any], lake: Lake, dt: str) -> list[dict[str, str]]:

@@ -74,7 +74,7 @@ def evaluate_champion(
     )
 
 
-def _same_day_champion(lake: Lake, dt: str, champion, eval_set: str) -> float | dict | None:
+def _same_day_champion(lake: Lake, dt: str, champion, eval_set: str) -> dict[str, float] | None:
     """The champion's verified metrics on ``dt``'s users when ``evaluate_champion`` published them with the arms'
     evaluation set, else None."""
     from dealrec_tasks.steps.tracking import evaluation_set_id, verified_metrics

@@ -20,7 +20,6 @@ from dealrec_tasks.catalogue import (
     SAMPLES,
     SCORES_EFFORT,
     SEQUENCES,
-    VOCAB,
     Source,
     arm_dataset,
     arm_of,
@@ -173,24 +172,19 @@ def effort(
     user has new interactions, so a day pays for its active users, not for the lake's age. The new scores go to
     the shard's cache delta, which ``merge_effort`` compacts into the cache.
 
-    A no-op without recomputing when the shard is published for the same config, model and inputs (the samples',
-    vocab's and catalogue's manifests): a retry or a rerun then costs no GPU time, and float noise between two
-    computations (seen under heavy CPU load) cannot republish the scores and, through them, the coreset.
+    A no-op without recomputing when the shard is published for the same config, model and inputs (the checksums of
+    the samples, vocab and catalogue files: ``_day_inputs``): a retry or a rerun then costs no GPU time, and float
+    noise between two computations (seen under heavy CPU load) cannot republish the scores and, through them, the
+    coreset.
     """
     from dealrec_tasks.llm.effort import EffortScorer, attach_lora, cache_key, prompt_digest
-    from dealrec_tasks.llm.evaluate import model_fingerprint
     from dealrec_tasks.llm.tiny import check_model_dir, load
 
     src = source(dt, dataset)  # first: a crafted dt is refused before anything is read or loaded
     cfg = dataclasses.replace(cfg, domain=domain_of(lake, src, cfg.domain))  # a bad domain: before the model
     model_dir = str(Path(model_dir).resolve())
     check_model_dir(model_dir)
-    read = (("samples", src.path(SAMPLES), src.dt),)
-    read += (("dataset", imported(dataset), None),) if dataset else (("vocab", VOCAB, src.dt), ("items", ITEMS, None))
-    inputs = {
-        name: {f: e["sha256"] for f, e in lake.require_manifest(path, day).get("files", {}).items()}
-        for name, path, day in read
-    } | {"model_fingerprint": model_fingerprint(model_dir)}
+    inputs = _day_inputs(lake, src, model_dir)
     config = cfg.to_dict() | {"lora": lora.to_dict(), "model_dir": model_dir}
     published = lake.current(effort_shard(src, shard), None, config, inputs)
     if published is not None:
