@@ -3,7 +3,8 @@
 
 Every day after midnight UTC, for the day that just ended (`dt`):
 
-1. **ingest** every day with logs not ingested yet, up to `dt`, in order (bad rows quarantined to `rejects/`);
+1. **ingest** every day with logs not ingested yet, up to `dt`, in order (bad rows quarantined to `rejects/`); it
+   writes only each day's events, and **compact** folds them into a snapshot every 7 days, beside the surrogate;
 2. **samples** (one per user, split by time) -> **surrogate** (4 SASRecs with seeds 0-3, each warm-started from
    the previous day's same member: influence averages them, so one training run's luck weighs little on the coreset);
 3. **influence** toward the day's validation rows (`influence_target`; `train` is the paper's training risk;
@@ -64,6 +65,13 @@ def dealrec_daily():
         from dealrec_tasks.steps.data import samples
 
         return dx.result(samples(dx.lake(), dt, SamplesConfig()))
+
+    @task(execution_timeout=timedelta(hours=1))
+    def compact(dt: str) -> dict:
+        from dealrec_tasks.config import CompactConfig
+        from dealrec_tasks.steps.data import compact
+
+        return dx.result(compact(dx.lake(), dt, CompactConfig()))
 
     @task(execution_timeout=timedelta(hours=4))
     def surrogate(dt: str, params=None) -> dict:
@@ -149,7 +157,7 @@ def dealrec_daily():
 
     dt, parts = plan(), shards()
     day = samples(dt)
-    ingest(dt) >> day
+    ingest(dt) >> day >> compact(dt)  # beside the surrogate: folding the deltas is off ingest's path
 
     trained = surrogate(dt)
     solved = influence_solve(dt)

@@ -9,8 +9,9 @@ Listing (``<kind>/dt=D/`` = one partition per day, manifest last; ``CATALOGUE`` 
 
     interactions/dt=D/       raw daily logs (producers, replay, synthetic)
     items/                   the catalogue (item_id, title, categories)
-    vocab/dt=D/              append-only id -> index maps
-    sequences/dt=D/          cumulative per-user sequences
+    vocab/dt=D/              append-only id -> index maps: all items, the users first seen that day
+    sequences/dt=D/          the day's events (a delta of the cumulative per-user sequences)
+    sequences_snapshot/dt=D/ the cumulative sequences and user map at D, folded every few days
     rejects/dt=D/            quarantined log rows with a reason
     samples/dt=D/            one training sample per user + validation/test rows
     surrogate/dt=D/          SASRec ensemble checkpoints and metrics
@@ -45,6 +46,7 @@ INTERACTIONS = "interactions"
 ITEMS = "items"
 VOCAB = "vocab"
 SEQUENCES = "sequences"
+SEQUENCES_SNAPSHOT = "sequences_snapshot"
 SAMPLES = "samples"
 REJECTS = "rejects"
 DATASETS = "datasets"
@@ -78,11 +80,17 @@ CATALOGUE: dict[str, Dataset] = {
                 "dealrec replay | dealrec synthetic | a producer", "raw daily logs (also .csv / .jsonl)"),
         Dataset(ITEMS, "items/", {"items.parquet": schema.ITEMS_SCHEMA}, "dealrec import-dealrec | dealrec synthetic",
                 "the catalogue"),
-        Dataset(VOCAB, "vocab/dt={dt}/", {"users.parquet": schema.USER_VOCAB_SCHEMA,
+        Dataset(VOCAB, "vocab/dt={dt}/", {"new_users.parquet": schema.USER_VOCAB_SCHEMA,
                                           "items.parquet": schema.ITEM_VOCAB_SCHEMA},
-                "dealrec ingest", "append-only id -> index maps"),
-        Dataset(SEQUENCES, "sequences/dt={dt}/", {"sequences.parquet": schema.SEQUENCES_SCHEMA}, "dealrec ingest",
-                "cumulative per-user sequences; its manifest marks the day as ingested"),
+                "dealrec ingest", "append-only id -> index maps: every item (catalogue-sized), the users first "
+                "seen that day (the whole user map: readers.read_user_vocab)"),
+        Dataset(SEQUENCES, "sequences/dt={dt}/", {"delta.parquet": schema.SEQUENCE_DELTA_SCHEMA}, "dealrec ingest",
+                "the day's accepted events; its manifest marks the day as ingested and chains it to the previous "
+                "day (the cumulative sequences: readers.read_sequences)"),
+        Dataset(SEQUENCES_SNAPSHOT, "sequences_snapshot/dt={dt}/", {"sequences.parquet": schema.SEQUENCES_SCHEMA,
+                                                                    "users.parquet": schema.USER_VOCAB_SCHEMA},
+                "dealrec compact", "the cumulative per-user sequences and user map at D (deltas folded), so "
+                "readers and ingest start from it instead of the first day"),
         Dataset(REJECTS, "rejects/dt={dt}/", {"rejects.parquet": schema.REJECTS_SCHEMA}, "dealrec ingest",
                 "quarantined log rows with a reason"),
         Dataset(SAMPLES, "samples/dt={dt}/", {"samples.parquet": schema.SAMPLES_SCHEMA}, "dealrec samples",

@@ -19,7 +19,16 @@ from dataclasses import dataclass
 
 from dealrec_tasks import steps
 from dealrec_tasks.catalogue import CORESET, arm_dataset, source
-from dealrec_tasks.config import Day, ImportConfig, IngestConfig, ReplayConfig, S3Config, SamplesConfig, SyntheticConfig
+from dealrec_tasks.config import (
+    CompactConfig,
+    Day,
+    ImportConfig,
+    IngestConfig,
+    ReplayConfig,
+    S3Config,
+    SamplesConfig,
+    SyntheticConfig,
+)
 from dealrec_tasks.errors import DealrecError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
 from dealrec_tasks.progress import progress
@@ -91,6 +100,10 @@ def cmd_ingest(args: argparse.Namespace) -> list[steps.StepResult]:
     if args.all and not days:
         print("ingest --all: no pending days", file=sys.stderr)
     return results
+
+
+def cmd_compact(args: argparse.Namespace) -> list[steps.StepResult]:
+    return [steps.compact(_lake(args), args.dt, _config(CompactConfig, args))]
 
 
 def cmd_samples(args: argparse.Namespace) -> list[steps.StepResult]:
@@ -323,6 +336,12 @@ COMMANDS: dict[str, Command] = {
         "validate a day's logs, quarantine bad rows, extend vocab and sequences",
         (IngestConfig,),
         (DT, arg("--all", action="store_true", help="ingest every pending log day in order")),
+    ),
+    "compact": Command(
+        cmd_compact,
+        "fold the sequence deltas into a snapshot at a day when due (ingest writes only each day's events)",
+        (CompactConfig,),
+        (DT_REQUIRED,),
     ),
     "samples": Command(
         cmd_samples,

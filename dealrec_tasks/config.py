@@ -195,6 +195,19 @@ class IngestConfig(_Config):
 
 
 @dataclass(frozen=True)
+class CompactConfig(_Config):
+    """``compact``: fold the days' sequence deltas into a snapshot, so reading the sequences (samples, ingest's
+    user map) starts from it instead of the first day."""
+
+    every_days: int = opt(7, "write a snapshot once this many days' deltas follow the last one (1: every day)")
+    keep: int = opt(2, "snapshots kept; older ones are removed (deltas are always kept: they are the history)")
+
+    def validate(self) -> None:
+        _require(self.every_days >= 1, f"every_days={self.every_days}: must be >= 1")
+        _require(self.keep >= 1, f"keep={self.keep}: must be >= 1 (the newest snapshot is what readers start from)")
+
+
+@dataclass(frozen=True)
 class SamplesConfig(_Config):
     """``samples``: one training sample per user plus held-out evaluation rows, split by time like the paper."""
 

@@ -527,6 +527,13 @@ class Lake:
             self.storage.delete(uri)
             return existed
 
+    def remove(self, dataset: str, dt: str | None) -> None:
+        """Delete a partition (manifest first, so no reader takes the half-deleted folder for published)."""
+        with self._partition_lock(dataset, dt):
+            target = self.partition(dataset, dt)
+            self.storage.delete(join_uri(target, MANIFEST))
+            self.storage.delete(target)
+
     # -- concurrency --------------------------------------------------------------------------------------
     def lock_uri(self, dataset: str, dt: str | None) -> str:
         return self.uri(LOCKS, f"{dataset.replace('/', '.')}.{dt or 'all'}.lock")

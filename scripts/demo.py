@@ -5,7 +5,8 @@
 2. synthetic logs for the 7 days up to yesterday (every day also gets a second file with rows that break the
    contract); the runs are dated now, the day they cover is the ``dt`` Param;
 3. ``airflow dags test dealrec_daily -c '{"dt": <yesterday>, ...}'``: ingest (catching up every day), samples,
-   surrogate, influence and effort in 2 shards each, the coreset, its MLflow run, the coreset asset;
+   compact (the week's deltas into a snapshot), surrogate, influence and effort in 2 shards each, the coreset, its
+   MLflow run, the coreset asset;
 4. ``airflow dags test dealrec_finetune``: LoRA fine-tuning on each arm's coreset (the dealrec one and its random
    control), evaluation on the same users, a registered MLflow version per arm, the best promoted to ``champion``
    when it beats the current one on those users (the gate);
@@ -31,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STEP_LINE = re.compile(
-    r"^(dealrec_daily|dealrec_finetune|ingest|samples|surrogate|influence-solve|influence|merge-influence|tiny-llm|"
+    r"^(dealrec_daily|dealrec_finetune|ingest|compact|samples|surrogate|influence-solve|influence|merge-influence|tiny-llm|"
     r"effort|merge-effort|select|track-pruning|finetune|evaluate|register|evaluate-champion|gate): "
 )
 DAILY_CONF = {"ratio": 0.05, "shards": 2}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dealrec_tasks.data.arrow import list_lengths
@@ -401,15 +402,16 @@ def _rejects_table(rejects: list[dict]) -> pa.Table:
 def extend_vocab(vocab: pa.Table, ids_in_order: pd.Series, id_col: str, idx_col: str) -> tuple[pa.Table, int]:
     """Append ids not yet known, numbered from max+1 in order of first appearance; old ids never change.
 
-    Indices start at 1 (0 is padding for items; kept for users too so both maps read the same).
+    Indices start at 1 (0 is padding for items; kept for users too so both maps read the same). Arrow's hash
+    lookups, not a Python set of every known id: the user map grows with the lake, the day's ids do not.
     """
-    known = set(vocab.column(id_col).to_pylist())
-    new_ids = [i for i in pd.unique(ids_in_order.to_numpy()) if i not in known]
-    start = (max(vocab.column(idx_col).to_pylist()) + 1) if vocab.num_rows else 1
+    day_ids = pa.array(pd.unique(ids_in_order.to_numpy(dtype=object)), pa.string())
+    known = pc.is_in(day_ids, value_set=vocab.column(id_col).combine_chunks().cast(pa.string()))
+    new_ids = day_ids.filter(pc.invert(known))
+    start = (int(pc.max(vocab.column(idx_col)).as_py()) + 1) if vocab.num_rows else 1
     schema = USER_VOCAB_SCHEMA if idx_col == "user_idx" else ITEM_VOCAB_SCHEMA
     added = pa.table(
-        {id_col: pa.array(new_ids, pa.string()), idx_col: pa.array(np.arange(start, start + len(new_ids)), pa.int32())},
-        schema=schema,
+        {id_col: new_ids, idx_col: pa.array(np.arange(start, start + len(new_ids)), pa.int32())}, schema=schema
     )
     return pa.concat_tables([vocab.cast(schema), added]), len(new_ids)
 
@@ -419,8 +421,13 @@ def empty_vocab(idx_col: str) -> pa.Table:
 
 
 def lookup(vocab: pa.Table, ids: pd.Series, id_col: str, idx_col: str) -> np.ndarray:
-    mapping = pd.Series(vocab.column(idx_col).to_numpy(), index=vocab.column(id_col).to_pylist())
-    return mapping.reindex(ids.to_numpy()).to_numpy(dtype=np.int32)
+    """The indices of ``ids`` (all in ``vocab``) by a hash lookup of the day's ids in the map."""
+    day_ids = pa.array(ids.to_numpy(dtype=object), pa.string())
+    where = pc.index_in(day_ids, value_set=vocab.column(id_col).combine_chunks())
+    if where.null_count:
+        missing = day_ids.filter(where.is_null())[0]
+        raise KeyError(f"{id_col} {missing} is not in the vocab")
+    return vocab.column(idx_col).combine_chunks().take(where).to_numpy().astype(np.int32)
 
 
 def append_to_sequences(

@@ -18,6 +18,9 @@ SEQUENCES_SCHEMA = pa.schema(
     [("user_idx", IDX), ("user_id", pa.string()), ("items", pa.list_(IDX)), ("ts", pa.list_(TS))]
 )
 
+# One ingested day's accepted events in event order (``sequences/dt=D/delta.parquet``): what the day adds.
+SEQUENCE_DELTA_SCHEMA = pa.schema([("user_idx", IDX), ("user_id", pa.string()), ("item_idx", IDX), ("ts", TS)])
+
 # Per-user split of a sequence: items before the validation window, in it, and in the test window.
 SPLIT_SEQUENCES_SCHEMA = pa.schema(
     [

@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -317,16 +318,28 @@ def effort_reference(peft_model, prompts: Sequence[EncodedPrompt], cfg: EffortCo
     return np.asarray(out)
 
 
-def prompt_digest(prompt: EncodedPrompt) -> str:
-    """The identity of one sample's effort: its token ids and how many of them are the response (the loss mask).
-    The effort of a sample depends on nothing else once the model, LoRA and effort settings are fixed."""
-    ids = np.asarray(prompt.input_ids, dtype=np.int64).tobytes()
-    return hashlib.sha256(ids + int(prompt.n_response).to_bytes(4, "little")).hexdigest()[:32]
+def prompt_digest(history_titles: list[str], target_title: str) -> str:
+    """The identity of one sample's effort: the titles its prompt is made of, in order. With the tokenizer, the
+    template (domain) and the cutoff fixed by the cache key, they decide the tokens and the loss mask, so a cached
+    prompt is never tokenized again (tokenizing every prompt each day cost as much as the lake's size)."""
+    text = "\x1f".join(history_titles) + "\x1e" + target_title
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def cache_key(model_fingerprint: str, cfg: EffortConfig, lora_settings: dict) -> str:
-    """Which cache a score belongs to: the base model, the effort settings (less ``batch_size``: batches give the
-    scores of batch size 1) and the LoRA settings. A changed base model or config starts an empty cache."""
+def tokenizer_fingerprint(model_dir: str | Path) -> str:
+    """The tokenizer files' content: a prompt digest stands for tokens only under one tokenizer."""
+    d = Path(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(d.glob("tokenizer*")) + sorted(d.glob("special_tokens_map.json")) + sorted(d.glob("*.model")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(model_fingerprint: str, tokenizer: str, cfg: EffortConfig, lora_settings: dict) -> str:
+    """Which cache a score belongs to: the base model and its tokenizer, the effort settings (domain and cutoff
+    included, less ``batch_size``: batches give the scores of batch size 1) and the LoRA settings. A changed base
+    model or config starts an empty cache. ``digest``: what a prompt digest hashes (titles since v2)."""
     settings = {k: v for k, v in cfg.to_dict().items() if k != "batch_size"}
-    blob = json.dumps({"model": model_fingerprint, "effort": settings, "lora": lora_settings}, sort_keys=True)
+    identity = {"model": model_fingerprint, "tokenizer": tokenizer, "effort": settings, "lora": lora_settings}
+    blob = json.dumps(identity | {"digest": "titles-v2"}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

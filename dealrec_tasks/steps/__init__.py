@@ -5,6 +5,7 @@ This package is the only place that knows both the lake layout and the computati
 
 from dealrec_tasks.steps.common import StepResult
 from dealrec_tasks.steps.data import (
+    compact,
     import_dealrec,
     ingest,
     log_days,
@@ -17,6 +18,7 @@ from dealrec_tasks.steps.data import (
 
 __all__ = [
     "StepResult",
+    "compact",
     "import_dealrec",
     "ingest",
     "log_days",

@@ -9,8 +9,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from dealrec_tasks.catalogue import INTERACTIONS, ITEMS, REJECTS, SAMPLES, SEQUENCES, VOCAB, imported
+from dealrec_tasks.catalogue import (
+    INTERACTIONS,
+    ITEMS,
+    REJECTS,
+    SAMPLES,
+    SEQUENCES,
+    SEQUENCES_SNAPSHOT,
+    VOCAB,
+    imported,
+)
 from dealrec_tasks.config import (
+    CompactConfig,
     Day,
     ImportConfig,
     IngestConfig,
@@ -19,7 +29,7 @@ from dealrec_tasks.config import (
     SyntheticConfig,
     parse_dt,
 )
-from dealrec_tasks.data import dealrec_format
+from dealrec_tasks.data import dealrec_format, sequence_log
 from dealrec_tasks.data import ingest as ingest_mod
 from dealrec_tasks.data import replay as replay_mod
 from dealrec_tasks.data import samples as samples_mod
@@ -28,8 +38,10 @@ from dealrec_tasks.data.arrow import list_lengths
 from dealrec_tasks.data.schema import SPLIT_SEQUENCES_SCHEMA
 from dealrec_tasks.errors import ConfigError, InputError, OrderError
 from dealrec_tasks.progress import progress
+from dealrec_tasks.steps import readers
 from dealrec_tasks.steps.common import StepResult
-from dealrec_tasks.storage import MANIFEST, Lake, join_uri, parquet_bytes, parquet_from_bytes, sha256
+from dealrec_tasks.steps.readers import read_sequences, read_user_vocab
+from dealrec_tasks.storage import MANIFEST, Lake, join_uri, parquet_bytes, sha256
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -324,26 +336,32 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
     parsed = [ingest_mod.parse_log_file(name, data, cfg.allow_extra_columns) for name, data in files.items()]
     day = ingest_mod.validate_day(parsed, dt)
     if previous is not None:
-        problem = _state_problem(lake, previous, lake.require_manifest(SEQUENCES, previous))
+        prev_manifest = lake.require_manifest(SEQUENCES, previous)
+        problem = _state_problem(lake, previous, prev_manifest)
         if problem:
             raise InputError(
                 f"dt={previous}: {problem}; re-ingest it (ingest --dt {previous}) before ingesting dt={dt}"
             )
-        prev_seq = lake.read(SEQUENCES, previous, "sequences.parquet")
-        users = lake.read(VOCAB, previous, "users.parquet")
+        users = read_user_vocab(lake, previous)
         items = lake.read(VOCAB, previous, "items.parquet")
+        prev_identity = readers.chain_identity(prev_manifest)
+        prev_total = prev_manifest.get("counts", {}).get("interactions_total")
     else:
-        prev_seq, users, items = None, ingest_mod.empty_vocab("user_idx"), ingest_mod.empty_vocab("item_idx")
+        users, items = ingest_mod.empty_vocab("user_idx"), ingest_mod.empty_vocab("item_idx")
+        prev_identity, prev_total = None, 0
+    known_users = users.num_rows
     users, new_users = ingest_mod.extend_vocab(users, day.clean["user_id"], "user_id", "user_idx")
     items, new_items = ingest_mod.extend_vocab(items, day.clean["item_id"], "item_id", "item_idx")
-    sequences = ingest_mod.append_to_sequences(
-        prev_seq,
-        users,
+    delta = sequence_log.delta_table(
         ingest_mod.lookup(users, day.clean["user_id"], "user_id", "user_idx"),
+        day.clean["user_id"].to_numpy(dtype=object),
         ingest_mod.lookup(items, day.clean["item_id"], "item_id", "item_idx"),
         day.clean["ts"].dt.as_unit("us").astype("int64").to_numpy(),
     )
+    identity = sequence_log.chain_sha256(prev_identity, sha256(parquet_bytes(delta)))
     read = len(day.clean) + day.rejects.num_rows
+    if prev_total is None:  # a previous day whose manifest has no count: count it once (an older lake)
+        prev_total = int(sum(list_lengths(read_sequences(lake, previous)[0].column("items"))))
     counts = {
         "files": len(files),
         "skipped_files": len(skipped_files),
@@ -355,14 +373,14 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
         "new_users": new_users,
         "items": items.num_rows,
         "new_items": new_items,
-        "interactions_total": int(sum(list_lengths(sequences.column("items")))),
+        "interactions_total": int(prev_total) + len(day.clean),
     }
     if not files:
         notes.append(f"dt={dt}: no log files in {lake.partition(INTERACTIONS, dt)} (an empty day)")
     if day.rejects.num_rows:
         notes.append(f"dt={dt}: {day.rejects.num_rows:,} row(s) quarantined to {lake.partition(REJECTS, dt)}")
     # Hidden before anything is republished, so a crash cannot leave samples of other sequences visible.
-    if _hide_stale_samples(lake, dt, sequences):
+    if _hide_stale_samples(lake, dt, identity):
         notes.append(
             f"dt={dt}: {lake.partition(SAMPLES, dt)} hidden, it was built from the sequences this ingest replaced; "
             "run samples for this day again"
@@ -372,25 +390,30 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
     # Unreadable files are kept whole, so nothing is lost even when no row could be parsed.
     blobs = {f"files/{n}": files[n] for n in day.unreadable_files}
     rejects_pub = lake.publish(REJECTS, dt, {"rejects.parquet": day.rejects}, config=config, extra=extra, blobs=blobs)
-    vocab_pub = lake.publish(VOCAB, dt, {"users.parquet": users, "items.parquet": items}, config=config, extra=extra)
-    # Last: a sequences manifest is what marks the day as ingested; it names the vocab it belongs with.
-    seq_extra = extra | {VOCAB_RECORD: _vocab_sha256(vocab_pub.manifest)}
-    seq_pub = lake.publish(SEQUENCES, dt, {"sequences.parquet": sequences}, config=config, extra=seq_extra)
-    if seq_pub.manifest.get(VOCAB_RECORD) != seq_extra[VOCAB_RECORD]:
-        # Equal sequences were a no-op that kept the old manifest, whose record names the vocab just replaced.
+    vocab_files = {readers.NEW_USERS: users.slice(known_users), "items.parquet": items}
+    vocab_pub = lake.publish(VOCAB, dt, vocab_files, config=config, extra=extra)
+    # Last: a sequences manifest is what marks the day as ingested; it names the vocab it belongs with and chains
+    # the day to the previous one (its identity).
+    seq_extra = extra | {VOCAB_RECORD: _vocab_sha256(vocab_pub.manifest), readers.CHAIN: identity}
+    seq_pub = lake.publish(SEQUENCES, dt, {readers.DELTA: delta}, config=config, extra=seq_extra)
+    if {k: seq_pub.manifest.get(k) for k in (VOCAB_RECORD, readers.CHAIN)} != {
+        k: seq_extra[k] for k in (VOCAB_RECORD, readers.CHAIN)
+    }:
+        # An equal delta was a no-op that kept the old manifest, whose records name the vocab just replaced (or
+        # the chain of a previous day that was re-ingested since).
         lake.withdraw(SEQUENCES, dt)
-        seq_pub = lake.publish(SEQUENCES, dt, {"sequences.parquet": sequences}, config=config, extra=seq_extra)
+        seq_pub = lake.publish(SEQUENCES, dt, {readers.DELTA: delta}, config=config, extra=seq_extra)
     changed = rejects_pub.changed or vocab_pub.changed or seq_pub.changed
     return StepResult("ingest", _ingest_uris(lake, dt), counts, changed, notes)
 
 
-def _hide_stale_samples(lake: Lake, dt: str, sequences: pa.Table) -> bool:
-    """Hide ``samples/dt=<dt>`` when it was not built from ``sequences`` (or does not say what it was built from);
-    True when it was hidden. Serialises the sequences only when such a partition exists (a re-ingest)."""
+def _hide_stale_samples(lake: Lake, dt: str, identity: str) -> bool:
+    """Hide ``samples/dt=<dt>`` when it was not built from the sequences of ``identity`` (or does not say what it
+    was built from); True when it was hidden."""
     manifest = lake.manifest(SAMPLES, dt)
     if manifest is None:
         return False
-    if manifest.get("source", {}).get("sequences_sha256") == sha256(parquet_bytes(sequences)):
+    if manifest.get("source", {}).get("sequences_sha256") == identity:
         return False
     lake.withdraw(SAMPLES, dt)
     return True
@@ -415,21 +438,44 @@ def pending_days(lake: Lake) -> list[str]:
     return [d for d in days if d > last]
 
 
+def compact(lake: Lake, dt: str, cfg: CompactConfig) -> StepResult:
+    """Write ``sequences_snapshot/dt=<dt>`` (the cumulative sequences and user map) once ``cfg.every_days`` days'
+    deltas follow the last snapshot, and remove snapshots beyond the newest ``cfg.keep``; otherwise a no-op.
+
+    Why apart from ingest: ingest writes only the day's events, so its cost follows the day; this step reads and
+    writes the whole lake, once every few days, off ingest's path (the DAG runs it beside the surrogate).
+    """
+    dt = Day(dt)
+    chain = readers.sequence_chain(lake, dt)
+    counts = {"deltas_since_snapshot": len(chain.deltas), "every_days": cfg.every_days}
+    uri = {"sequences_snapshot": lake.partition(SEQUENCES_SNAPSHOT, dt)}
+    if len(chain.deltas) < cfg.every_days:
+        base = f"the base at {chain.base_dt}" if chain.base else "the first day"
+        note = f"compact dt={dt}: not due ({len(chain.deltas)} delta(s) after {base}, every {cfg.every_days})"
+        return StepResult("compact", uri, counts | {"written": False}, False, [note])
+    sequences, identity = read_sequences(lake, dt)
+    users = sequences.select(["user_id", "user_idx"]).cast(readers.sequence_log.USER_VOCAB_SCHEMA)
+    files = {readers.FULL_SEQUENCES: sequences, readers.FULL_USERS: users}
+    counts |= {"users": sequences.num_rows, "interactions": int(sum(list_lengths(sequences.column("items"))))}
+    extra = {readers.CHAIN: identity, "counts": counts, "source": {"base_dt": chain.base_dt, "deltas": chain.deltas}}
+    pub = lake.publish(SEQUENCES_SNAPSHOT, dt, files, config=cfg.to_dict(), extra=extra, inputs={"sequences": identity})
+    removed = [d for d in lake.partitions(SEQUENCES_SNAPSHOT)[: -cfg.keep] if d != dt]
+    for d in removed:
+        lake.remove(SEQUENCES_SNAPSHOT, d)
+    notes = [f"compact: removed snapshot(s) {', '.join(removed)} (keep {cfg.keep})"] if removed else []
+    return StepResult("compact", uri, counts | {"written": True, "removed": len(removed)}, pub.changed, notes)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Samples
 # ---------------------------------------------------------------------------------------------------------
 def samples(lake: Lake, dt: str, cfg: SamplesConfig) -> StepResult:
     """Samples at ``dt`` from the cumulative sequences, split by day windows (see ``SamplesConfig``)."""
     dt = Day(dt)
-    manifest = lake.require_manifest(SEQUENCES, dt)
-    uri = join_uri(lake.partition(SEQUENCES, dt), "sequences.parquet")
-    seqs = parquet_from_bytes(lake.read_verified_bytes(SEQUENCES, dt, "sequences.parquet", manifest), uri)
+    seqs, identity = read_sequences(lake, dt)
     split = samples_mod.time_split(seqs, dt, cfg.valid_days, cfg.test_days)
-    # The checksum of the sequences read, so a re-ingest that replaces them knows these samples are stale.
-    source = {
-        "sequences": lake.partition(SEQUENCES, dt),
-        "sequences_sha256": manifest["files"]["sequences.parquet"]["sha256"],
-    }
+    # The identity of the sequences read, so a re-ingest that replaces them knows these samples are stale.
+    source = {"sequences": lake.partition(SEQUENCES, dt), "sequences_sha256": identity}
     return _publish_samples(lake, SAMPLES, dt, split, cfg, source)
 
 

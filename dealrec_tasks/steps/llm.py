@@ -38,7 +38,7 @@ from dealrec_tasks.llm.prompts import EncodedPrompt, PromptTemplate, encode
 from dealrec_tasks.progress import progress
 from dealrec_tasks.sharding import check_shard_count, shard_rows
 from dealrec_tasks.steps.common import StepResult, merge_shards
-from dealrec_tasks.steps.readers import domain_of, item_titles, titles_sha256
+from dealrec_tasks.steps.readers import domain_of, item_titles, read_sequences, titles_sha256
 from dealrec_tasks.storage import MANIFEST, Lake, join_uri
 
 ADAPTER_DIR = "adapter"  # the local copy's folder name (MLflow keeps it in the logged model)
@@ -71,7 +71,7 @@ def pretrain_corpus(lake: Lake, dt: str, last_day: str):
     from dealrec_tasks.data.samples import time_split
     from dealrec_tasks.llm.tiny import PretrainCorpus
 
-    split = time_split(lake.read(SEQUENCES, dt, "sequences.parquet"), last_day, 0, 0)
+    split = time_split(read_sequences(lake, dt)[0], last_day, 0, 0)
     sequences = [s for s in split.column("train").to_pylist() if s]
     return PretrainCorpus(item_titles(lake, dt), sequences, last_day)
 
@@ -177,7 +177,7 @@ def effort(
     noise between two computations (seen under heavy CPU load) cannot republish the scores and, through them, the
     coreset.
     """
-    from dealrec_tasks.llm.effort import EffortScorer, attach_lora, cache_key, prompt_digest
+    from dealrec_tasks.llm.effort import EffortScorer, attach_lora, cache_key, prompt_digest, tokenizer_fingerprint
     from dealrec_tasks.llm.tiny import check_model_dir, load
 
     src = source(dt, dataset)  # first: a crafted dt is refused before anything is read or loaded
@@ -193,14 +193,16 @@ def effort(
     train = _split(lake.read(src.path(SAMPLES), src.dt, "samples.parquet"), TRAIN)
     n_train = len(train)
     train = [train[i] for i in shard_rows(n_train, shard)]
-    tokenizer, model = load(model_dir)
-    prompts = encode_rows(train, item_titles(lake, src), tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len)
-    key = cache_key(inputs["model_fingerprint"], cfg, lora.to_dict())
-    digests = [prompt_digest(p) for p in prompts]
+    titles = item_titles(lake, src)
+    key = cache_key(inputs["model_fingerprint"], tokenizer_fingerprint(model_dir), cfg, lora.to_dict())
+    digests = [prompt_digest([titles[i - 1] for i in r["history"]], titles[r["target"] - 1]) for r in train]
     cached = _cached_efforts(lake, key) if use_cache else {}
     todo = [i for i, d in enumerate(digests) if d not in cached]
+    tokenizer, model = load(model_dir)
+    # Only the prompts the cache lacks are tokenized and scored.
+    prompts = encode_rows([train[i] for i in todo], titles, tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len)
     scorer = EffortScorer(attach_lora(model, lora, seed=cfg.seed), tokenizer.pad_token_id, cfg)
-    fresh = scorer.score([prompts[i] for i in todo], desc=f"effort {shard[0]}/{shard[1]}") if todo else []
+    fresh = scorer.score(prompts, desc=f"effort {shard[0]}/{shard[1]}") if todo else []
     new = dict(zip((digests[i] for i in todo), (float(v) for v in fresh)))
     scores = np.asarray([new[d] if d in new else cached[d] for d in digests], dtype=np.float64)
     delta = effort_cache_delta(key, src, shard)

@@ -10,12 +10,23 @@ best files, so older lakes still load and score.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dealrec_tasks.catalogue import ITEMS, SAMPLES, SURROGATE, VOCAB, Source, imported
+from dealrec_tasks.catalogue import (
+    ITEMS,
+    SAMPLES,
+    SEQUENCES,
+    SEQUENCES_SNAPSHOT,
+    SURROGATE,
+    VOCAB,
+    Source,
+    imported,
+)
+from dealrec_tasks.data import sequence_log
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.storage import Lake
 from dealrec_tasks.surrogate.config import SurrogateConfig
@@ -37,6 +48,85 @@ def read_samples(lake: Lake, src: Source) -> tuple[pa.Table, int]:
         vocab = lake.read(VOCAB, src.dt, "items.parquet")
     n_items = int(pc.max(vocab.column("item_idx")).as_py() or 0)
     return samples, n_items
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cumulative sequences: a snapshot (or nothing) plus the deltas of the days after it
+# ---------------------------------------------------------------------------------------------------------
+FULL_SEQUENCES = "sequences.parquet"  # a full table: in a snapshot, or a day ingested before deltas existed
+DELTA = "delta.parquet"
+FULL_USERS = "users.parquet"  # the whole user map: in a snapshot, or a vocab partition from before deltas
+NEW_USERS = "new_users.parquet"
+CHAIN = "chain_sha256"  # sequences manifest key: the identity of the cumulative sequences at that day
+
+
+def chain_identity(manifest: dict[str, Any]) -> str:
+    """The identity of the sequences a ``sequences/dt=D`` partition stands for: its chain checksum, or for a day
+    ingested before deltas existed (a full table) that table's checksum."""
+    return manifest.get(CHAIN) or manifest["files"][FULL_SEQUENCES]["sha256"]
+
+
+@dataclass(frozen=True)
+class SequenceChain:
+    """Where the cumulative sequences at ``dt`` come from: a base (a snapshot or a full legacy partition at
+    ``base_dt``; none when the chain reaches the first day) and the days whose deltas follow it, ascending."""
+
+    dt: str
+    identity: str
+    base_dt: str | None
+    base: str | None  # SEQUENCES_SNAPSHOT or SEQUENCES (a full legacy partition); None: no base
+    deltas: tuple[str, ...]
+
+
+def sequence_chain(lake: Lake, dt: str) -> SequenceChain:
+    """Walk back from ``dt`` through each day's ``previous_dt`` to the newest base whose identity is the chain's:
+    a snapshot folding exactly these deltas, a full legacy partition, or the first day. Reads manifests only."""
+    top = lake.require_manifest(SEQUENCES, dt)
+    deltas: list[str] = []
+    day, manifest = dt, top
+    while True:
+        if FULL_SEQUENCES in manifest["files"]:
+            base, base_dt = SEQUENCES, day
+            break
+        snapshot = lake.manifest(SEQUENCES_SNAPSHOT, day)
+        if snapshot is not None and snapshot.get(CHAIN) == manifest.get(CHAIN):
+            base, base_dt = SEQUENCES_SNAPSHOT, day
+            break
+        deltas.append(day)
+        previous = manifest.get("source", {}).get("previous_dt")
+        if previous is None:
+            base = base_dt = None
+            break
+        day, manifest = previous, lake.require_manifest(SEQUENCES, previous)
+    return SequenceChain(dt, chain_identity(top), base_dt, base, tuple(reversed(deltas)))
+
+
+def read_sequences(lake: Lake, dt: str) -> tuple[pa.Table, str]:
+    """The cumulative per-user sequences at ``dt`` (SEQUENCES_SCHEMA) and their identity (``chain_identity``):
+    the base's table with the later days' deltas applied, every file checksum-verified."""
+    chain = sequence_chain(lake, dt)
+    base = lake.read(chain.base, chain.base_dt, FULL_SEQUENCES) if chain.base else None
+    deltas = [lake.read(SEQUENCES, d, DELTA) for d in chain.deltas]
+    if base is not None and not deltas:
+        return base, chain.identity
+    return sequence_log.apply_deltas(base, deltas), chain.identity
+
+
+def read_user_vocab(lake: Lake, dt: str) -> pa.Table:
+    """The whole user map at ``dt`` (USER_VOCAB_SCHEMA, by index): the base's map and each later day's new users.
+    Reads the user columns only (no sequences), so ingest's cost grows with the users, not the interactions."""
+    chain = sequence_chain(lake, dt)
+    parts = []
+    if chain.base == SEQUENCES_SNAPSHOT:
+        parts.append(lake.read(SEQUENCES_SNAPSHOT, chain.base_dt, FULL_USERS))
+    elif chain.base == SEQUENCES:
+        parts.append(lake.read(VOCAB, chain.base_dt, FULL_USERS))
+    parts += [lake.read(VOCAB, d, NEW_USERS) for d in chain.deltas]
+    return (
+        pa.concat_tables([p.cast(sequence_log.USER_VOCAB_SCHEMA) for p in parts])
+        if parts
+        else (sequence_log.USER_VOCAB_SCHEMA.empty_table())
+    )
 
 
 def member_file(i: int) -> str:

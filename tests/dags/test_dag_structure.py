@@ -83,6 +83,7 @@ def test_daily_dag_shape(daily):
     up = {t.task_id: set(t.upstream_task_ids) for t in daily.tasks}
     assert up["ingest"] == {"plan"}
     assert up["samples"] == {"plan", "ingest"}
+    assert up["compact"] == {"plan", "samples"} and not daily.get_task("compact").downstream_task_ids  # off the path
     assert up["surrogate"] == {"plan", "samples"}
     assert up["influence_solve"] == {"plan", "surrogate"}
     assert up["influence"] == {"plan", "shards", "influence_solve"}

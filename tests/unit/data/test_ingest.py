@@ -15,6 +15,7 @@ from dealrec_tasks.catalogue import INTERACTIONS, REJECTS, SEQUENCES, VOCAB
 from dealrec_tasks.config import IngestConfig
 from dealrec_tasks.data import ingest as ingest_mod
 from dealrec_tasks.errors import OrderError
+from dealrec_tasks.steps.readers import read_sequences, read_user_vocab
 from dealrec_tasks.storage import Lake, join_uri
 
 DT = "2026-03-01"
@@ -88,7 +89,7 @@ def test_each_fault_is_quarantined_with_file_row_and_reason(lake: Lake):
     kept = lake.storage.read_bytes(join_uri(lake.partition(REJECTS, DT), "files/d.parquet"))
     assert kept == b"PAR1 this is not parquet"
 
-    seqs = {r["user_id"]: r for r in lake.read(SEQUENCES, DT, "sequences.parquet").to_pylist()}
+    seqs = {r["user_id"]: r for r in read_sequences(lake, DT)[0].to_pylist()}
     items = {r["item_id"]: r["item_idx"] for r in lake.read(VOCAB, DT, "items.parquet").to_pylist()}
     assert set(seqs) == {"u1", "u2", "u7", "42"}
     assert seqs["u2"]["ts"][0].isoformat() == "2026-03-01T07:00:00+00:00"
@@ -139,7 +140,7 @@ def test_parquet_ts_that_is_not_a_timestamp_is_rejected_not_a_crash(local_lake: 
     assert rejects[("nulls.parquet", 2)] == "malformed: ts null is not an ISO-8601 timestamp"
     assert rejects[("null_text.parquet", 1)] == "malformed: ts null is not an ISO-8601 timestamp"
     assert len(rejects) == 6 and res.counts["accepted"] == 1  # u7, the one real timestamp: nothing lost
-    users = local_lake.read(SEQUENCES, DT, "sequences.parquet").column("user_id").to_pylist()
+    users = read_sequences(local_lake, DT)[0].column("user_id").to_pylist()
     assert users == ["u7"]
 
 
@@ -188,10 +189,10 @@ def test_days_in_order_vocab_append_only_and_sequences_cumulative(local_lake: La
     with pytest.raises(OrderError, match="in order"):
         steps.ingest(lake, "2026-02-28", IngestConfig())
 
-    v1 = lake.read(VOCAB, "2026-03-01", "users.parquet").to_pylist()
-    v4 = lake.read(VOCAB, "2026-03-04", "users.parquet").to_pylist()
+    v1 = read_user_vocab(lake, "2026-03-01").to_pylist()
+    v4 = read_user_vocab(lake, "2026-03-04").to_pylist()
     assert v4[: len(v1)] == v1  # yesterday's ids never change
-    seq = {r["user_id"]: r["items"] for r in lake.read(SEQUENCES, "2026-03-04", "sequences.parquet").to_pylist()}
+    seq = {r["user_id"]: r["items"] for r in read_sequences(lake, "2026-03-04")[0].to_pylist()}
     items = {r["item_id"]: r["item_idx"] for r in lake.read(VOCAB, "2026-03-04", "items.parquet").to_pylist()}
     assert seq["a"] == [items["i1"], items["i3"], items["i1"]]
     assert seq["c"] == [items["i3"]]

@@ -22,6 +22,7 @@ from dealrec_tasks.cli import main
 from dealrec_tasks.config import IngestConfig, SamplesConfig
 from dealrec_tasks.errors import InputError, OrderError, PartitionNotFound
 from dealrec_tasks.steps.data import VOCAB_RECORD, ingest_until
+from dealrec_tasks.steps.readers import read_sequences
 from dealrec_tasks.storage import MANIFEST, Lake, join_uri
 
 REPO = Path(__file__).resolve().parents[3]
@@ -45,7 +46,7 @@ def _rejects(lake: Lake, dt: str) -> dict[tuple[str, int], dict]:
 
 
 def _users(lake: Lake, dt: str) -> list[str]:
-    return lake.read(SEQUENCES, dt, "sequences.parquet").column("user_id").to_pylist()
+    return read_sequences(lake, dt)[0].column("user_id").to_pylist()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def _ingest_killed_before_sequences(lake: Lake, dt: str) -> None:
 def _resolved(lake: Lake, dt: str) -> dict[str, list[str]]:
     """Each user's items as item ids, through the day's own vocab."""
     items = {r["item_idx"]: r["item_id"] for r in lake.read(VOCAB, dt, "items.parquet").to_pylist()}
-    rows = lake.read(SEQUENCES, dt, "sequences.parquet").to_pylist()
+    rows = read_sequences(lake, dt)[0].to_pylist()
     return {r["user_id"]: [items[i] for i in r["items"]] for r in rows}
 
 
@@ -108,7 +109,7 @@ def test_killed_reingest_is_refused_by_the_next_day_and_repaired_by_reingesting(
     _put(lake, D2, "y.jsonl", _jsonl(DAY2_LATE_FILE))
     _ingest_killed_before_sequences(lake, D2)
     # Both partitions are still valid by checksum, but the new vocab sits beside the old sequences.
-    lake.read(VOCAB, D2, "items.parquet") and lake.read(SEQUENCES, D2, "sequences.parquet")
+    lake.read(VOCAB, D2, "items.parquet") and lake.read(SEQUENCES, D2, "delta.parquet")
 
     with pytest.raises(
         InputError,
@@ -357,5 +358,5 @@ def test_reingest_with_changed_logs_hides_the_days_samples(local_lake: Lake):
     items = {r["item_idx"]: r["item_id"] for r in lake.read(VOCAB, D2, "items.parquet").to_pylist()}
     test_rows = [r for r in lake.read(SAMPLES, D2, "samples.parquet").to_pylist() if r["split"] == "test"]
     assert [(r["user_id"], [items[i] for i in r["targets"]]) for r in test_rows] == [("a", ["i9", "i3"])]
-    seq_sha = lake.require_manifest(SEQUENCES, D2)["files"]["sequences.parquet"]["sha256"]
-    assert lake.require_manifest(SAMPLES, D2)["source"]["sequences_sha256"] == seq_sha
+    identity = lake.require_manifest(SEQUENCES, D2)["chain_sha256"]
+    assert lake.require_manifest(SAMPLES, D2)["source"]["sequences_sha256"] == identity

@@ -10,6 +10,7 @@ from dealrec_tasks.catalogue import SAMPLES
 from dealrec_tasks.config import IngestConfig, ReplayConfig, SamplesConfig, SyntheticConfig
 from dealrec_tasks.data import samples as samples_mod
 from dealrec_tasks.data.schema import ITEM_VOCAB_SCHEMA, SPLIT_SEQUENCES_SCHEMA
+from dealrec_tasks.steps.readers import read_sequences
 from dealrec_tasks.storage import Lake
 
 
@@ -99,7 +100,7 @@ def test_time_split_windows(local_lake: Lake):
     steps.synthetic(local_lake, SyntheticConfig(users=50, items=30, days=4, events_per_day=80))
     for dt in steps.pending_days(local_lake):
         steps.ingest(local_lake, dt, IngestConfig())
-    seqs = local_lake.read("sequences", "2026-01-04", "sequences.parquet")
+    seqs = read_sequences(local_lake, "2026-01-04")[0]
     split = samples_mod.time_split(seqs, "2026-01-04", valid_days=1, test_days=2)
     for row, s in zip(seqs.to_pylist(), split.to_pylist()):
         days = [t.date().isoformat() for t in row["ts"]]

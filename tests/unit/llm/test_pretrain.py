@@ -18,6 +18,7 @@ from dealrec_tasks.llm.pretrain import Corpus, pretrain
 from dealrec_tasks.llm.prompts import TITLE_SEPARATOR, PromptTemplate, clean_title, encode
 from dealrec_tasks.llm.tiny import MARKER, PretrainCorpus, build_model, build_tiny_llm, load, train_tokenizer
 from dealrec_tasks.steps import llm
+from dealrec_tasks.steps.readers import read_sequences
 from tests.conftest import synthetic_lake
 
 SMALL = {"vocab_size": 600, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4}
@@ -140,14 +141,14 @@ def test_step_pretrains_on_days_up_to_the_cut_and_serves_later_days(lake, tmp_pa
     assert first.counts["pretrain_steps"] == "3/3" and first.counts["stopped_by"] == "steps"
 
     # Reference: every user's interactions up to last_day, from the raw cumulative sequences (ts by ts).
-    seqs = lake.read(SEQUENCES, dt, "sequences.parquet").to_pylist()
+    seqs = read_sequences(lake, dt)[0].to_pylist()
     end = dt_mod.datetime.fromisoformat(last_day + "T00:00:00+00:00") + dt_mod.timedelta(days=1)
     per_user = [[i for i, t in zip(r["items"], r["ts"]) if t < end] for r in seqs]
     corpus = llm.pretrain_corpus(lake, dt, last_day)
     assert corpus.sequences == [s for s in per_user if s]
     assert 0 < sum(map(len, per_user)) < sum(len(r["items"]) for r in seqs)
     # Every corpus item is a training item at dt (the validation and test items come after it).
-    train_at_dt = time_split(lake.read(SEQUENCES, dt, "sequences.parquet"), dt, 1, 1).column("train").to_pylist()
+    train_at_dt = time_split(read_sequences(lake, dt)[0], dt, 1, 1).column("train").to_pylist()
     assert all(s == t[: len(s)] for s, t in zip(per_user, train_at_dt))
     marker = json.loads(Path(out, MARKER).read_text())
     assert marker["corpus"]["last_day"] == last_day and marker["corpus"]["sha256"] == corpus.digest()
