@@ -532,7 +532,11 @@ def solve(
 def score_rows(
     model: SASRec, seqs: Seqs, u: Tensor, negatives: Negatives, cfg: InfluenceConfig, rows: np.ndarray | None = None
 ) -> np.ndarray:
-    """I(s) = sum_t g_t^T U a_t for ``rows`` (default all), in the order of ``rows``. Memory: one batch."""
+    """I(s) = sum_t g_t^T U a_t for ``rows`` (default all), in the order of ``rows``. Memory: one batch.
+
+    ``cfg.threads`` applies here too (a shard with a published solve never runs ``solve``, which set it)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     rows = np.arange(len(seqs)) if rows is None else np.asarray(rows)
     out = np.zeros(len(seqs), dtype=np.float64)
     with frozen(model):

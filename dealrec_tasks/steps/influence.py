@@ -20,6 +20,10 @@ Layout (daily; an imported dataset puts the same under ``datasets/<name>/``):
   once every shard is there; ``influence`` is the combined score every downstream reader uses. Its scale is about 1
   (RMS-normalised; before ensembles it was the raw score): selection min-max normalises it anyway.
 
+Memory (issue 19 item 3): a shard with a published solve reads only its own training rows (``_shard_seqs``), so
+what it holds beyond one batch grows with its rows' tokens, not with the day; the batch's peak is bounded by
+``batch_size`` x max_len positions. The solve reads every row. Measured in ``bench/influence_memory.py``.
+
 A solve or a shard is tied to the weights by the list of the weight files' checksums (``surrogate_sha256``, in
 ``influence_weights`` order), so one made for other weights is never used. For a partition older than checkpoint
 averaging the list is the member checksums, as before: its published solves and shards stay valid.
@@ -33,9 +37,21 @@ import re
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
-from dealrec_tasks.catalogue import SCORES_INFLUENCE, SURROGATE, Source, influence_shard, influence_solve, source
+from dealrec_tasks.catalogue import (
+    SAMPLES,
+    SCORES_INFLUENCE,
+    SURROGATE,
+    VOCAB,
+    Source,
+    imported,
+    influence_shard,
+    influence_solve,
+    source,
+)
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.scoring.influence import combine_members, influence, score_rows, solve, to_dtype
@@ -49,7 +65,7 @@ from dealrec_tasks.steps.readers import (
     samples_sha256,
 )
 from dealrec_tasks.storage import Lake
-from dealrec_tasks.surrogate.batching import train_seqs, valid_seqs
+from dealrec_tasks.surrogate.batching import Seqs, shard_train_seqs, train_seqs, valid_seqs
 from dealrec_tasks.surrogate.model import negatives_from_payload
 
 _MEMBER_RE = re.compile(r"^influence_m(\d+)$")
@@ -82,6 +98,13 @@ def _weights(lake: Lake, src: Source):
     return models, identity, influence_weights(manifest)
 
 
+def _release_arrow() -> None:
+    """Hand the pages of freed Arrow buffers back to the OS. Why: Arrow's pool (mimalloc) keeps them for its own
+    reuse, which torch never makes, so a read table stayed in the RSS of the scoring after it (measured on a 10x Games
+    day: 94 MiB of a shard's 474 MiB after reading its rows)."""
+    pa.default_memory_pool().release_unused()
+
+
 def _rows(lake: Lake, src: Source, cfg: InfluenceConfig, n_items: int):
     """The training rows, and the validation rows when ``cfg.target`` is "valid" (else None)."""
     samples = checked_samples(lake, src, n_items)
@@ -90,7 +113,28 @@ def _rows(lake: Lake, src: Source, cfg: InfluenceConfig, n_items: int):
         target = valid_seqs(samples, n_items)
         if len(target) == 0:
             raise InputError(f"samples of {src.label}: no validation rows, which influence target='valid' needs")
-    return train_seqs(samples, n_items), target
+    seqs = train_seqs(samples, n_items)
+    del samples
+    _release_arrow()
+    return seqs, target
+
+
+def _shard_seqs(lake: Lake, src: Source, n_items_model: int, shard: tuple[int, int]) -> tuple[Seqs, int]:
+    """The training rows of ``shard`` only (``shard_train_seqs``, from the checksum-verified samples file) and the
+    day's training rows: a shard worker's memory then grows with its rows' tokens, not with the day.
+
+    The vocab check is ``checked_samples``'s (a surrogate of other data is refused) without reading the samples."""
+    vocab = lake.read(imported(src.dataset), None, "item_vocab") if src.dataset else None
+    if vocab is None:
+        vocab = lake.read(VOCAB, src.dt, "items.parquet")
+    n_items = int(pc.max(vocab.column("item_idx")).as_py() or 0)
+    if n_items != n_items_model:
+        raise InputError(f"surrogate {src.label} has {n_items_model} items, the samples' vocab {n_items}; retrain it")
+    data = lake.read_verified_bytes(src.path(SAMPLES), src.dt, "samples.parquet")  # compressed: ~50 B a training sample
+    seqs, n_train = shard_train_seqs(pq.ParquetFile(pa.BufferReader(data)), n_items, shard)
+    del data
+    _release_arrow()
+    return seqs, n_train
 
 
 def _sizes(weights: list[dict[str, Any]]) -> dict[str, int]:
@@ -157,8 +201,9 @@ def score_influence(
     """Score shard ``i`` of ``n`` of the training rows (ordered by sample_id) with every weight file; publish the
     raw scores, one column per file.
 
-    Uses the published solve when it matches this config and these weights (one pass over the shard's rows per
-    file); otherwise computes the same solves locally (one pass over every row per file).
+    Uses the published solve when it matches this config and these weights: reads the shard's rows only and makes
+    one pass over them per file (memory: the batch, plus the shard's tokens). Otherwise computes the same solves
+    locally (reads every row, one pass over them per file).
     """
     src = source(dt, dataset)
     i, n = shard
@@ -170,16 +215,20 @@ def score_influence(
     # The solve is verified before any Parquet read: an error raised within milliseconds of one can make the
     # interpreter abort at exit (SIGABRT: a pyarrow pool thread still releasing the read's Python bytes).
     pre = _published_solve(lake, src, cfg, identity)
-    seqs, target = _rows(lake, src, cfg, models[0].n_items)
-    rows = shard_rows(len(seqs), shard)
     notes = []
-    columns: dict[str, Any] = {"sample_id": seqs.sample_id[rows]}
-    if pre is not None:
+    if pre is not None:  # the shard's rows only: one pass over them per file
+        seqs, n_train = _shard_seqs(lake, src, models[0].n_items, shard)
+        n_rows = len(seqs)
+        columns: dict[str, Any] = {"sample_id": seqs.sample_id}
         negatives = negatives_from_payload(pre)
         for m, (model, u) in enumerate(zip(models, pre["u"])):
-            columns[member_column(m)] = score_rows(to_dtype(model, cfg), seqs, u, negatives, cfg, rows)
+            columns[member_column(m)] = score_rows(to_dtype(model, cfg), seqs, u, negatives, cfg)
         timings: dict[str, Any] = {"used_published_solve": True}
-    else:
+    else:  # every row: the solve needs them all
+        seqs, target = _rows(lake, src, cfg, models[0].n_items)
+        rows = shard_rows(len(seqs), shard)
+        n_rows, n_train = len(rows), len(seqs)
+        columns = {"sample_id": seqs.sample_id[rows]}
         per_file = []
         for m, model in enumerate(models):
             res = influence(model, seqs, cfg, shard, target)
@@ -200,11 +249,11 @@ def score_influence(
         extra={
             "shard": [i, n],
             "timings": timings,
-            "counts": {"rows": len(rows), "train_samples": len(seqs), **_sizes(weights)},
+            "counts": {"rows": n_rows, "train_samples": n_train, **_sizes(weights)},
             "weights": [w["file"] for w in weights],
         },
     )
-    counts = {"shard": f"{i}/{n}", "rows": len(rows), **_sizes(weights)}
+    counts = {"shard": f"{i}/{n}", "rows": n_rows, **_sizes(weights)}
     return StepResult("influence", {"shard": pub.uri}, counts, pub.changed, notes)
 
 

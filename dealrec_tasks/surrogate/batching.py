@@ -12,6 +12,7 @@ read the hidden state at the last position.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,10 @@ import torch
 from torch import Tensor
 
 from dealrec_tasks.data.samples import TEST, TRAIN, VALID
+from dealrec_tasks.sharding import shard_rows
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 
 @dataclass
@@ -109,6 +114,46 @@ def train_seqs(samples: pa.Table, n_items: int) -> Seqs:
     target = t.column("target").to_numpy().astype(np.int64)
     tokens, offsets = _ragged([_const(t.num_rows, n_items + 1), hist, (target, np.arange(t.num_rows + 1))])
     return Seqs(tokens, offsets, t.column("sample_id").to_numpy().astype(np.int64))
+
+
+TRAIN_COLUMNS = ("sample_id", "split", "history", "target")  # what ``train_seqs`` reads of a samples table
+
+
+def shard_train_seqs(
+    samples: pq.ParquetFile, n_items: int, shard: tuple[int, int], batch_rows: int = 65_536
+) -> tuple[Seqs, int]:
+    """``train_seqs`` of shard i of n only (its rows ``shard_rows(n_train, shard)``) and n_train, the training rows of
+    the whole file, read in record batches of ``batch_rows`` rows.
+
+    Equal to ``train_seqs(whole table).take(shard_rows(n_train, shard))``, but what it holds grows with the shard's
+    own rows (their tokens), not with the day's: a first pass reads ``sample_id`` and ``split`` of every row (about
+    25 bytes a training row are kept while sorting), a second keeps the history and target of the shard's rows only.
+    Reading the whole table (every split and column, ~1 KB a training sample in RSS) made a shard worker's memory
+    follow the day.
+    Ties of sample_id keep the file's order, as ``train_seqs``'s stable sort does.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows={batch_rows}: must be >= 1")
+    # use_threads=False: decode on the calling thread (see storage.parquet_from_bytes for why)
+    ids, where, n_rows = [], [], 0
+    for b in samples.iter_batches(batch_size=batch_rows, columns=["sample_id", "split"], use_threads=False):
+        train = pc.equal(b.column("split"), TRAIN).fill_null(False).to_numpy(zero_copy_only=False)  # [b] bool
+        ids.append(b.column("sample_id").to_numpy(zero_copy_only=False)[train].astype(np.int64))
+        where.append(np.flatnonzero(train) + n_rows)  # file row of each training row
+        n_rows += b.num_rows
+    train_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    train_at = np.concatenate(where) if where else np.zeros(0, np.int64)
+    order = np.argsort(train_ids, kind="stable")  # train_seqs' order: sample_id ascending, ties in file order
+    keep = np.zeros(n_rows, dtype=bool)  # [file rows] the shard's rows
+    keep[train_at[order[shard_rows(len(train_ids), shard)]]] = True
+    parts, start = [], 0
+    for b in samples.iter_batches(batch_size=batch_rows, columns=list(TRAIN_COLUMNS), use_threads=False):
+        mask = keep[start : start + b.num_rows]
+        start += b.num_rows
+        if mask.any():
+            parts.append(b.filter(pa.array(mask)))
+    schema = pa.schema([samples.schema_arrow.field(c) for c in TRAIN_COLUMNS])
+    return train_seqs(pa.Table.from_batches(parts, schema=schema), n_items), len(train_ids)
 
 
 def valid_seqs(samples: pa.Table, n_items: int) -> Seqs:

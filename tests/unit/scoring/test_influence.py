@@ -28,6 +28,7 @@ from dealrec_tasks.scoring.influence import (
     reference_grad,
     reference_hvp,
     reference_scores,
+    score_rows,
     solve,
 )
 from dealrec_tasks.surrogate.batching import train_batch, train_seqs, valid_seqs
@@ -256,6 +257,22 @@ def test_scores_equal_loop_and_do_not_depend_on_batch_or_shard(setup):
     shards = [influence(model, seqs, _cfg(batch_size=4), shard=(i, 3)) for i in range(3)]
     np.testing.assert_array_equal(np.concatenate([s.sample_id for s in shards]), full.sample_id)
     np.testing.assert_allclose(np.concatenate([s.influence for s in shards]), full.influence, rtol=1e-9, atol=1e-13)
+
+
+def test_scoring_alone_honours_the_thread_count(setup):
+    """A shard with a published solve runs only ``score_rows``: ``threads`` must apply there too (it was set in
+    ``solve`` only, so such a shard used torch's default)."""
+    model, seqs = setup
+    sol = solve(model, seqs, _cfg())
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        score_rows(model, seqs, sol.u, sol.negatives, _cfg(threads=1), np.arange(3))
+        assert torch.get_num_threads() == 1
+        score_rows(model, seqs, sol.u, sol.negatives, _cfg(threads=0), np.arange(3))
+        assert torch.get_num_threads() == 1  # 0 keeps what is set
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_influence_toward_the_validation_rows_equals_a_float64_reference(setup):

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from dealrec_tasks.catalogue import Source
+from dealrec_tasks.catalogue import Source, influence_shard
 from dealrec_tasks.config import IngestConfig, SamplesConfig, SyntheticConfig
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.scoring.config import InfluenceConfig
-from dealrec_tasks.scoring.influence import combine_members, influence
+from dealrec_tasks.scoring.influence import combine_members, influence, score_rows, to_dtype
+from dealrec_tasks.sharding import shard_rows
+from dealrec_tasks.steps import influence as influence_steps
 from dealrec_tasks.steps import ingest, pending_days, samples, synthetic
 from dealrec_tasks.steps.influence import merge_influence, score_influence, solve_influence
 from dealrec_tasks.steps.readers import (
@@ -31,6 +33,7 @@ from dealrec_tasks.steps.surrogate import train_surrogate
 from dealrec_tasks.storage import Lake, join_uri
 from dealrec_tasks.surrogate.batching import train_seqs, valid_seqs
 from dealrec_tasks.surrogate.config import SurrogateConfig
+from dealrec_tasks.surrogate.model import negatives_from_payload
 
 ICFG = InfluenceConfig(target="train", negatives=16, hvp_samples=0, cg_tol=1e-10, dtype="float64")
 # Learns on every epoch of the tiny lake (best epoch >= 2 for every member): members x checkpoints weight files.
@@ -226,6 +229,37 @@ def test_influence_toward_the_validation_rows_through_the_steps(lake):
     np.testing.assert_allclose(merged.influence, combine_members(raw), rtol=1e-9, atol=1e-12)
     on_train = [influence(model, seqs, ICFG).influence for model in models]
     assert not np.allclose(combine_members(raw), combine_members(on_train))
+
+
+def test_a_shard_reads_only_its_rows_and_scores_them_as_among_every_row(lake, monkeypatch):
+    """With a published solve a shard never reads the whole samples table (its memory grew with the day's size:
+    issue 19 item 3); its scores equal scoring its rows among every row bit for bit (the same batches)."""
+    d4 = lake.days[-1]
+    train_surrogate(lake, d4, SurrogateConfig.tiny(seed=3, **LEARNS))
+    solve_influence(lake, d4, ICFG)
+    src = Source(d4, None)
+    table, n_items = read_samples(lake, src)
+    seqs = train_seqs(table, n_items)
+    models, _ = load_influence_models(lake, src)
+    payload = influence_steps._published_solve(lake, src, ICFG, influence_steps._weights(lake, src)[1])
+    negatives = negatives_from_payload(payload)
+
+    def whole_table(*args, **kwargs):
+        raise AssertionError("a shard with a published solve read every sample")
+
+    monkeypatch.setattr(influence_steps, "checked_samples", whole_table)
+    for i in range(3):
+        res = score_influence(lake, d4, ICFG, (i, 3))
+        rows = shard_rows(len(seqs), (i, 3))
+        assert not res.notes and res.counts["rows"] == len(rows)
+        assert lake.manifest(influence_shard(src, (i, 3)))["counts"]["train_samples"] == len(seqs)
+        got = lake.read(influence_shard(src, (i, 3)), None, "influence.parquet")
+        np.testing.assert_array_equal(got.column("sample_id").to_numpy(), seqs.sample_id[rows])
+        for m, (model, u) in enumerate(zip(models, payload["u"])):
+            want = score_rows(to_dtype(model, ICFG), seqs, u, negatives, ICFG, rows)
+            np.testing.assert_array_equal(got.column(f"influence_m{m}").to_numpy(), want)
+    with pytest.raises(InputError, match="retrain it"):  # a surrogate of another vocab is still refused
+        influence_steps._shard_seqs(lake, src, n_items + 1, (0, 1))
 
 
 def test_a_rerun_with_unchanged_inputs_is_a_no_op(lake):

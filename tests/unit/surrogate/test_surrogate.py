@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from dealrec_tasks.data.schema import SAMPLES_SCHEMA
 from dealrec_tasks.metrics import metrics_from_ranks
-from dealrec_tasks.surrogate.batching import eval_set, input_batch, length_batches, train_batch, train_seqs
+from dealrec_tasks.sharding import shard_rows
+from dealrec_tasks.surrogate.batching import (
+    eval_set,
+    input_batch,
+    length_batches,
+    shard_train_seqs,
+    train_batch,
+    train_seqs,
+)
 from dealrec_tasks.surrogate.config import SurrogateConfig
 from dealrec_tasks.surrogate.evaluate import evaluate, rank_targets
 from dealrec_tasks.surrogate.model import SASRec, expand_state_dict
@@ -47,6 +57,39 @@ def test_train_batch_adds_bos_truncates_and_packs():
     assert b.sample.tolist() == [0, 1, 1, 1]
     assert b.weight.tolist() == pytest.approx([1, 1 / 3, 1 / 3, 1 / 3])
     assert input_batch(seqs, np.array([1]), 3).tolist() == [[5, 6, 7]]
+
+
+def test_a_shards_train_seqs_read_in_batches_equal_its_rows_of_the_whole_table():
+    """``shard_train_seqs`` (two passes over the file in record batches, the shard's rows only) equals the shard's
+    slice of ``train_seqs`` over the whole table: for every shard count, batch size and row-group layout, with the
+    splits mixed, empty histories, and a tie of sample_id (kept in file order, as train_seqs' stable sort does)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(37):
+        split = ["train", "valid", "test"][k % 3] if k % 5 else "train"
+        history = rng.integers(1, N + 1, size=int(rng.integers(0, 6))).tolist()
+        sid = int(rng.integers(0, 10**12))
+        rows.append(_row(sid, k, split, history, [int(rng.integers(1, N + 1)), 1]))
+    rows.append(_row(rows[0]["sample_id"], 99, "train", [1, 2, 3], [4]))  # a tie with row 0 (a train row)
+    rows.append(_row(rows[0]["sample_id"], 98, "valid", [5], [6]))  # the same id in another split: not a train row
+    table = _table([rows[i] for i in rng.permutation(len(rows))])
+    whole = train_seqs(table, N)
+    assert len(np.unique(whole.sample_id)) == len(whole) - 1
+    for group in (5, 1000):
+        sink = io.BytesIO()
+        pq.write_table(table, sink, row_group_size=group)
+        file = pq.ParquetFile(pa.BufferReader(sink.getvalue()))
+        for n in range(1, len(whole) + 2):  # up to more shards than rows (empty shards)
+            for batch_rows in (1, 4, 1000):
+                got = [shard_train_seqs(file, N, (i, n), batch_rows) for i in range(n)]
+                assert {n_train for _, n_train in got} == {len(whole)}
+                for i, (seqs, _) in enumerate(got):
+                    want = whole.take(shard_rows(len(whole), (i, n)))
+                    np.testing.assert_array_equal(seqs.sample_id, want.sample_id)
+                    np.testing.assert_array_equal(seqs.offsets, want.offsets)
+                    np.testing.assert_array_equal(seqs.tokens, want.tokens)
+    with pytest.raises(ValueError, match="batch_rows"):
+        shard_train_seqs(file, N, (0, 1), 0)
 
 
 def test_length_batches_cover_every_row_once():
