@@ -35,7 +35,7 @@ from dealrec_tasks.data import replay as replay_mod
 from dealrec_tasks.data import samples as samples_mod
 from dealrec_tasks.data import synthetic as synthetic_mod
 from dealrec_tasks.data.arrow import list_lengths
-from dealrec_tasks.data.schema import SPLIT_SEQUENCES_SCHEMA
+from dealrec_tasks.data.schema import SPLIT_SEQUENCES_SCHEMA, USER_VOCAB_SCHEMA
 from dealrec_tasks.errors import ConfigError, InputError, OrderError
 from dealrec_tasks.progress import progress
 from dealrec_tasks.steps import readers
@@ -454,7 +454,7 @@ def compact(lake: Lake, dt: str, cfg: CompactConfig) -> StepResult:
         note = f"compact dt={dt}: not due ({len(chain.deltas)} delta(s) after {base}, every {cfg.every_days})"
         return StepResult("compact", uri, counts | {"written": False}, False, [note])
     sequences, identity = read_sequences(lake, dt)
-    users = sequences.select(["user_id", "user_idx"]).cast(readers.sequence_log.USER_VOCAB_SCHEMA)
+    users = sequences.select(["user_id", "user_idx"]).cast(USER_VOCAB_SCHEMA)
     files = {readers.FULL_SEQUENCES: sequences, readers.FULL_USERS: users}
     counts |= {"users": sequences.num_rows, "interactions": int(sum(list_lengths(sequences.column("items"))))}
     extra = {readers.CHAIN: identity, "counts": counts, "source": {"base_dt": chain.base_dt, "deltas": chain.deltas}}

@@ -37,7 +37,6 @@ import re
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -45,9 +44,7 @@ from dealrec_tasks.catalogue import (
     SAMPLES,
     SCORES_INFLUENCE,
     SURROGATE,
-    VOCAB,
     Source,
-    imported,
     influence_shard,
     influence_solve,
     source,
@@ -61,6 +58,7 @@ from dealrec_tasks.steps.readers import (
     checked_samples,
     influence_sha256,
     influence_weights,
+    item_count,
     load_influence_models,
     samples_sha256,
 )
@@ -124,10 +122,7 @@ def _shard_seqs(lake: Lake, src: Source, n_items_model: int, shard: tuple[int, i
     day's training rows: a shard worker's memory then grows with its rows' tokens, not with the day.
 
     The vocab check is ``checked_samples``'s (a surrogate of other data is refused) without reading the samples."""
-    vocab = lake.read(imported(src.dataset), None, "item_vocab") if src.dataset else None
-    if vocab is None:
-        vocab = lake.read(VOCAB, src.dt, "items.parquet")
-    n_items = int(pc.max(vocab.column("item_idx")).as_py() or 0)
+    n_items = item_count(lake, src)
     if n_items != n_items_model:
         raise InputError(f"surrogate {src.label} has {n_items_model} items, the samples' vocab {n_items}; retrain it")
     data = lake.read_verified_bytes(src.path(SAMPLES), src.dt, "samples.parquet")  # compressed: ~50 B a training sample

@@ -27,6 +27,7 @@ from dealrec_tasks.catalogue import (
     imported,
 )
 from dealrec_tasks.data import sequence_log
+from dealrec_tasks.data.schema import USER_VOCAB_SCHEMA
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.storage import Lake
 from dealrec_tasks.surrogate.config import SurrogateConfig
@@ -42,12 +43,15 @@ INFLUENCE_WEIGHTS = "influence_weights"  # manifest key: the ordered weight file
 
 def read_samples(lake: Lake, src: Source) -> tuple[pa.Table, int]:
     """The samples table and the item count (largest item index of the vocab the samples were built with)."""
-    samples = lake.read(src.path(SAMPLES), src.dt, "samples.parquet")
+    return lake.read(src.path(SAMPLES), src.dt, "samples.parquet"), item_count(lake, src)
+
+
+def item_count(lake: Lake, src: Source) -> int:
+    """The largest item index of the vocab a source's samples were built with (the surrogate's item count)."""
     vocab = lake.read(imported(src.dataset), None, "item_vocab") if src.dataset else None
     if vocab is None:
         vocab = lake.read(VOCAB, src.dt, "items.parquet")
-    n_items = int(pc.max(vocab.column("item_idx")).as_py() or 0)
-    return samples, n_items
+    return int(pc.max(vocab.column("item_idx")).as_py() or 0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -122,11 +126,7 @@ def read_user_vocab(lake: Lake, dt: str) -> pa.Table:
     elif chain.base == SEQUENCES:
         parts.append(lake.read(VOCAB, chain.base_dt, FULL_USERS))
     parts += [lake.read(VOCAB, d, NEW_USERS) for d in chain.deltas]
-    return (
-        pa.concat_tables([p.cast(sequence_log.USER_VOCAB_SCHEMA) for p in parts])
-        if parts
-        else (sequence_log.USER_VOCAB_SCHEMA.empty_table())
-    )
+    return pa.concat_tables([p.cast(USER_VOCAB_SCHEMA) for p in parts]) if parts else (USER_VOCAB_SCHEMA.empty_table())
 
 
 def member_file(i: int) -> str:
