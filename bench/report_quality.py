@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from generated_text import update_between_markers
 from quality_stats import versus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,21 +298,8 @@ def main() -> int:
     ap.add_argument("--readme", default=str(ROOT / "README.md"))
     ap.add_argument("--check", action="store_true", help="exit 1 when the README's section differs")
     args = ap.parse_args()
-    path = Path(args.readme)
-    text = path.read_text()
-    if START not in text or END not in text:
-        print(f"{path}: markers {START} / {END} not found", file=sys.stderr)
-        return 2
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    new = before + render() + after
-    if args.check:
-        if new != text:
-            print(f"{path}: the quality section is stale; run python bench/report_quality.py", file=sys.stderr)
-            return 1
-        return 0
-    path.write_text(new)
-    return 0
+    return update_between_markers(Path(args.readme), [(START, END, render())], args.check,
+                                  "python bench/report_quality.py")  # fmt: skip
 
 
 if __name__ == "__main__":

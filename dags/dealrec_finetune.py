@@ -9,8 +9,11 @@ Runs whenever `dealrec_daily` publishes a coreset (the `dealrec_coreset` asset),
 3. **register** an MLflow model version per arm, tagged with dt, its strategy, the coreset URI (a retry finds it
    instead of registering twice);
 4. **evaluate_champion**: the current champion on the same users (cached per version and evaluation set);
-5. **gate**: the best arm becomes `challenger`, and `champion` only if it beats the champion's same-day ndcg@20
-   by more than `margin` (or there is none yet); the day's MLflow run gets every arm and `lift_vs_random`.
+5. **gate**: the primary arm (declared before the results) becomes `challenger`, and `champion` only when the 95%
+   interval of its per-user difference from the champion on the same users lies above `margin` (the first version
+   is promoted: nothing is in production yet; a champion not re-evaluated on these users is kept). The day's
+   MLflow run gets every arm, the paired intervals and the primary arm against random, that day and pooled over
+   every day so far, with a verdict.
 
 The day: the **dt** Param, else the triggering coreset event's day, else the newest published coreset.
 Lake, models and MLflow come from the environment (see `plugins/dealrec_airflow.py`).

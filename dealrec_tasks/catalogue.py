@@ -114,7 +114,7 @@ CATALOGUE: dict[str, Dataset] = {
                 "dealrec finetune", "the fine-tuned LoRA adapter of an arm's coreset"),
         Dataset(EVALUATION,
                 "evaluation/dt={dt}/ | evaluation/arm={strategy}/dt={dt}/ | evaluation/version={v}/dt={dt}/",
-                {"metrics.json": None, "examples.json": None},
+                {"metrics.json": None, "examples.json": None, "per_user.parquet": None},
                 "dealrec evaluate", "grounded evaluation of an arm, or of a registered version on that day's users"),
         Dataset(EFFORT_CACHE, "effort_cache/key={k}/snapshot/ | effort_cache/key={k}/delta/dt={dt}/shard={i}-of-{n}/",
                 {"effort.parquet": None}, "dealrec effort (deltas) + merge-effort (snapshot)",

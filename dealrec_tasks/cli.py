@@ -230,13 +230,10 @@ def cmd_track_pruning(args: argparse.Namespace) -> list[steps.StepResult]:
 
 
 def cmd_register(args: argparse.Namespace) -> list[steps.StepResult]:
-    from dealrec_tasks.steps.tracking import promote_if_better, register
+    from dealrec_tasks.steps.tracking import register
 
     cfg = _config(TrackingConfig, args)
-    result = register(_lake(args), args.dt, args.model, cfg, args.orchestrator_run_id, arm=args.arm)
-    if not args.promote:
-        return [result]
-    return [result, promote_if_better(cfg, result.counts["version"])]
+    return [register(_lake(args), args.dt, args.model, cfg, args.orchestrator_run_id, arm=args.arm)]
 
 
 def cmd_evaluate_champion(args: argparse.Namespace) -> list[steps.StepResult]:
@@ -285,13 +282,22 @@ def cmd_days(args: argparse.Namespace) -> list[steps.StepResult]:
     if not days:
         print(f"{lake.uri()}: no day published yet (run `dealrec demo`, or the dealrec_daily DAG)")
         return []
-    print(f"{'dt':<11} {'status':<38} {'coreset':>15} {'strategy':<9} {'pruned':>6} {'items (random)':>15} ndcg@20")
+    from dealrec_tasks.days_page import interval_text
+
+    print(
+        f"{'dt':<11} {'status':<38} {'coreset':>15} {'strategy':<9} {'pruned':>6} {'items (random)':>15} "
+        f"{'ndcg@20':>7}  {'primary - random [95%]':<36} {'gate':<8} running verdict"
+    )
     for d in days:
         size = f"{d['selected']}/{d['candidates']}" if d["selected"] is not None else "-"
         items = f"{d['items_coreset']} ({d['items_random']})" if d["items_coreset"] is not None else "-"
         ndcg = f"{d['ndcg@20']:.4f}" if d["ndcg@20"] is not None else "-"
         strategy, pruned = d["strategy"] or "-", "-" if d["pruned"] is None else d["pruned"]
-        print(f"{d['dt']:<11} {d['status']:<38} {size:>15} {strategy:<9} {pruned:>6} {items:>15} {ndcg}")
+        vs, gate, verdict = interval_text(d["vs_random"]), d["decision"] or "-", d["verdict"] or "-"
+        print(
+            f"{d['dt']:<11} {d['status']:<38} {size:>15} {strategy:<9} {pruned:>6} {items:>15} {ndcg:>7}  "
+            f"{vs:<36} {gate:<8} {verdict}"
+        )
     return []
 
 
@@ -448,20 +454,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "register": Command(
         cmd_register,
-        "log the day's fine-tuning run, register its adapter as a model version, promote it if it is better",
+        "log the day's fine-tuning run and register its adapter as a model version (never promotes: see gate)",
         (TrackingConfig,),
-        (
-            DT_REQUIRED,
-            MODEL,
-            ORCHESTRATOR_RUN,
-            ARM,
-            arg(
-                "--promote",
-                action=argparse.BooleanOptionalAction,
-                default=True,
-                help="give the version 'challenger' and make it 'champion' when it beats the champion",
-            ),
-        ),
+        (DT_REQUIRED, MODEL, ORCHESTRATOR_RUN, ARM),
     ),
     "evaluate-champion": Command(
         cmd_evaluate_champion,
@@ -476,7 +471,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "gate": Command(
         cmd_gate,
-        "promote the best of the day's arm versions if it beats the champion on the same users; gate/dt=D/",
+        "promote the day's primary arm if its paired interval over the champion on the same users clears the margin; "
+        "gate/dt=D/",
         (TrackingConfig,),
         (
             DT_REQUIRED,
@@ -486,7 +482,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "promote": Command(
         cmd_promote,
-        "by hand: make a model version the champion",
+        "by hand: make a model version the champion (the operator's override of the gate)",
         (TrackingConfig,),
         (arg("--version", type=int, required=True, help="model version to make champion"), REASON),
     ),

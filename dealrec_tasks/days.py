@@ -74,7 +74,20 @@ def list_days(lake: Lake) -> list[dict[str, Any]]:
     days: set[str] = set()
     for dataset, _ in STAGES:
         days.update(lake.partitions(dataset))
-    return [_summary(dt, _stages(lake, dt)) for dt in sorted(days, reverse=True)]
+    return [_summary(dt, _stages(lake, dt)) | gate_headline(lake, dt) for dt in sorted(days, reverse=True)]
+
+
+def gate_headline(lake: Lake, dt: str) -> dict[str, Any]:
+    """The gate's decision, the primary arm minus random with its paired interval, and the running verdict of
+    ``dt`` (None where the day has no gate record), from the checksummed gate.json."""
+    out: dict[str, Any] = {"decision": None, "vs_random": None, "verdict": None}
+    manifest = lake.manifest(GATE, dt)
+    if manifest is None:
+        return out
+    record, _ = lake.read_verified_json(GATE, dt, "gate.json", manifest)
+    running = record.get("running_vs_random") or {}
+    return {"decision": record.get("decision"), "vs_random": record.get("primary_vs_random"),
+            "verdict": running.get("verdict")}  # fmt: skip
 
 
 def _stages(lake: Lake, dt: str) -> dict[str, dict[str, Any] | None]:
@@ -222,6 +235,12 @@ def report_png(lake: Lake, dt: str) -> bytes:
     return lake.storage.read_bytes(join_uri(manifest["uri"], REPORT_FILE))
 
 
+def gate_png(lake: Lake, dt: str) -> bytes:
+    """The gate's plot of ``dt`` (arms, champion and the lift over random by day), through its checksum."""
+    parse_dt(dt)
+    return lake.read_verified_bytes(GATE, dt, "arms.png")
+
+
 def mlflow_of_day(tracking, dt: str, links: MlflowLinks) -> dict[str, Any]:
     """The day's MLflow runs (pruning, fine-tuning), its model versions with their promotion decision, and which
     version holds ``champion`` / ``challenger`` now."""
@@ -261,8 +280,8 @@ def mlflow_of_day(tracking, dt: str, links: MlflowLinks) -> dict[str, Any]:
                     "decision": tags.get("promotion.decision"),
                     "reason": tags.get("promotion.reason"),
                     "metric": tags.get("promotion.metric"),
-                    "challenger_value": tags.get("promotion.challenger_value"),
-                    "champion_value": tags.get("promotion.champion_value"),
+                    "difference": tags.get("promotion.difference"),
+                    "interval": tags.get("promotion.interval"),
                     "aliases": [a for a, v in aliases.items() if v == int(mv.version)],
                     "url": links.version(name, mv.version),
                 }

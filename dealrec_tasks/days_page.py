@@ -79,11 +79,13 @@ def days_page(days: list[dict[str, Any]], lake: str) -> str:
             f'<td class="l">{escape(d["status"])}</td><td class="l">{_stages(d["stages"])}</td>'
             f"<td>{_fmt(d['selected'])} / {_fmt(d['candidates'])}</td><td class=l>{_fmt(d['strategy'])}</td>"
             f"<td>{_fmt(d['pruned'])}</td><td>{cov}</td><td>{_fmt(d['recall@20'])}</td><td>{_fmt(d['ndcg@20'])}</td>"
-            "</tr>"
+            f"<td>{escape(interval_text(d.get('vs_random')))}</td><td class=l>{_fmt(d.get('verdict'))}</td>"
+            f"<td class=l>{_fmt(d.get('decision'))}</td></tr>"
         )
     table = (
         "<table><tr><th class=l>day</th><th class=l>status</th><th class=l>stages</th><th>coreset / candidates</th>"
-        "<th class=l>strategy</th><th>pruned</th><th>items covered</th><th>recall@20</th><th>ndcg@20</th></tr>"
+        "<th class=l>strategy</th><th>pruned</th><th>items covered</th><th>recall@20</th><th>ndcg@20</th>"
+        "<th>primary − random [95%]</th><th class=l>running verdict</th><th class=l>gate</th></tr>"
         + "".join(rows)
         + "</table>"
     )
@@ -219,16 +221,53 @@ def day_page(d: dict[str, Any], airflow_url: str = "/") -> str:
         body.append(f"<table><tr><th class=l>arm</th><th>test users</th>{head}</tr>{rows}</table>")
     gate = d.get("gate")
     if gate:
-        lift = gate.get("lift_vs_random")
-        shown = "n/a (no random arm)" if lift is None else f"{lift:+.4g}"
-        body.append(
-            f"<p>Gate: best arm <b>{escape(str(gate['best']['strategy']))}</b> (version {gate['best']['version']}), "
-            f"lift vs random {escape(shown)}, decision <b>{escape(gate['decision'])}</b>: "
-            f"{escape(gate['reason'])}</p>"
-        )
+        body.append(_gate_section(gate))
 
     body.append(_mlflow_section(d.get("mlflow"), airflow_url))
     return _page(f"DEALRec {dt}", "".join(body))
+
+
+def interval_text(interval: dict[str, Any] | None) -> str:
+    """``+0.0123 [−0.0040, +0.0286]`` of a paired interval record, or what is missing."""
+    if not interval or interval.get("mean") is None:
+        return "n/a"
+    if interval.get("lower") is None:
+        return f"{interval['mean']:+.4g} (unresolved: {interval.get('users', 0)} users)"
+    return f"{interval['mean']:+.4g} [{interval['lower']:+.4g}, {interval['upper']:+.4g}]"
+
+
+def _gate_section(gate: dict[str, Any]) -> str:
+    """The gate's decision with its paired test, and the primary arm against random that day and over all days."""
+    metric = gate.get("metric", "metric")
+    challenger = gate.get("challenger") or {}
+    vs_champion = gate.get("challenger_vs_champion")
+    rows = [
+        ("challenger (declared: the primary arm)", f"{challenger.get('strategy')} v{challenger.get('version')}"),
+        ("champion before", gate.get("champion_before")),
+        (f"challenger − champion, {metric}, same users, 95%", interval_text(vs_champion)),
+        ("p (H0: difference = margin)", None if not vs_champion else vs_champion.get("p")),
+        ("margin", gate.get("margin")),
+        ("decision", gate.get("decision")),
+        ("why", gate.get("reason")),
+    ]
+    vs_random, running = gate.get("primary_vs_random"), gate.get("running_vs_random")
+    if vs_random:
+        rows += [
+            (f"{challenger.get('strategy')} − random today, {metric}, 95%", interval_text(vs_random)),
+            ("users today", vs_random.get("users")),
+            (
+                f"running estimate over {running.get('days')} day(s), {running.get('observations')} user-days",
+                interval_text(running),
+            ),  # fmt: skip
+            ("verdict", running.get("verdict")),
+        ]
+    else:
+        rows.append(("vs random", "no random arm evaluated on these users"))
+    return (
+        f"<h2>Gate ({escape(gate.get('test', ''))})</h2>"
+        + _kv(rows)
+        + ('<img class="report" alt="arms, champion and the lift over random by day" src="arms.png">')
+    )
 
 
 def _link(text: str, url: str | None) -> str:
@@ -271,13 +310,13 @@ def _mlflow_section(m: dict[str, Any] | None, airflow_url: str) -> str:
         rows = "".join(
             f"<tr><td class=l>{_link('version ' + str(v['version']), v.get('url'))}</td>"
             f"<td class=l>{_fmt(v['decision'])}</td><td class=l>{_fmt(v['metric'])}</td>"
-            f"<td>{_number(v['challenger_value'])}</td><td>{_number(v['champion_value'])}</td>"
+            f"<td>{_number(v['difference'])}</td><td class=l>{_fmt(v['interval'])}</td>"
             f"<td class=l>{escape(', '.join(v['aliases'])) or '-'}</td><td class=l>{_fmt(v['reason'])}</td></tr>"
             for v in versions
         )
         out.append(
             "<table><tr><th class=l>model version of the day</th><th class=l>decision</th><th class=l>metric</th>"
-            "<th>this version</th><th>champion then</th><th class=l>aliases now</th><th class=l>why</th></tr>"
+            "<th>minus champion</th><th class=l>95% interval</th><th class=l>aliases now</th><th class=l>why</th></tr>"
             + rows
             + "</table>"
         )

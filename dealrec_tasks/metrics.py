@@ -10,25 +10,34 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def metrics_from_ranks(ranks: Sequence[np.ndarray], ks: Sequence[int]) -> dict[str, float]:
-    """Mean Recall@K / NDCG@K over users from each user's 0-based target ranks (users without targets skipped).
+def per_user_metrics(ranks: Sequence[np.ndarray], ks: Sequence[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each user's Recall@K / NDCG@K from its 0-based target ranks: (kept, {name: [U] values}), where ``kept``
+    [len(ranks)] marks the users with targets (the others are skipped, as in the mean).
 
     With ranks r(t): Recall@K = |{t: r(t) < K}| / |T|; NDCG@K = sum_{t: r(t) < K} 1/log2(r(t)+2) / IDCG,
     IDCG = sum_{i < min(|T|, K)} 1/log2(i+2).
     """
-    out = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
-    users = 0
-    for r in ranks:
+    kept = np.asarray([len(r) > 0 for r in ranks], dtype=bool)
+    out = {f"{m}@{k}": np.zeros(int(kept.sum()), dtype=np.float64) for k in ks for m in ("recall", "ndcg")}
+    for u, r in enumerate(r for r in ranks if len(r)):
         r = np.asarray(r, dtype=np.float64)
-        if len(r) == 0:
-            continue
-        users += 1
         for k in ks:
             hit = r[r < k]
             ideal = (1.0 / np.log2(np.arange(min(len(r), k)) + 2.0)).sum()
-            out[f"recall@{k}"] += len(hit) / len(r)
-            out[f"ndcg@{k}"] += float((1.0 / np.log2(hit + 2.0)).sum()) / ideal
-    return {name: value / max(users, 1) for name, value in out.items()} | {"users": users}
+            out[f"recall@{k}"][u] = len(hit) / len(r)
+            out[f"ndcg@{k}"][u] = float((1.0 / np.log2(hit + 2.0)).sum()) / ideal
+    return kept, out
+
+
+def metrics_from_ranks(ranks: Sequence[np.ndarray], ks: Sequence[int]) -> dict[str, float]:
+    """Mean Recall@K / NDCG@K over users (``per_user_metrics``; users without targets skipped)."""
+    return mean_metrics(per_user_metrics(ranks, ks)[1])
+
+
+def mean_metrics(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    """The means of ``per_user_metrics``' values, with the number of users they average."""
+    users = len(next(iter(per_user.values()))) if per_user else 0
+    return {name: float(v.sum()) / max(users, 1) for name, v in per_user.items()} | {"users": users}
 
 
 def ranks_in_topk(topk: np.ndarray, targets: Sequence[Sequence[int]]) -> list[np.ndarray]:

@@ -134,8 +134,20 @@ def coreset_report_png(
 
 
 def gate_history_png(history: list[dict[str, Any]]) -> bytes:
-    """A PNG over the gated days: each arm's metric, the champion's on the same users, the days a version was
-    promoted; what a person checks to see whether the primary strategy keeps beating its random control."""
+    """``gate_history_figure`` as PNG bytes (no timestamp: the same history gives the same bytes)."""
+    import matplotlib.pyplot as plt
+
+    fig = gate_history_figure(history)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def gate_history_figure(history: list[dict[str, Any]]):
+    """The gated days' figure. Left: each arm's mean metric, the champion's on the same users, the days a version
+    was promoted. Right: the primary arm minus random per day with its paired 95% interval, and the running estimate
+    over all days so far: what a person checks to see whether the primary strategy beats its random control."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,26 +156,45 @@ def gate_history_png(history: list[dict[str, Any]]) -> bytes:
     metric = history[-1]["metric"]
     days = [h["dt"] for h in history]
     x = np.arange(len(days))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(days) + 3), 4.2))
+    fig, (ax, lift_ax) = plt.subplots(1, 2, figsize=(max(11.0, 1.2 * len(days) + 6), 4.4))
     strategies = list(dict.fromkeys(a["strategy"] for h in history for a in h["arms"]))
     for strategy in strategies:
         ys = [next((a[metric] for a in h["arms"] if a["strategy"] == strategy), np.nan) for h in history]
         ax.plot(x, ys, "o-", lw=1.2, ms=4, label=f"arm {strategy}")
-    champ = [h["champion_value"] if h["champion_same_users"] else np.nan for h in history]
+    champ = [h["champion_value"] if h.get("champion_same_users") else np.nan for h in history]
     ax.plot(x, champ, "s--", color="black", lw=1, ms=4, label="champion, same users")
     promoted = [i for i, h in enumerate(history) if h["decision"] == "champion"]
     if promoted:
-        ax.scatter(x[promoted], [history[i]["best"][metric] for i in promoted], s=120, facecolors="none",
-                   edgecolors="tab:red", label="promoted")  # fmt: skip
+        ys = [history[i]["arms"][0][metric] for i in promoted]
+        ax.scatter(x[promoted], ys, s=120, facecolors="none", edgecolors="tab:red", label="primary promoted")
     ax.set_xticks(x, days, rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel(metric)
-    last = history[-1]
-    lift = last["lift_vs_random"]
-    shown = "n/a (no random arm)" if lift is None else f"{lift:+.4g}"
-    ax.set_title(f"arms and champion by day; {last['dt']}: lift vs random {shown}, {last['decision']}", fontsize=10)
+    ax.set_ylabel(f"{metric} (mean over the day's test users)")
+    ax.set_title(f"arms and champion by day; {days[-1]}: {history[-1]['decision']}", fontsize=10)
     ax.legend(fontsize=7)
+
+    def bounds(key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = [h.get(key) or {} for h in history]
+        get = lambda r, k: np.nan if r.get(k) is None else r[k]  # noqa: E731
+        return tuple(np.array([get(r, k) for r in rows], dtype=np.float64) for k in ("mean", "lower", "upper"))
+
+    mean, lo, hi = bounds("primary_vs_random")
+    have = np.isfinite(mean)
+    primary = history[-1]["arms"][0]["strategy"]
+    if have.any():
+        err = np.vstack([mean - np.where(np.isfinite(lo), lo, mean), np.where(np.isfinite(hi), hi, mean) - mean])
+        lift_ax.errorbar(x[have], mean[have], yerr=err[:, have], fmt="o", color="tab:blue", capsize=3,
+                         label="that day, 95% interval")  # fmt: skip
+        run_mean, run_lo, run_hi = bounds("running_vs_random")
+        lift_ax.plot(x, run_mean, "s-", color="tab:green", lw=1.2, ms=3, label="running estimate, all days so far")
+        lift_ax.fill_between(x, run_lo, run_hi, color="tab:green", alpha=0.15, label="running 95% interval")
+    else:
+        lift_ax.text(0.5, 0.5, "no random arm on these days", ha="center", va="center", transform=lift_ax.transAxes)
+    lift_ax.axhline(0.0, color="0.3", lw=0.8)
+    lift_ax.set_xticks(x, days, rotation=45, ha="right", fontsize=7)
+    lift_ax.set_xlim(-0.5, len(days) - 0.5)
+    lift_ax.set_ylabel(f"{metric}: {primary} minus random (paired)")
+    shown = (history[-1].get("running_vs_random") or {}).get("verdict", "no random arm")
+    lift_ax.set_title(f"{primary} vs random: {shown}", fontsize=10)
+    lift_ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return fig

@@ -138,6 +138,14 @@ async def day_report(request: Request, dt: str):
     return Response(await _in_thread(_report, dt), media_type="image/png")
 
 
+@app.get("/day/{dt}/arms.png")
+async def day_gate_plot(request: Request, dt: str):
+    from dealrec_tasks.days import gate_png
+
+    await _authorize(request)
+    return Response(await _in_thread(gate_png, _lake(), dt), media_type="image/png")
+
+
 @app.get("/api/days")
 async def days_json(request: Request):
     await _authorize(request)

@@ -18,7 +18,7 @@ import torch
 
 from dealrec_tasks.llm.config import EvalConfig
 from dealrec_tasks.llm.prompts import TITLE_SEPARATOR, EncodedPrompt, clean_title
-from dealrec_tasks.metrics import ranking_metrics
+from dealrec_tasks.metrics import mean_metrics, per_user_metrics, ranks_in_topk
 from dealrec_tasks.progress import progress
 
 REPEAT_NGRAM = 3  # the n of EvalConfig.ngram_repeat_limit
@@ -165,16 +165,20 @@ def grounded_evaluation(
     model_dir: str | Path,
     cache_dir: str | Path | None = None,
 ) -> dict:
-    """Recall/NDCG@K of generated titles grounded to the catalogue; ``targets`` are row indices into ``titles``."""
+    """Recall/NDCG@K of generated titles grounded to the catalogue; ``targets`` are row indices into ``titles``.
+
+    ``per_user`` holds each scored user's values (``kept`` marks which prompts had targets): the gate compares two
+    models user by user, so the means alone are not enough."""
     generated = generate_titles(peft_or_base_model, tokenizer, prompts, cfg)
     topk = ground(peft_or_base_model, tokenizer, generated, titles, cfg, model_dir, cache_dir)
-    metrics = ranking_metrics(topk, targets, cfg.ks)
+    kept, per_user = per_user_metrics(ranks_in_topk(topk, targets), cfg.ks)
+    metrics = mean_metrics(per_user)
     shown = [clean_title(t) for t in titles]
     exact = float(np.mean([g == shown[t[0]] for g, t in zip(generated, targets) if t])) if targets else 0.0
     # A model that collapses answers every user with the same few titles: this share says so at a glance.
     distinct = len(set(generated)) / len(generated) if generated else 0.0
     extra = {"exact_title_match": exact, "distinct_generated_share": distinct}
-    return {"metrics": metrics | extra, "generated": generated, "topk": topk}
+    return {"metrics": metrics | extra, "generated": generated, "topk": topk, "kept": kept, "per_user": per_user}
 
 
 def ground(

@@ -43,6 +43,7 @@ from dealrec_tasks.storage import MANIFEST, Lake, join_uri
 
 ADAPTER_DIR = "adapter"  # the local copy's folder name (MLflow keeps it in the logged model)
 SCORED_ADAPTER = "scored_adapter.json"  # in an evaluation: checksums of the adapter files it scored
+PER_USER = "per_user.parquet"  # in an evaluation: each scored user's metrics, what the gate pairs
 
 
 def encode_rows(
@@ -400,6 +401,12 @@ def finetune(
     return StepResult("finetune", {"adapter": pub.uri}, counts, pub.changed)
 
 
+def per_user_table(users: list[str], per_user: dict[str, np.ndarray]) -> pa.Table:
+    """``user_id`` and one float64 column per metric (``recall@20`` ...), one row per scored user."""
+    columns = {"user_id": pa.array([str(u) for u in users], pa.string())}
+    return pa.table(columns | {name: pa.array(v, pa.float64()) for name, v in per_user.items()})
+
+
 @contextlib.contextmanager
 def local_adapter(
     lake: Lake, dt: str, manifest: dict[str, Any] | None = None, dataset: str = ADAPTERS
@@ -493,7 +500,7 @@ def _evaluate(
         raise ConfigError(f"max_users={max_users}: must be >= 0 (0: every test user)")
     cfg = dataclasses.replace(cfg, domain=domain_of(lake, src, cfg.domain))
     dt = src.dt
-    config = cfg.to_dict() | {"adapter": adapter_at is not None, "max_users": max_users}
+    config = cfg.to_dict() | {"adapter": adapter_at is not None, "max_users": max_users, "per_user": True}
     inputs: dict[str, Any] = _day_inputs(lake, src, model_dir) | {"users_seed": seed}
     adapter_manifest = lake.require_manifest(*adapter_at) if adapter_at else None
     if adapter_manifest is not None:  # the adapter's file checksums: which weights these metrics belong to
@@ -530,10 +537,11 @@ def _evaluate(
         for r, g in zip(test[:25], result["generated"][:25])
     ]
     source = {"adapter": lake.partition(*adapter_at)} if adapter_at else {}
+    scored_users = [r["user_id"] for r, kept in zip(test, result["kept"]) if kept]
     pub = lake.publish(
         out,
         dt,
-        {},
+        {PER_USER: per_user_table(scored_users, result["per_user"])},
         config=config,
         inputs=inputs,
         blobs={

@@ -35,7 +35,7 @@ from dealrec_tasks.tracking.config import TrackingConfig
 
 PRUNING, FINETUNE = "pruning", "finetune"
 # Evaluation settings that do not change which users are scored nor how: left out of the comparability key.
-_EVAL_SET_IGNORES = ("batch_size", "embed_batch_size")
+_EVAL_SET_IGNORES = ("batch_size", "embed_batch_size", "per_user")
 
 
 def _check_run_id(orchestrator_run_id: str) -> None:
@@ -220,6 +220,13 @@ def evaluation_set_id(lake: Lake, dt: str, evaluation: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def registration_digest(adapter_manifest: bytes, evaluation_manifest: bytes) -> str:
+    """A registered version's identity (its run's and version's ``input_digest`` tag): both manifests as stored, so
+    a republished adapter or evaluation is a new version, and the gate can tell from the lake alone which registered
+    version is which arm's."""
+    return hashlib.sha256(adapter_manifest + b"\x00" + evaluation_manifest).hexdigest()
+
+
 def _pruning_run(tr, dt: str, coreset_digest: str | None):
     """The pruning run of the same coreset (same dt and manifest digest), else the latest one of ``dt``."""
     from dealrec_tasks.tracking.client import TAG_DIGEST, TAG_DT, TAG_KIND, quote
@@ -255,8 +262,7 @@ class _Finetuned:
 
     @property
     def digest(self) -> str:
-        """The run's and the version's input digest: both manifests, so a republished adapter or evaluation is new."""
-        return hashlib.sha256(self.adapter_raw + b"\x00" + self.eval_raw).hexdigest()
+        return registration_digest(self.adapter_raw, self.eval_raw)
 
     @property
     def eval_cfg(self) -> dict[str, Any]:
@@ -491,20 +497,6 @@ def _who() -> str:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user name in some containers
         return "unknown"
-
-
-def promote_if_better(cfg: TrackingConfig, version: int) -> StepResult:
-    """``version`` gets ``challenger``; it becomes ``champion`` when it is the first, or beats the champion on
-    ``cfg.metric`` by more than ``cfg.margin``. The decision and both numbers are written as version tags."""
-    from dealrec_tasks.tracking import registry as reg
-    from dealrec_tasks.tracking.client import Tracking
-
-    tr = Tracking(cfg)
-    tr.ping()
-    name = cfg.model_name
-    tags, changed = reg.promote_if_better(tr, name, version, cfg.metric, cfg.margin, cfg.require_comparable)
-    counts = reg.decision_summary(tr, name, version, tags)
-    return StepResult("promote-if-better", {"model": f"models:/{name}/{version}"}, counts, changed)
 
 
 def promote(cfg: TrackingConfig, version: int, reason: str) -> StepResult:

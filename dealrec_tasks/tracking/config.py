@@ -40,12 +40,8 @@ class TrackingConfig(_Config):
     metric: str = opt("ndcg@20", "evaluation metric compared for promotion (higher is better), e.g. recall@10")
     margin: float = opt(
         0.0,
-        "the challenger must beat the champion by more than this (negative: accept a fresher model at most "
-        "|margin| worse)",
-    )
-    require_comparable: bool = opt(
-        False,
-        "promote only over a champion evaluated on the same users and settings (else: compare, caveat in the tags)",
+        "promote only when the 95% interval of challenger minus champion (paired over the same users) lies above "
+        "this (negative: accept a fresher model at most |margin| worse)",
     )
     retries: int = opt(3, "tries of each MLflow call when the tracking server is unreachable")
     retry_wait_s: float = opt(2.0, "seconds between tries (doubled each time)")

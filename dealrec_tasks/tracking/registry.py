@@ -1,20 +1,18 @@
-"""Registry: idempotent model versions, aliases ``challenger``/``champion``, promotion decisions, hand moves.
+"""Registry: idempotent model versions, aliases ``challenger``/``champion``, champion moves and rollbacks.
 
 Aliases, not stages (stages are deprecated in MLflow). Every move of ``champion`` is recorded twice: as version
-tags a person reads in the UI (who, when, why, with which numbers), and as a registered-model tag
-``dealrec_champion_history`` (the versions that held the alias, oldest first) that ``rollback`` walks back.
-The alias itself stays the truth: when someone moved it by hand in the UI, the history is reconciled first.
+tags a person reads in the UI (who, when, why), and as a registered-model tag ``dealrec_champion_history`` (the
+versions that held the alias, oldest first) that ``rollback`` walks back. The alias itself stays the truth: when
+someone moved it by hand in the UI, the history is reconciled first.
 
-Promotion is two-phase so a retry never decides twice: the decision and both numbers are written as version
-tags, then the alias moves, then ``promotion.applied`` is set. A retry that finds a decision only finishes it.
+What to promote is decided elsewhere (``steps/gate.py``, from the lake's checksummed evaluations): nothing here
+reads a version's tags to decide anything.
 """
 
 from __future__ import annotations
 
 import datetime as dt_mod
 import json
-import math
-from dataclasses import dataclass
 from typing import Any
 
 from dealrec_tasks.errors import ConfigError, InputError
@@ -26,7 +24,6 @@ CHALLENGER = "challenger"
 HISTORY_TAG = "dealrec_champion_history"
 HISTORY_KEEP = 200
 EVAL_SET_TAG = "eval_set"
-SAME_USERS = "re-evaluated on the same users"  # in a decision's reason: the champion was measured on those users
 
 
 def metric_key(name: str) -> str:
@@ -41,43 +38,6 @@ def eval_tag(metric: str) -> str:
 
 def now() -> str:
     return dt_mod.datetime.now(dt_mod.UTC).isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The decision (pure)
-# ---------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
-
-    @property
-    def name(self) -> str:
-        return "champion" if self.promote else "kept"
-
-
-def decide(
-    challenger: float,
-    champion: float | None,
-    margin: float,
-    comparable: bool | None,
-    require_comparable: bool = False,
-    metric: str = "metric",
-) -> Decision:
-    """Promote the first version; later ones only when ``challenger > champion + margin`` (strictly).
-
-    ``comparable`` is None without a champion, else whether both were evaluated on the same users and config.
-    """
-    if not math.isfinite(challenger):
-        return Decision(False, f"challenger {metric} is {challenger}: not a number, never promoted")
-    if champion is None:
-        return Decision(True, "first version: no champion yet")
-    if not comparable and require_comparable:
-        return Decision(False, "not comparable: evaluated on other users or with another config")
-    caveat = "" if comparable else " (caveat: evaluated on other users or with another config)"
-    if challenger > champion + margin:
-        return Decision(True, f"{metric} {challenger:.6g} > champion {champion:.6g} + margin {margin:g}{caveat}")
-    return Decision(False, f"{metric} {challenger:.6g} <= champion {champion:.6g} + margin {margin:g}{caveat}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,11 +111,6 @@ def set_alias(tr: Tracking, name: str, alias: str, version: int | str) -> None:
 def set_tags(tr: Tracking, name: str, version: int | str, tags: dict[str, object]) -> None:
     for key, value in tags.items():
         tr.call("set version tag", tr.client.set_model_version_tag, name, str(version), key, str(value))
-
-
-def metric_of(mv, metric: str) -> float | None:
-    raw = mv.tags.get(eval_tag(metric))
-    return None if raw is None else float(raw)
 
 
 def find_or_create_version(
@@ -255,105 +210,3 @@ def rollback_champion(tr: Tracking, name: str, reason: str) -> tuple[int, int]:
     set_alias(tr, name, CHAMPION, target)
     _write_history(tr, name, history)
     return current, target
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Promotion: decide once (recorded as tags), then apply
-# ---------------------------------------------------------------------------------------------------------
-def promotion_tags(
-    mv,
-    champion,
-    metric: str,
-    margin: float,
-    require_comparable: bool = False,
-    champion_same_users: float | None = None,
-) -> dict[str, str]:
-    """The decision on challenger ``mv`` against ``champion`` (the version behind the alias, or None) and the numbers
-    it was taken on, as the version tags that record it. Reads only the two versions' tags, unless
-    ``champion_same_users`` gives the champion's ``metric`` measured on the challenger's users (the fair gate):
-    then that number decides, and the two are comparable.
-
-    ``mv`` must carry ``metric`` (see ``promote_if_better``); a champion without it is kept, for a person to decide.
-    """
-    challenger = metric_of(mv, metric)
-    champion_value = None
-    comparable: bool | None = None
-    if champion is not None and int(champion.version) == int(mv.version):
-        decision = Decision(True, "already champion")
-        champion_value = challenger
-        comparable = True
-    elif champion is not None and champion_same_users is not None:
-        champion_value, comparable = champion_same_users, True
-        decision = decide(challenger, champion_value, margin, True, require_comparable, metric)
-        decision = Decision(decision.promote, decision.reason + f" (champion {SAME_USERS})")
-    elif champion is not None and metric_of(champion, metric) is None:
-        decision = Decision(False, f"champion {champion.version} has no {metric}; promote by hand")
-    else:
-        if champion is not None:
-            champion_value = metric_of(champion, metric)
-            comparable = champion.tags.get(EVAL_SET_TAG) == mv.tags.get(EVAL_SET_TAG)
-        decision = decide(challenger, champion_value, margin, comparable, require_comparable, metric)
-    return {
-        "promotion.metric": metric,
-        "promotion.margin": repr(margin),
-        "promotion.challenger_value": repr(challenger),
-        "promotion.champion_value": "none" if champion_value is None else repr(champion_value),
-        "promotion.champion_version": "none" if champion is None else str(champion.version),
-        "promotion.comparable": "n/a" if comparable is None else str(comparable).lower(),
-        "promotion.reason": decision.reason,
-        "promotion.decided_at": now(),
-        "promotion.decision": decision.name,  # last: its presence means the whole decision is recorded
-    }
-
-
-def promote_if_better(
-    tr: Tracking,
-    name: str,
-    version: int,
-    metric: str,
-    margin: float,
-    require_comparable: bool = False,
-    champion_same_users: float | None = None,
-) -> tuple[dict[str, str], bool]:
-    """``version`` gets ``challenger``, then the decision is recorded and applied; returns (its tags, changed).
-
-    Two-phase so that a retry never decides twice: a version that already has ``promotion.decision`` keeps it
-    (whatever the config says now), and only the alias move it may still lack is finished.
-    """
-    mv = get_version(tr, name, version)
-    set_alias(tr, name, CHALLENGER, version)
-    recorded = mv.tags.get("promotion.decision")
-    if recorded is not None:
-        changed = False
-        if recorded == "champion" and mv.tags.get("promotion.applied") != "true":
-            move_champion(tr, name, version, {"champion.reason": "automatic: " + mv.tags["promotion.reason"]})
-            set_tags(tr, name, version, {"promotion.applied": "true"})
-            changed = True
-        return dict(mv.tags), changed
-    if metric_of(mv, metric) is None:
-        have = sorted(k for k in mv.tags if k.startswith("eval."))
-        raise InputError(
-            f"{name} version {version}: no tag {eval_tag(metric)} (has {have}); "
-            "register versions with `dealrec register`, or set metric to one it has"
-        )
-    champion = alias_version(tr, name, CHAMPION)
-    tags = promotion_tags(mv, champion, metric, margin, require_comparable, champion_same_users)
-    set_tags(tr, name, version, tags)
-    if tags["promotion.decision"] == "champion":
-        move_champion(tr, name, version, {"champion.reason": "automatic: " + tags["promotion.reason"]})
-    set_tags(tr, name, version, {"promotion.applied": "true"})
-    return tags, True
-
-
-def decision_summary(tr: Tracking, name: str, version: int, tags: dict[str, str]) -> dict[str, Any]:
-    """What a promotion decided, from its tags, and which version is champion now."""
-    champion = alias_version(tr, name, CHAMPION)
-    return {
-        "decision": tags["promotion.decision"],
-        "version": version,
-        "champion": int(champion.version) if champion is not None else None,
-        "metric": tags["promotion.metric"],
-        "challenger_value": tags["promotion.challenger_value"],
-        "champion_value": tags["promotion.champion_value"],
-        "comparable": tags["promotion.comparable"],
-    }

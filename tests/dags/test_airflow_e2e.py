@@ -133,17 +133,20 @@ def test_daily_then_finetune_then_both_again_for_the_same_day(stack):
     assert evaluations[0]["config"] == evaluations[1]["config"]
     assert evaluations[0]["metrics"]["users"] == evaluations[1]["metrics"]["users"] == FINETUNE_CONF["eval_users"]
     first = mlflow_state(stack.mlflow)
-    assert first["versions"] == [1, 2] and first["champion"] in (1, 2)
+    assert first["versions"] == [1, 2] and first["champion"] == 1  # the primary arm, declared, is the challenger
     # The Airflow run that logged each run and the version (the MLflow key is the coarser dag/dt).
     assert first["airflow_dags"] == ["dealrec_daily", "dealrec_daily", "dealrec_finetune", "dealrec_finetune",
                                      "dealrec_finetune"]  # fmt: skip
     assert first["champion_tags"]["airflow.dag_id"] == "dealrec_finetune" and first["champion_tags"]["airflow.run_id"]
     assert first["champion_tags"]["dt"] == DT and first["champion_tags"]["promotion.decision"] == "champion"
-    assert first["champion_tags"]["strategy"] in ("dealrec", "random")
+    assert first["champion_tags"]["strategy"] == "dealrec"
     assert [kind for kind, status in first["runs"]] == ["day", "finetune", "finetune", "pruning", "pruning"]
     assert all(status == "FINISHED" for _, status in first["runs"])
     gate, _ = stack.lake.read_verified_json("gate", DT, "gate.json")
-    assert [a["strategy"] for a in gate["arms"]] == ["dealrec", "random"] and gate["lift_vs_random"] is not None
+    assert [a["strategy"] for a in gate["arms"]] == ["dealrec", "random"] and "lift_vs_random" not in gate
+    assert gate["primary_vs_random"]["users"] == FINETUNE_CONF["eval_users"] and gate["running_vs_random"]["days"] == 1
+    for partition in ("evaluation", "evaluation/arm=random"):  # what the gate paired, user by user
+        assert stack.lake.read(partition, DT, "per_user.parquet").num_rows == FINETUNE_CONF["eval_users"]
     published = manifests(lake_root)
 
     dags_test(stack, "dealrec_daily", DAILY_CONF)

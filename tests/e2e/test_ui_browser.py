@@ -150,7 +150,10 @@ def test_airflow_and_mlflow_uis_in_chromium(stack: Stack, page):
     assert width > 500, "the report figure did not load"
     # One pruning run per arm (the coreset and its random control), both logged by the daily run from the form.
     assert page.get_by_role("link", name=f"dealrec_daily / {daily}").count() == 2
-    assert "lift vs random" in body and "random" in body
+    assert "dealrec − random today" in body and "running estimate over" in body and "verdict" in body
+    assert "challenger (declared: the primary arm)" in body
+    gate_width = page.locator("img[src='arms.png']").evaluate("img => img.complete ? img.naturalWidth : 0")
+    assert gate_width > 500, "the gate's plot did not load"
     shot(page, "dealrec-day", full=True)
 
     # MLflow UI: the registered model with its champion alias; the day's fine-tuning run with its metrics.

@@ -4,6 +4,7 @@ throwaway database for this session) and artifacts on the moto S3 server; regist
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +22,8 @@ from peft import PeftModel
 from dealrec_tasks.errors import InputError
 from dealrec_tasks.llm.tiny import load
 from dealrec_tasks.steps import tracking as steps
-from dealrec_tasks.storage import join_uri
+from dealrec_tasks.steps.gate import gate
+from dealrec_tasks.storage import Lake, join_uri
 from dealrec_tasks.tracking.config import TrackingConfig
 from dealrec_tasks.tracking.model import load_pyfunc, load_torch_model
 from tests.conftest import S3_KEY, S3_SECRET
@@ -139,6 +141,8 @@ def mlflow_server(postgres_url, artifact_bucket, s3_endpoint, tmp_path_factory):
 
 def test_register_promote_rollback_over_http(tracked, mlflow_server, artifact_bucket, s3_client, tmp_path):
     lake, dt = tracked.lake, tracked.dt
+    shutil.copytree(tracked.root / "lake", tmp_path / "gate-lake")  # the gate publishes into it
+    gate_lake = Lake(str(tmp_path / "gate-lake"))
     tag = uuid.uuid4().hex[:6]
     cfg = TrackingConfig(tracking_uri=mlflow_server, experiment=f"it-{tag}", model_name=f"bigrec-{tag}")
 
@@ -148,10 +152,12 @@ def test_register_promote_rollback_over_http(tracked, mlflow_server, artifact_bu
     assert first.counts["version"] == 1 and first.counts["pruning_run_id"] == pruning.counts["run_id"]
     retry = steps.register(lake, dt, tracked.model_dir, cfg, "manual__2026-01-05T01:00:00+00:00")
     assert retry.counts["version"] == 1 and not retry.changed  # a retried task finds its version by tag
-    assert steps.promote_if_better(cfg, 1).counts["decision"] == "champion"
+    gated = gate(gate_lake, dt, cfg, [1], "manual__2026-01-05T01:00:00+00:00")
+    assert gated.counts["decision"] == "champion" and gated.counts["champion"] == 1
 
+    # The same adapter and evaluation registered again: paired with the champion (itself), nothing to promote.
     second = steps.register(lake, dt, tracked.model_dir, cfg, "manual__2026-01-05T02:00:00+00:00")
-    decided = steps.promote_if_better(cfg, second.counts["version"])
+    decided = gate(gate_lake, dt, cfg, [second.counts["version"]], "manual__2026-01-05T02:00:00+00:00")
     assert decided.counts["decision"] == "kept" and decided.counts["champion"] == 1
     assert steps.promote(cfg, 2, "checked by hand").counts == {"champion": 2, "previous": 1}
     assert steps.rollback(cfg, "regression").counts == {"champion": 1, "rolled_back": 2}

@@ -104,24 +104,40 @@ def test_report_png_for_each_kind_of_selection(strategy, kind):
     assert png == coreset_report_png(sel, cfg, cov, interactions, "2026-01-04")  # no timestamp: reruns are no-ops
 
 
-def test_the_gate_history_plot_draws_every_arm_and_the_champion_over_days():
-    def day(dt, dealrec, random, champion, decision):
+def test_the_gate_history_plot_draws_every_arm_the_champion_and_the_paired_lift_over_days():
+    def day(dt, dealrec, random, champion, decision, lift=None, running=None):
         return {
             "dt": dt,
             "metric": "ndcg@20",
             "arms": [{"strategy": "dealrec", "ndcg@20": dealrec}, {"strategy": "random", "ndcg@20": random}],
-            "best": {"strategy": "dealrec" if dealrec >= random else "random", "ndcg@20": max(dealrec, random)},
-            "lift_vs_random": max(dealrec, random) - random,
             "champion_value": champion,
             "champion_same_users": champion is not None,
             "decision": decision,
+            "primary_vs_random": lift,
+            "running_vs_random": running,
         }
 
     history = [
-        day("2026-01-01", 0.10, 0.09, None, "champion"),
-        day("2026-01-02", 0.11, 0.10, 0.095, "champion"),
-        day("2026-01-03", 0.10, 0.12, 0.115, "kept"),
-    ]
+        day("2026-01-01", 0.10, 0.09, None, "champion", {"mean": 0.01, "lower": -0.02, "upper": 0.04},
+            {"mean": 0.01, "lower": -0.02, "upper": 0.04, "verdict": "not resolved after 1 day"}),
+        day("2026-01-02", 0.11, 0.10, 0.095, "champion"),  # no random arm that day
+        day("2026-01-03", 0.10, 0.12, 0.115, "kept", {"mean": -0.02, "lower": -0.03, "upper": -0.01},
+            {"mean": -0.01, "lower": -0.015, "upper": -0.005, "verdict": "dealrec loses to random"}),
+    ]  # fmt: skip
+    fig = reports.gate_history_figure(history)
+    arms_ax, lift_ax = fig.axes
+    lines = {line.get_label(): line.get_ydata() for line in arms_ax.get_lines()}
+    assert list(lines["arm dealrec"]) == [0.10, 0.11, 0.10] and list(lines["arm random"]) == [0.09, 0.10, 0.12]
+    assert np.isnan(lines["champion, same users"][0]) and list(lines["champion, same users"][1:]) == [0.095, 0.115]
+    promoted = [c for c in arms_ax.collections if c.get_label() == "primary promoted"]
+    assert promoted and promoted[0].get_offsets().tolist() == [[0, 0.10], [1, 0.11]]
+    [daily] = lift_ax.containers  # the errorbar: the daily estimates and their intervals
+    points, _, (bars,) = daily
+    assert points.get_xdata().tolist() == [0, 2] and points.get_ydata().tolist() == [0.01, -0.02]
+    assert np.allclose([seg[:, 1] for seg in bars.get_segments()], [[-0.02, 0.04], [-0.03, -0.01]])
+    running = {line.get_label(): line for line in lift_ax.get_lines()}["running estimate, all days so far"]
+    assert running.get_ydata()[[0, 2]].tolist() == [0.01, -0.01] and np.isnan(running.get_ydata()[1])
+    assert lift_ax.get_title() == "dealrec vs random: dealrec loses to random"
     png = reports.gate_history_png(history)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and png == reports.gate_history_png(history)
     assert reports.gate_history_png(history[:1]) != png

@@ -4,21 +4,24 @@ lake and a real SQLite MLflow store, a partial day, an empty lake, and the pages
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from dealrec_tasks.cli import main
-from dealrec_tasks.days import MlflowLinks, day_detail, histogram, list_days, report_png
+from dealrec_tasks.days import MlflowLinks, day_detail, gate_png, histogram, list_days, report_png
 from dealrec_tasks.days_page import day_page, days_page
 from dealrec_tasks.errors import ConfigError, InputError
 from dealrec_tasks.steps import tracking as steps
+from dealrec_tasks.steps.gate import gate
 from dealrec_tasks.storage import Lake
 from tests.conftest import synthetic_lake
 
 
-def test_a_whole_day_with_its_mlflow_runs_versions_and_decision(tracked, cfg):
-    lake, dt = tracked.lake, tracked.dt
+def test_a_whole_day_with_its_mlflow_runs_versions_and_decision(tracked, cfg, tmp_path):
+    shutil.copytree(tracked.root / "lake", tmp_path / "lake")  # the gate publishes into it
+    lake, dt = Lake(str(tmp_path / "lake")), tracked.dt
     steps.log_pruning(
         lake,
         dt,
@@ -27,7 +30,8 @@ def test_a_whole_day_with_its_mlflow_runs_versions_and_decision(tracked, cfg):
         run_tags={"airflow.dag_id": "dealrec_daily", "airflow.run_id": "manual__x"},
     )
     version = steps.register(lake, dt, tracked.model_dir, cfg, f"dealrec_finetune/dt={dt}").counts["version"]
-    steps.promote_if_better(cfg, version)
+    gated = gate(lake, dt, cfg, [version], f"dealrec_finetune/dt={dt}")
+    assert gated.counts["decision"] == "champion"
 
     days = list_days(lake)
     assert [d["dt"] for d in days] == [dt]
@@ -57,9 +61,12 @@ def test_a_whole_day_with_its_mlflow_runs_versions_and_decision(tracked, cfg):
     html = day_page(d, airflow_url="/")
     assert f"day {dt}" in html and 'src="report.png"' in html and "<svg" in html
     assert 'href="/dags/dealrec_daily/runs/manual__x"' in html and "version " + str(version) in html
-    assert "champion" in html
+    assert "champion" in html and "Gate (paired t" in html and 'src="arms.png"' in html
+    assert "first version: no champion in production yet" in html
+    assert row["decision"] == "champion" and row["vs_random"] is None  # one arm: nothing to pair with random
+    assert gate_png(lake, dt).startswith(b"\x89PNG")
     listing = days_page(days, lake.uri())
-    assert f'href="day/{dt}/"' in listing and "fine-tuned and evaluated" in listing
+    assert f'href="day/{dt}/"' in listing and "fine-tuned and evaluated" in listing and "champion" in listing
 
 
 def test_a_partial_day_an_empty_lake_and_bad_days(tmp_path):

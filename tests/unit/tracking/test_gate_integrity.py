@@ -39,11 +39,10 @@ def _nothing_logged(cfg) -> bool:
     return not runs and not client.search_model_versions(f"name = '{cfg.model_name}'")
 
 
-def test_an_edited_metric_in_the_evaluation_manifest_does_not_promote(tracked, cfg, copy):
-    """ndcg@20 = 0.99 written into the manifest (no checksum covers its fields): the gate reads metrics.json."""
+def test_an_edited_metric_in_the_evaluation_manifest_is_not_what_gets_registered(tracked, cfg, copy):
+    """ndcg@20 = 0.99 written into the manifest (no checksum covers its fields): register reads metrics.json. (The
+    gate reads neither: it pairs per_user.parquet; tests/unit/tracking/test_gate.py.)"""
     dt = tracked.dt
-    v1 = steps.register(tracked.lake, dt, tracked.model_dir, cfg, "run__1").counts["version"]
-    assert steps.promote_if_better(cfg, v1).counts["decision"] == "champion"  # the normal path still promotes
     true = json.loads((_part(tracked.lake, "evaluation", dt) / "metrics.json").read_text())["ndcg@20"]
     assert true < 0.99
 
@@ -53,11 +52,8 @@ def test_an_edited_metric_in_the_evaluation_manifest_does_not_promote(tracked, c
     path.write_text(json.dumps(manifest))
     reg = steps.register(copy, dt, tracked.model_dir, cfg, "run__2")
     assert reg.counts["ndcg@20"] == pytest.approx(true)
-    decided = steps.promote_if_better(cfg, reg.counts["version"])
-    assert decided.counts["decision"] == "kept" and decided.counts["champion"] == v1
     tags = _client(cfg).get_model_version(cfg.model_name, str(reg.counts["version"])).tags
     assert float(tags["eval.ndcg_at_20"]) == pytest.approx(true)
-    assert float(tags["promotion.challenger_value"]) == pytest.approx(true)
 
 
 @pytest.mark.parametrize(

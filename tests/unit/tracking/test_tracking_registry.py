@@ -1,10 +1,8 @@
-"""Registry on the embedded SQLite store: aliases, the promotion decision as tags, hand promote and rollback."""
+"""Registry on the embedded SQLite store: aliases, hand promote and rollback, clear errors."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
 import socket
 
 import pytest
@@ -15,7 +13,6 @@ from dealrec_tasks.errors import ConfigError, InputError
 from dealrec_tasks.steps import tracking as steps
 from dealrec_tasks.tracking.client import TrackingUnavailable
 from dealrec_tasks.tracking.config import TrackingConfig
-from dealrec_tasks.tracking.registry import HISTORY_TAG, decide
 
 
 def _client(cfg) -> MlflowClient:
@@ -26,62 +23,10 @@ def _champion(cfg) -> int:
     return int(_client(cfg).get_model_version_by_alias(cfg.model_name, "champion").version)
 
 
-@pytest.mark.parametrize(
-    ("challenger", "champion", "margin", "comparable", "strict", "promote"),
-    [
-        (0.1, None, 0.0, None, False, True),  # the first version becomes champion
-        (0.2, 0.1, 0.0, True, False, True),
-        (0.1, 0.1, 0.0, True, False, False),  # a tie keeps the champion: it must beat it
-        (0.105, 0.1, 0.01, True, False, False),  # not by more than the margin
-        (0.095, 0.1, -0.01, True, False, True),  # negative margin: a fresher model within tolerance
-        (0.2, 0.1, 0.0, False, False, True),  # other users: compared, with a caveat
-        (0.2, 0.1, 0.0, False, True, False),  # ... or refused when comparability is required
-        (float("nan"), 0.1, 0.0, True, False, False),
-    ],
-)
-def test_decision(challenger, champion, margin, comparable, strict, promote):
-    d = decide(challenger, champion, margin, comparable, strict, "ndcg@20")
-    assert d.promote is promote and d.name == ("champion" if promote else "kept")
-    if comparable is False and not strict:
-        assert "caveat" in d.reason
-
-
-def test_promotion_records_decision_and_numbers_and_retries_do_not_redecide(tracked, cfg):
-    lake, dt = tracked.lake, tracked.dt
-    v1 = steps.register(lake, dt, tracked.model_dir, cfg, "run__1").counts["version"]
-    first = steps.promote_if_better(cfg, v1)
-    assert first.counts["decision"] == "champion" and first.counts["champion"] == v1
-    assert steps.promote_if_better(cfg, v1).changed is False
-
-    # Same evaluation, margin 0: a tie does not replace the champion.
-    v2 = steps.register(lake, dt, tracked.model_dir, cfg, "run__2").counts["version"]
-    kept = steps.promote_if_better(cfg, v2)
-    assert kept.counts["decision"] == "kept" and _champion(cfg) == v1
-    client = _client(cfg)
-    tags = client.get_model_version(cfg.model_name, str(v2)).tags
-    ndcg = lake.require_manifest("evaluation", dt)["metrics"]["ndcg@20"]
-    assert tags["promotion.decision"] == "kept" and tags["promotion.metric"] == "ndcg@20"
-    assert float(tags["promotion.challenger_value"]) == pytest.approx(ndcg)
-    assert float(tags["promotion.champion_value"]) == pytest.approx(ndcg)
-    assert tags["promotion.champion_version"] == str(v1) and tags["promotion.comparable"] == "true"
-    assert int(client.get_model_version_by_alias(cfg.model_name, "challenger").version) == v2
-
-    # A tolerance for fresher models (negative margin) promotes the next one; a retry changes nothing.
-    tolerant = dataclasses.replace(cfg, margin=-0.001)
-    v3 = steps.register(lake, dt, tracked.model_dir, tolerant, "run__3").counts["version"]
-    promoted = steps.promote_if_better(tolerant, v3)
-    assert promoted.counts["decision"] == "champion" and _champion(cfg) == v3
-    again = steps.promote_if_better(cfg, v3)  # even with a stricter config, the recorded decision stands
-    assert again.counts["decision"] == "champion" and not again.changed
-    assert json.loads(client.get_registered_model(cfg.model_name).tags[HISTORY_TAG]) == [v1, v3]
-    v3_tags = client.get_model_version(cfg.model_name, str(v3)).tags
-    assert v3_tags["champion.previous"] == str(v1) and v3_tags["champion.reason"].startswith("automatic: ndcg@20")
-
-
 def test_promote_and_rollback_by_hand(tracked, cfg):
     lake, dt = tracked.lake, tracked.dt
     versions = [steps.register(lake, dt, tracked.model_dir, cfg, f"run__{i}").counts["version"] for i in (1, 2)]
-    steps.promote_if_better(cfg, versions[0])
+    steps.promote(cfg, versions[0], "the first one")
     with pytest.raises(InputError, match="first champion on record; nothing to roll back"):
         steps.rollback(cfg, "nothing yet")
     moved = steps.promote(cfg, versions[1], "canary looked good")
@@ -118,7 +63,8 @@ def test_cli_promote_rollback_and_clear_errors(tracked, cfg, capsys):
         assert main([*common, "register", "--dt", tracked.dt, "--model", tracked.model_dir, *opts,
                      "--orchestrator-run-id", run]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "register: version 1" in out and "decision champion" in out and "decision kept" in out
+    assert "register: version 1" in out and "register: version 2" in out and "decision" not in out
+    assert main([*common, "promote", "--version", "1", "--reason", "first", *opts]) == 0
     assert main([*common, "promote", "--version", "2", "--reason", "manual check", *opts]) == 0
     assert "promote: champion 2, previous 1" in capsys.readouterr().out
     assert main([*common, "rollback", "--reason", "regression", *opts]) == 0
@@ -183,25 +129,3 @@ def test_config_validation_names_the_parameter(monkeypatch, tmp_path):
     assert TrackingConfig().resolved_artifact_location() is None
     with pytest.raises(ConfigError, match="orchestrator_run_id"):
         steps.log_pruning(None, "2026-01-01", TrackingConfig(), " ")  # type: ignore[arg-type]
-
-
-def test_versions_evaluated_differently_are_flagged_not_comparable(tracked, cfg, tmp_path):
-    """A champion evaluated on other users or settings: compared with a caveat, or refused when required."""
-    from dealrec_tasks.llm.config import EvalConfig
-    from dealrec_tasks.steps import llm
-    from dealrec_tasks.storage import Lake
-
-    v1 = steps.register(tracked.lake, tracked.dt, tracked.model_dir, cfg, "run__1").counts["version"]
-    steps.promote_if_better(cfg, v1)
-    shutil.copytree(tracked.root / "lake", tmp_path / "lake")
-    other = Lake(str(tmp_path / "lake"))
-    llm.evaluate(other, tracked.dt, tracked.model_dir, EvalConfig(num_beams=1, max_new_tokens=4), max_users=10)
-    strict = dataclasses.replace(cfg, require_comparable=True)
-    v2 = steps.register(other, tracked.dt, tracked.model_dir, strict, "run__2").counts["version"]
-    decided = steps.promote_if_better(strict, v2)
-    assert decided.counts["decision"] == "kept" and decided.counts["comparable"] == "false"
-    tags = _client(cfg).get_model_version(cfg.model_name, str(v2)).tags
-    assert tags["promotion.reason"].startswith("not comparable") and tags["promotion.comparable"] == "false"
-    champion_tags = _client(cfg).get_model_version(cfg.model_name, str(v1)).tags
-    assert tags["eval_set"] != champion_tags["eval_set"]
-    assert _champion(cfg) == v1
