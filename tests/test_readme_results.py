@@ -27,3 +27,15 @@ def test_every_regime_has_its_json_and_figure_with_random_and_popularity():
             runs = result["runs"][strategy]
             assert row["recall@20"]["n"] == len(runs)
             assert abs(row["recall@20"]["mean"] - sum(r["test"]["recall@20"] for r in runs) / len(runs)) < 1e-12
+
+
+def test_the_promotion_docs_match_their_results_jsons():
+    """docs/promotion.md's measured rates and worked example are generated from bench/results (gate_power.json,
+    demo_gate.json)."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "report_promotion.py"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    power = json.loads((REPO / "bench" / "results" / "gate_power.json").read_text())
+    null = [r for r in power["rows"] if r["lift"] == 0.0]
+    assert null and all(r["promotion_rate"] <= 0.05 for r in null)  # the issue's bar, on the committed run
