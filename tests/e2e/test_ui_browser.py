@@ -146,7 +146,7 @@ def test_airflow_and_mlflow_uis_in_chromium(stack: Stack, page):
     assert re.search(rf"selected / candidates\s+{UI_N} / \d", body), body[:2000]
     assert "distinct items" in body and "random, same size" in body and "ndcg@20" in body
     assert page.locator("svg[aria-label='influence histogram']").count() == 1
-    width = page.locator("img.report").evaluate("img => img.complete ? img.naturalWidth : 0")
+    width = page.locator("img[src='report.png']").evaluate("img => img.complete ? img.naturalWidth : 0")
     assert width > 500, "the report figure did not load"
     # One pruning run per arm (the coreset and its random control), both logged by the daily run from the form.
     assert page.get_by_role("link", name=f"dealrec_daily / {daily}").count() == 2
