@@ -128,6 +128,41 @@ def promoted_adapter(lake: Lake, version: int) -> dict[str, Any] | None:
     return None
 
 
+def champion_adapter(lake: Lake, dt: str, champion, model_dir: str | None) -> tuple[str, str | None, list[str]]:
+    """(adapter partition URI, why it cannot be evaluated on ``dt``'s users or None, notes) of the champion version.
+
+    The adapter is the one a gate record promoted, its files checked unchanged; a version promoted by hand falls back
+    to its ``adapter_uri`` tag (said in a note). ``model_dir`` None skips the base-model check (the gate explaining a
+    skip has no model)."""
+    from dealrec_tasks.llm.evaluate import model_fingerprint
+
+    version = int(champion.version)
+    notes: list[str] = []
+    found = promoted_adapter(lake, version)
+    if found is not None:
+        adapter_uri, expected, adapter_dt = found["uri"], found["files"], found["dt"]
+    else:
+        adapter_uri, expected, adapter_dt = champion.tags.get("adapter_uri", ""), None, champion.tags.get("dt")
+        notes.append(f"champion {version} was not promoted by the gate: its adapter is taken from its adapter_uri tag")
+    manifest = None
+    if adapter_uri:
+        dataset, day = lake.locate(adapter_uri)
+        manifest = lake.manifest(dataset, day)
+    skip = None
+    if manifest is None:
+        skip = f"champion {version}: its adapter {adapter_uri or '(unknown)'} is not in this lake"
+    elif expected is not None and {n: e["sha256"] for n, e in manifest["files"].items()} != expected:
+        skip = f"champion {version}: its adapter {adapter_uri} was republished since it was promoted"
+    elif adapter_dt == dt:
+        skip = f"champion {version} is a version of dt={dt}: the gate uses its arm's own evaluation of these users"
+    elif model_dir is not None and manifest.get("base_model", {}).get("fingerprint") not in (
+        None,
+        model_fingerprint(model_dir),
+    ):
+        skip = f"champion {version} was trained on another base model ({manifest['base_model'].get('path')})"
+    return adapter_uri, skip, notes
+
+
 def evaluate_champion(
     lake: Lake,
     dt: str,
@@ -145,7 +180,6 @@ def evaluate_champion(
     version promoted by hand falls back to its ``adapter_uri`` tag (said in a note). Skipped, with a note saying why,
     when there is no champion, when it is one of ``dt``'s own arms, when its adapter was trained on another base
     model or is not in this lake; the gate then keeps the champion."""
-    from dealrec_tasks.llm.evaluate import model_fingerprint
     from dealrec_tasks.steps.llm import evaluate_version
     from dealrec_tasks.tracking import registry as reg
     from dealrec_tasks.tracking.client import Tracking
@@ -157,26 +191,7 @@ def evaluate_champion(
     if champion is None:
         return StepResult("evaluate-champion", {}, {"champion": None}, False, ["no champion yet: nothing to compare"])
     version = int(champion.version)
-    notes: list[str] = []
-    found = promoted_adapter(lake, version)
-    if found is not None:
-        adapter_uri, expected, adapter_dt = found["uri"], found["files"], found["dt"]
-    else:
-        adapter_uri, expected, adapter_dt = champion.tags.get("adapter_uri", ""), None, champion.tags.get("dt")
-        notes.append(f"champion {version} was not promoted by the gate: its adapter is taken from its adapter_uri tag")
-    skip = None
-    adapter_manifest = None
-    if adapter_uri:
-        dataset, day = lake.locate(adapter_uri)
-        adapter_manifest = lake.manifest(dataset, day)
-    if adapter_dt == dt:
-        skip = f"champion {version} is a version of dt={dt}: the gate uses its arm's own evaluation of these users"
-    elif adapter_manifest is None:
-        skip = f"champion {version}: its adapter {adapter_uri or '(unknown)'} is not in this lake"
-    elif expected is not None and {n: e["sha256"] for n, e in adapter_manifest["files"].items()} != expected:
-        skip = f"champion {version}: its adapter {adapter_uri} was republished since it was promoted"
-    elif adapter_manifest.get("base_model", {}).get("fingerprint") not in (None, model_fingerprint(model_dir)):
-        skip = f"champion {version} was trained on another base model ({adapter_manifest['base_model'].get('path')})"
+    adapter_uri, skip, notes = champion_adapter(lake, dt, champion, model_dir)
     if skip is not None:
         counts = {"champion": version, "evaluated": False}
         return StepResult("evaluate-champion", {}, counts, False, notes + [skip + "; the gate keeps it"])
@@ -203,10 +218,9 @@ def _champion_on_same_users(
     dataset = version_evaluation(version)
     manifest = lake.manifest(dataset, dt)
     if manifest is None:
-        return None, (
-            f"champion {version} was not re-evaluated on dt={dt}'s users (evaluate-champion skipped it: another base "
-            "model, or its adapter is not in this lake)"
-        )
+        _, skip, _ = champion_adapter(lake, dt, champion, None)
+        why = skip or "evaluate-champion did not run, or found it trained on another base model"
+        return None, f"champion {version} was not re-evaluated on dt={dt}'s users ({why})"
     if evaluation_set_id(lake, dt, manifest) != primary.eval_set:
         return None, f"champion {version} was re-evaluated with other users or settings than the arms of dt={dt}"
     users, values = read_per_user(lake, dataset, dt, metric, manifest)

@@ -252,7 +252,7 @@ def test_a_champion_evaluated_with_other_settings_or_not_at_all_is_kept_and_noth
     record, _ = lake.read_verified_json("gate", dt, "gate.json")
     assert kept.counts["decision"] == "kept" and kept.counts["champion"] == champion
     assert record["challenger_vs_champion"] is None and not record["champion_same_users"]
-    assert "was not re-evaluated" in record["reason"]
+    assert "was not re-evaluated" in record["reason"] and "evaluate-champion did not run" in record["reason"]
     assert f"dealrec promote --version {versions[None]}" in record["reason"]
 
     # Re-evaluated on the same users but with other generation settings: not comparable, kept.
@@ -282,3 +282,19 @@ def test_register_never_promotes_and_the_cli_gate_decides(arms, cfg, capsys):
     assert main([*common, "days"]) == 0
     listing = capsys.readouterr().out
     assert "primary - random [95%]" in listing and "champion" in listing
+
+
+def test_a_champion_whose_adapter_was_republished_since_its_promotion_is_kept_and_the_reason_says_so(arms, cfg):
+    lake, dt, model_dir, cache = arms
+    versions = _register_both(lake, dt, model_dir, cfg)
+    champion = _champion_from_an_earlier_day(lake, dt, cfg, versions)
+    # The adapter partition the gate promoted now holds other weights (a rerun republished it).
+    record, _ = lake.read_verified_json("gate", EARLIER, "gate.json")
+    record["challenger"]["adapter_files"]["adapter_model.safetensors"] = "0" * 64
+    lake.publish("gate", EARLIER, {}, blobs={"gate.json": json.dumps(record).encode()})
+    skipped = evaluate_champion(lake, dt, model_dir, EVAL, cfg, str(cache), max_users=20)
+    assert skipped.counts == {"champion": champion, "evaluated": False}
+    assert "was republished since it was promoted" in skipped.notes[-1]
+    kept = gate(lake, dt, cfg, [versions[None]], KEY)
+    record, _ = lake.read_verified_json("gate", dt, "gate.json")
+    assert kept.counts["decision"] == "kept" and "was republished since it was promoted" in record["reason"]
