@@ -105,13 +105,13 @@ def day_arms(lake: Lake, dt: str, metric: str) -> list[ArmResult]:
     return out
 
 
-def _paired(a_users, a_values, b_users, b_values) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Both results over the same users, aligned by user id; None when the two evaluated different users."""
-    if len(a_users) != len(b_users) or set(a_users) != set(b_users) or len(set(a_users)) != len(a_users):
+def _aligned(primary: ArmResult, users: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+    """``values`` reordered to the primary arm's users (paired by user id); None when the two scored other users."""
+    ids = primary.users
+    if len(ids) != len(users) or set(ids) != set(users) or len(set(ids)) != len(ids):
         return None
-    where = {u: i for i, u in enumerate(b_users)}
-    order = np.asarray([where[u] for u in a_users], dtype=np.int64)
-    return a_users, a_values, b_values[order]
+    where = {u: i for i, u in enumerate(users)}
+    return values[np.asarray([where[u] for u in ids], dtype=np.int64)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -211,10 +211,10 @@ def _champion_on_same_users(
     version = int(champion.version)
     same_day = next((a for a in arms if a.digest == champion.tags.get(TAG_DIGEST)), None)
     if same_day is not None:  # the champion is one of today's arms (its identity is bound to the lake's manifests)
-        pair = _paired(primary.users, primary.values, same_day.users, same_day.values)
-        if same_day.eval_set != primary.eval_set or pair is None:
+        values = _aligned(primary, same_day.users, same_day.values)
+        if same_day.eval_set != primary.eval_set or values is None:
             return None, f"champion {version} is today's arm {same_day.strategy}, evaluated on other users"
-        return pair[2], f"champion {version} is today's arm {same_day.strategy}, evaluated on the same users"
+        return values, f"champion {version} is today's arm {same_day.strategy}, evaluated on the same users"
     dataset = version_evaluation(version)
     manifest = lake.manifest(dataset, dt)
     if manifest is None:
@@ -223,11 +223,10 @@ def _champion_on_same_users(
         return None, f"champion {version} was not re-evaluated on dt={dt}'s users ({why})"
     if evaluation_set_id(lake, dt, manifest) != primary.eval_set:
         return None, f"champion {version} was re-evaluated with other users or settings than the arms of dt={dt}"
-    users, values = read_per_user(lake, dataset, dt, metric, manifest)
-    pair = _paired(primary.users, primary.values, users, values)
-    if pair is None:
+    values = _aligned(primary, *read_per_user(lake, dataset, dt, metric, manifest))
+    if values is None:
         return None, f"champion {version}'s re-evaluation scored other users than the primary arm"
-    return pair[2], f"champion {version} re-evaluated on the same users"
+    return values, f"champion {version} re-evaluated on the same users"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -268,8 +267,10 @@ def gate(
             f"--dt {dt}` (the evaluation or adapter was republished since?)"
         )
     config = {"metric": metric, "margin": cfg.margin, "test": TEST}
-    inputs = {"arms": {a.strategy: a.digest for a in arms}, "versions": arm_versions} | {
-        "champion_evaluations": _version_evaluations(lake, dt)
+    inputs = {
+        "arms": {a.strategy: a.digest for a in arms},
+        "versions": arm_versions,
+        "champion_evaluations": _version_evaluations(lake, dt),
     }
     done = lake.current(GATE, dt, config, inputs)
     if done is not None:  # a retry: the decision stands, whatever the champion is now
@@ -277,8 +278,9 @@ def gate(
         pub_changed, gate_uri, gate_sha = False, lake.partition(GATE, dt), done["files"][GATE_FILE]["sha256"]
     else:
         champion = reg.alias_version(tr, name, reg.CHAMPION)
-        record, vs_random = _decide(lake, dt, cfg, arms, arm_versions, champion)
-        pub = _publish(lake, dt, record, vs_random, config, inputs)
+        earlier = _earlier_records(lake, dt)  # read once: the running estimate and the plot both need them
+        record, vs_random = _decide(lake, dt, cfg, arms, arm_versions, champion, earlier)
+        pub = _publish(lake, dt, record, vs_random, config, inputs, [r for _, _, r in earlier])
         pub_changed, gate_uri, gate_sha = pub.changed, pub.uri, pub.manifest["files"][GATE_FILE]["sha256"]
     applied, notes = _apply(tr, name, record, arm_versions, gate_uri)
     content = lambda _run_id: _day_content(lake, dt, record, run_tags)  # noqa: E731
@@ -314,8 +316,24 @@ def _version_evaluations(lake: Lake, dt: str) -> dict[str, str]:
     return out
 
 
+def _earlier_records(lake: Lake, dt: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(day, manifest, verified gate.json) of every gated day before ``dt``, oldest first."""
+    out = []
+    for d in lake.partitions(GATE):
+        if d < dt:
+            manifest = lake.require_manifest(GATE, d)
+            out.append((d, manifest, lake.read_verified_json(GATE, d, GATE_FILE, manifest)[0]))
+    return out
+
+
 def _decide(
-    lake: Lake, dt: str, cfg: TrackingConfig, arms: list[ArmResult], arm_versions: dict[str, int | None], champion
+    lake: Lake,
+    dt: str,
+    cfg: TrackingConfig,
+    arms: list[ArmResult],
+    arm_versions: dict[str, int | None],
+    champion,
+    earlier: list[tuple[str, dict[str, Any], dict[str, Any]]],
 ) -> tuple[dict[str, Any], pa.Table | None]:
     """The day's record (pure but for reading the lake) and the primary-vs-random pairs to publish beside it."""
     metric, margin = cfg.metric, cfg.margin
@@ -374,9 +392,8 @@ def _decide(
     if vs_random is not None:
         primary_values, random_values = vs_random.column("primary").to_numpy(), vs_random.column("random").to_numpy()
         record["primary_vs_random"] = paired_t(primary_values, random_values).to_dict()
-        earlier = _earlier_vs_random(lake, dt, metric, primary.strategy)
         today = (vs_random.column("user_id").to_numpy(zero_copy_only=False), primary_values - random_values)
-        pooled = pooled_paired(earlier + [today])
+        pooled = pooled_paired(_earlier_vs_random(lake, earlier, metric, primary.strategy) + [today])
         record["running_vs_random"] = pooled.to_dict() | {"verdict": verdict(pooled, primary.strategy, RANDOM)}
     return record, vs_random
 
@@ -385,23 +402,21 @@ def _vs_random(primary: ArmResult, random: ArmResult | None) -> pa.Table | None:
     """The primary and random arms' values per user (same users, aligned), or None without a comparable random arm."""
     if random is None or random.eval_set != primary.eval_set:
         return None
-    pair = _paired(primary.users, primary.values, random.users, random.values)
-    if pair is None:
+    aligned = _aligned(primary, random.users, random.values)
+    if aligned is None:
         return None
-    users, a, b = pair
-    return pa.table({"user_id": pa.array([str(u) for u in users], pa.string()), "primary": a, "random": b})
+    users = pa.array([str(u) for u in primary.users], pa.string())
+    return pa.table({"user_id": users, "primary": primary.values, "random": aligned})
 
 
-def _earlier_vs_random(lake: Lake, dt: str, metric: str, strategy: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Every earlier gated day's primary-vs-random pairs on the same metric and primary strategy."""
+def _earlier_vs_random(
+    lake: Lake, earlier: list[tuple[str, dict[str, Any], dict[str, Any]]], metric: str, strategy: str
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``earlier`` gated days' primary-vs-random pairs on the same metric and primary strategy."""
     out = []
-    for d in lake.partitions(GATE):
-        if d >= dt:
-            continue
-        manifest = lake.require_manifest(GATE, d)
+    for d, manifest, record in earlier:
         if VS_RANDOM_FILE not in manifest.get("files", {}):
             continue
-        record, _ = lake.read_verified_json(GATE, d, GATE_FILE, manifest)
         if record.get("metric") != metric or record.get("challenger", {}).get("strategy") != strategy:
             continue
         table = lake.read(GATE, d, VS_RANDOM_FILE)
@@ -453,13 +468,20 @@ def _apply(
     return True, []
 
 
-def _publish(lake: Lake, dt: str, record: dict[str, Any], vs_random: pa.Table | None, config: dict, inputs: dict):
-    """``gate/dt=D/``: the day's record, the primary-vs-random pairs, and the plot over every gated day up to
-    ``dt``."""
+def _publish(
+    lake: Lake,
+    dt: str,
+    record: dict[str, Any],
+    vs_random: pa.Table | None,
+    config: dict,
+    inputs: dict,
+    earlier: list[dict[str, Any]],
+):
+    """``gate/dt=D/``: the day's record, the primary-vs-random pairs, and the plot over the ``earlier`` gated days'
+    records and this one."""
     from dealrec_tasks import reports
 
-    history = [lake.read_verified_json(GATE, d, GATE_FILE)[0] for d in lake.partitions(GATE) if d < dt] + [record]
-    png = reports.gate_history_png(history)
+    png = reports.gate_history_png(earlier + [record])
     data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
     tables = {VS_RANDOM_FILE: vs_random} if vs_random is not None else {}
     return lake.publish(GATE, dt, tables, config=config, inputs=inputs, blobs={GATE_FILE: data, PLOT_FILE: png})
