@@ -19,6 +19,7 @@ def _check_domain(domain: str | None) -> None:
 
 
 LORA_PARAM_SETS = ("last_v_lora_B", "last_layer", "all")
+FINETUNE_PRESETS = ("auto", "none")
 
 # ``default``: the model measured in bench/results/llm_quality*; ``small``: what make demo and the tests build
 # (2 layers, hidden 128, 300 steps), minutes of CPU less for every LLM step; see the README.
@@ -114,6 +115,12 @@ class EffortConfig(_Config):
 class FinetuneConfig(_Config):
     """LoRA fine-tuning on a coreset (BIGRec settings), with early stopping and resumable checkpoints."""
 
+    preset: str = opt(
+        "auto",
+        "auto: the base model's own fine-tuning preset (dealrec_finetune_preset.json in its directory; the embedded "
+        "model ships one) replaces every preset setting left at its BIGRec default here (lr, epochs, LoRA r, alpha, "
+        "target_modules); none: these settings as given",
+    )
     lr: float = opt(1e-4, "learning rate (AdamW)")
     epochs: int = opt(10, "maximum epochs")
     patience: int = opt(2, "epochs without a better validation loss before stopping")
@@ -126,6 +133,7 @@ class FinetuneConfig(_Config):
 
     def validate(self) -> None:
         _check_domain(self.domain)
+        _require(self.preset in FINETUNE_PRESETS, f"preset={self.preset!r}: one of {', '.join(FINETUNE_PRESETS)}")
         _require(self.lr > 0, f"lr={self.lr}: must be > 0")
         _require(self.epochs >= 1, f"epochs={self.epochs}: must be >= 1")
         _require(self.patience >= 1, f"patience={self.patience}: must be >= 1")
@@ -152,6 +160,11 @@ class EvalConfig(_Config):
     cutoff_len: int = opt(512, "maximum prompt tokens")
     ks: tuple[int, ...] = opt((10, 20, 50), "cut-offs of Recall@K and NDCG@K")
     embed_with_base: bool = opt(True, "embed with the base model, adapter disabled (the paper's choice)")
+    popularity_aware: bool = opt(
+        True,
+        "also measure BIGRec's popularity-aware grounding (popaware_* metrics; its weight gamma chosen on as many "
+        "validation users as test users)",
+    )
     domain: str | None = opt(None, DOMAIN_HELP)
 
     def validate(self) -> None:

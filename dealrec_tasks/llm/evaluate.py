@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dealrec_tasks.llm import grounding
 from dealrec_tasks.llm.config import EvalConfig
 from dealrec_tasks.llm.prompts import TITLE_SEPARATOR, EncodedPrompt, clean_title
 from dealrec_tasks.metrics import mean_metrics, per_user_metrics, ranks_in_topk
@@ -69,9 +70,12 @@ def generate_titles(model, tokenizer, prompts: Sequence[EncodedPrompt], cfg: Eva
             ids[row, width - len(contexts[i]) :] = torch.tensor(contexts[i])
             mask[row, width - len(contexts[i]) :] = 1
         limit = [ResponseNGramLimit(width, cfg.ngram_repeat_limit)] if cfg.ngram_repeat_limit else []
+        ids, mask = ids.to(device), mask.to(device)
         gen = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
+            input_ids=ids,
+            attention_mask=mask,
+            # Preallocated keys/values: the default cache grows by concatenation every step (a third of the time).
+            cache_implementation="static",
             num_beams=cfg.num_beams,
             max_new_tokens=cfg.max_new_tokens,
             do_sample=False,
@@ -149,10 +153,7 @@ def item_embeddings(
 
 def rank_by_l2(queries: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k nearest items per query (L2), nearest first: [Q, k]."""
-    q = torch.from_numpy(queries).double()
-    e = torch.from_numpy(items).double()
-    dist = (q * q).sum(1, keepdim=True) + (e * e).sum(1)[None, :] - 2.0 * q @ e.T  # [Q, N]
-    return torch.topk(dist, k=min(k, e.shape[0]), dim=1, largest=False).indices.numpy()
+    return grounding.topk(queries, items, k)
 
 
 def grounded_evaluation(
@@ -164,13 +165,23 @@ def grounded_evaluation(
     cfg: EvalConfig,
     model_dir: str | Path,
     cache_dir: str | Path | None = None,
+    *,
+    item_counts: np.ndarray | None = None,
+    valid_prompts: Sequence[EncodedPrompt] = (),
+    valid_targets: Sequence[int] = (),
 ) -> dict:
     """Recall/NDCG@K of generated titles grounded to the catalogue; ``targets`` are row indices into ``titles``.
 
     ``per_user`` holds each scored user's values (``kept`` marks which prompts had targets): the gate compares two
-    models user by user, so the means alone are not enough."""
+    models user by user, so the means alone are not enough.
+
+    With ``item_counts`` (interactions per title row) and validation prompts with one target row each, BIGRec's
+    popularity-aware grounding is measured too (``popaware_*`` metrics, ``popaware_gamma``): its weight gamma is
+    the one with the best NDCG@20 on the validation users, then applied to the test users."""
     generated = generate_titles(peft_or_base_model, tokenizer, prompts, cfg)
-    topk = ground(peft_or_base_model, tokenizer, generated, titles, cfg, model_dir, cache_dir)
+    items, queries = embed_for_grounding(peft_or_base_model, tokenizer, generated, titles, cfg, model_dir, cache_dir)
+    k = max(cfg.ks)
+    topk = grounding.topk(queries, items, k)
     kept, per_user = per_user_metrics(ranks_in_topk(topk, targets), cfg.ks)
     metrics = mean_metrics(per_user)
     shown = [clean_title(t) for t in titles]
@@ -178,7 +189,48 @@ def grounded_evaluation(
     # A model that collapses answers every user with the same few titles: this share says so at a glance.
     distinct = len(set(generated)) / len(generated) if generated else 0.0
     extra = {"exact_title_match": exact, "distinct_generated_share": distinct}
-    return {"metrics": metrics | extra, "generated": generated, "topk": topk, "kept": kept, "per_user": per_user}
+    result = {"generated": generated, "topk": topk, "kept": kept, "per_user": per_user}
+    if item_counts is not None and len(valid_prompts):
+        pop = grounding.popularity(item_counts)
+        valid_generated = generate_titles(peft_or_base_model, tokenizer, valid_prompts, cfg)
+        _, valid_queries = embed_for_grounding(
+            peft_or_base_model, tokenizer, valid_generated, titles, cfg, model_dir, cache_dir
+        )
+        gamma, by_gamma = grounding.choose_gamma(valid_queries, items, valid_targets, pop, POPULARITY_CUTOFF)
+        pop_topk = grounding.topk(queries, items, k, pop, gamma)
+        _, pop_per_user = per_user_metrics(ranks_in_topk(pop_topk, targets), cfg.ks)
+        popaware = {f"{POPAWARE}{name}": v for name, v in mean_metrics(pop_per_user).items() if name != "users"}
+        extra |= popaware | {f"{POPAWARE}gamma": gamma, f"{POPAWARE}valid_users": len(valid_targets)}
+        result["popaware"] = {"gamma": gamma, "valid_ndcg@20": by_gamma, "topk": pop_topk, "per_user": pop_per_user}
+    return result | {"metrics": metrics | extra}
+
+
+POPAWARE = "popaware_"  # metric-name prefix of the popularity-aware grounding
+POPULARITY_CUTOFF = 20  # gamma maximises validation NDCG@20
+
+
+def embed_for_grounding(
+    peft_or_base_model,
+    tokenizer,
+    generated: Sequence[str],
+    titles: Sequence[str],
+    cfg: EvalConfig,
+    model_dir: str | Path,
+    cache_dir: str | Path | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(item embeddings [N, H], embeddings of the generated texts [Q, H]), with the base model when
+    ``cfg.embed_with_base`` (the adapter disabled, as in BIGRec).
+
+    Titles are embedded as the model was taught to write them (``clean_title``: one line, single spaces), so a
+    generated text that is a catalogue title lies at distance 0 from it and ranks it first, as in BIGRec.
+    """
+    disable = getattr(peft_or_base_model, "disable_adapter", None)
+    ctx = disable() if (cfg.embed_with_base and disable is not None) else contextlib.nullcontext()
+    shown = [clean_title(t) for t in titles]
+    with ctx:
+        items = item_embeddings(peft_or_base_model, tokenizer, shown, model_dir, cache_dir, cfg.embed_batch_size)
+        queries = embed_texts(peft_or_base_model, tokenizer, generated, cfg.embed_batch_size, desc="embedding outputs")
+    return items, queries
 
 
 def ground(
@@ -190,15 +242,6 @@ def ground(
     model_dir: str | Path,
     cache_dir: str | Path | None = None,
 ) -> np.ndarray:
-    """The ``max(cfg.ks)`` items nearest (L2) to each generated text: [Q, K] row indices into ``titles``.
-
-    Titles are embedded as the model was taught to write them (``clean_title``: one line, single spaces), so a
-    generated text that is a catalogue title lies at distance 0 from it and ranks it first, as in BIGRec.
-    """
-    disable = getattr(peft_or_base_model, "disable_adapter", None)
-    ctx = disable() if (cfg.embed_with_base and disable is not None) else contextlib.nullcontext()
-    shown = [clean_title(t) for t in titles]
-    with ctx:
-        items = item_embeddings(peft_or_base_model, tokenizer, shown, model_dir, cache_dir, cfg.embed_batch_size)
-        queries = embed_texts(peft_or_base_model, tokenizer, generated, cfg.embed_batch_size, desc="embedding outputs")
-    return rank_by_l2(queries, items, max(cfg.ks))
+    """The ``max(cfg.ks)`` items nearest (L2) to each generated text: [Q, K] row indices into ``titles``."""
+    items, queries = embed_for_grounding(peft_or_base_model, tokenizer, generated, titles, cfg, model_dir, cache_dir)
+    return grounding.topk(queries, items, max(cfg.ks))

@@ -8,6 +8,7 @@ never crashed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,6 +28,39 @@ from dealrec_tasks.progress import progress
 
 LATEST = "latest.json"
 BEST = "adapter"
+PRESET_FILE = "dealrec_finetune_preset.json"
+PRESET_FIELDS = {"finetune": ("lr", "epochs"), "lora": ("r", "alpha", "target_modules")}
+
+
+def resolve_preset(
+    model_dir: str | Path, cfg: FinetuneConfig, lora: LoRAConfig
+) -> tuple[FinetuneConfig, LoRAConfig, dict]:
+    """The settings fine-tuning uses on ``model_dir``: with ``cfg.preset == "auto"`` and a preset file in the model's
+    directory, each preset setting still at its BIGRec default takes the preset's value (a 7B model's learning rate
+    barely moves a tiny model; the preset was chosen on validation users for this model). Returns the settings and
+    what was taken from the preset ({} when nothing).
+
+    The preset belongs to the base model, not to the code: another model directory keeps BIGRec's defaults."""
+    path = Path(model_dir) / PRESET_FILE
+    if cfg.preset != "auto" or not path.is_file():
+        return cfg, lora, {}
+    preset = json.loads(path.read_text())
+    defaults = {"finetune": FinetuneConfig(), "lora": LoRAConfig()}
+    current = {"finetune": cfg, "lora": lora}
+    taken: dict = {}
+    for part, fields in PRESET_FIELDS.items():
+        values = preset.get(part, {})
+        changes = {
+            f: tuple(values[f]) if isinstance(values[f], list) else values[f]
+            for f in fields
+            if f in values and getattr(current[part], f) == getattr(defaults[part], f)
+        }
+        if changes:
+            current[part] = dataclasses.replace(current[part], **changes)
+            taken[part] = changes
+    if taken:
+        taken["preset"] = preset.get("name", str(path))
+    return current["finetune"], current["lora"], taken
 
 
 def batch_tensors(prompts: Sequence[EncodedPrompt], pad_id: int, train_on_inputs: bool):
