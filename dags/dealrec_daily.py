@@ -105,10 +105,10 @@ def dealrec_daily():
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=1))
     def base_model(dt: str, params=None) -> str:
-        """The LLM directory on the GPU worker: the ``base_model`` Param, or the embedded tiny LLM (built once)."""
+        """The LLM directory on the GPU worker: the ``base_model`` Param, or the embedded LLM shipped in the package."""
         from dealrec_tasks.steps.llm import base_model_dir
 
-        return base_model_dir(dx.lake(), params["base_model"], dx.tiny_llm_dir(), dx.tiny_llm_config(), dt)
+        return base_model_dir(params["base_model"])
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=6))
     def effort(dt: str, model_dir: str, shard: list[int]) -> dict:

@@ -48,7 +48,7 @@ def dealrec_finetune():
     def base_model(dt: str, params=None) -> str:
         from dealrec_tasks.steps.llm import base_model_dir
 
-        return base_model_dir(dx.lake(), params["base_model"], dx.tiny_llm_dir(), dx.tiny_llm_config(), dt)
+        return base_model_dir(params["base_model"])
 
     @task(execution_timeout=timedelta(minutes=5))
     def arms(dt: str) -> list[dict]:

@@ -115,18 +115,23 @@ def cmd_samples(args: argparse.Namespace) -> list[steps.StepResult]:
     return [steps.samples(lake, args.dt, cfg)]
 
 
+def _model(args: argparse.Namespace) -> str:
+    """``--model``, or the shipped embedded model (verified against its manifest) when it is not given."""
+    return llm_steps.base_model_dir(args.model)
+
+
 def cmd_demo(args: argparse.Namespace) -> list[steps.StepResult]:
     """The main job on embedded defaults; results are printed as each step finishes."""
     from dealrec_tasks.steps.pipeline import DemoConfig, demo
 
     lake = _lake(args)
-    dt = demo(lake, args.model, args.work_dir, DemoConfig(), lambda r: _print(r, args.json))
+    dt = demo(lake, _model(args), args.work_dir, DemoConfig(), lambda r: _print(r, args.json))
     if not args.json:
         print(
             f"\nDone for dt={dt}. Look at:\n"
             f"  coreset      {lake.partition('coreset', dt)}/coreset.parquet (+ report.png, _manifest.json)\n"
             f"  rejects      {lake.partition('rejects', dt)}/rejects.parquet\n"
-            f"  adapter      {lake.partition('adapters', dt)}/ (base model: {args.model})\n"
+            f"  adapter      {lake.partition('adapters', dt)}/ (base model: {_model(args)})\n"
             f"  evaluation   {lake.partition('evaluation', dt)}/metrics.json, examples.json\n"
             f"  surrogate    {lake.partition('surrogate', dt)}/metrics.json"
         )
@@ -143,7 +148,7 @@ def cmd_effort(args: argparse.Namespace) -> list[steps.StepResult]:
     cfg, lora = _config(EffortConfig, args), _config(LoRAConfig, args)
     dt, dataset = _dt_or_dataset(args)
     shard, cache = parse_shard(args.shard), not args.no_cache
-    return [llm_steps.effort(_lake(args), dt, args.model, cfg, lora, shard, dataset=dataset, use_cache=cache)]
+    return [llm_steps.effort(_lake(args), dt, _model(args), cfg, lora, shard, dataset=dataset, use_cache=cache)]
 
 
 def cmd_merge_effort(args: argparse.Namespace) -> list[steps.StepResult]:
@@ -157,7 +162,7 @@ def cmd_finetune(args: argparse.Namespace) -> list[steps.StepResult]:
     src = source(dt, dataset)
     coreset = lake.partition(arm_dataset(src.path(CORESET), args.arm), src.dt) if args.arm else None
     work, n = args.work_dir, args.from_samples
-    return [llm_steps.finetune(lake, dt, args.model, cfg, lora, work, n, coreset=coreset, dataset=dataset)]
+    return [llm_steps.finetune(lake, dt, _model(args), cfg, lora, work, n, coreset=coreset, dataset=dataset)]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> list[steps.StepResult]:
@@ -167,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> list[steps.StepResult]:
         llm_steps.evaluate(
             _lake(args),
             dt,
-            args.model,
+            _model(args),
             cfg,
             args.cache_dir,
             adapter=not args.base_only,
@@ -233,14 +238,14 @@ def cmd_register(args: argparse.Namespace) -> list[steps.StepResult]:
     from dealrec_tasks.steps.tracking import register
 
     cfg = _config(TrackingConfig, args)
-    return [register(_lake(args), args.dt, args.model, cfg, args.orchestrator_run_id, arm=args.arm)]
+    return [register(_lake(args), args.dt, _model(args), cfg, args.orchestrator_run_id, arm=args.arm)]
 
 
 def cmd_evaluate_champion(args: argparse.Namespace) -> list[steps.StepResult]:
     from dealrec_tasks.steps.gate import evaluate_champion
 
     lake, eval_cfg, cfg = _lake(args), _config(EvalConfig, args), _config(TrackingConfig, args)
-    return [evaluate_champion(lake, args.dt, args.model, eval_cfg, cfg, args.cache_dir, max_users=args.max_users)]
+    return [evaluate_champion(lake, args.dt, _model(args), eval_cfg, cfg, args.cache_dir, max_users=args.max_users)]
 
 
 def cmd_gate(args: argparse.Namespace) -> list[steps.StepResult]:
@@ -320,7 +325,12 @@ DT = arg("--dt", help="partition day YYYY-MM-DD")
 DT_REQUIRED = arg("--dt", required=True, help="partition day YYYY-MM-DD")
 DATASET = arg("--dataset", help="an imported dataset (datasets/<name>/) instead of a day")
 ARM = arg("--arm", default=None, help="a control arm's strategy (partitions below arm=<strategy>/); default: primary")
-MODEL = arg("--model", default=DEFAULT_MODEL, help="local Hugging Face causal LM directory (default %(default)s)")
+MODEL = arg(
+    "--model",
+    default="",
+    help="local Hugging Face causal LM directory (default: the embedded model shipped in the package; "
+    "dealrec tiny-llm builds one for another catalogue)",
+)
 ORCHESTRATOR_RUN = arg(
     "--orchestrator-run-id",
     default="manual",

@@ -7,12 +7,9 @@ Locations come from the environment, so the same DAGs run on the embedded defaul
 and on the full stack (S3, an MLflow server):
 
 - ``DEALREC_LAKE``: lake root, a path or ``file://`` / ``s3://`` URI (default ``<repo>/var/lake``);
-- ``DEALREC_MODEL_DIR``: models folder; the embedded tiny LLM is built there once, in ``tiny-llm/``
-  (default ``<repo>/var/models``);
+- ``DEALREC_MODEL_DIR``: models folder (default ``<repo>/var/models``); the embedded LLM ships in the package;
 - ``DEALREC_WORK_DIR``: fine-tuning checkpoints and embedding caches (default ``<repo>/var/work``);
 - ``MLFLOW_TRACKING_URI``: MLflow (default ``sqlite:///<repo>/var/mlflow.db``);
-- ``DEALREC_TINY_LLM_SIZE`` (``default`` or ``small``) and ``DEALREC_TINY_LLM_PRETRAIN_S`` (pretraining time
-  limit): the embedded tiny LLM's preset and time cap (default: its config's);
 - S3 credentials: the Airflow connection ``dealrec_s3`` (``DEALREC_S3_CONN_ID``) when it exists (login, password,
   extra ``endpoint_url`` and ``region_name``), else the usual ``AWS_*`` / ``DEALREC_S3_ENDPOINT_URL`` variables.
 """
@@ -88,10 +85,6 @@ def models_dir() -> str:
     return _env_path("DEALREC_MODEL_DIR", VAR / "models")
 
 
-def tiny_llm_dir() -> str:
-    return str(Path(models_dir()) / "tiny-llm")
-
-
 def work_dir() -> str:
     return _env_path("DEALREC_WORK_DIR", VAR / "work")
 
@@ -129,16 +122,6 @@ def tracking(**overrides: Any) -> TrackingConfig:
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{VAR / 'mlflow.db'}"
     return TrackingConfig(tracking_uri=uri, **overrides)
-
-
-def tiny_llm_config():
-    """The embedded model's config: its size preset and pretraining time limit may come from the environment
-    (``small`` and seconds for the demo and the tests)."""
-    from dealrec_tasks.llm.config import TinyLLMConfig
-
-    seconds = os.environ.get("DEALREC_TINY_LLM_PRETRAIN_S")
-    overrides = {"pretrain_seconds": float(seconds)} if seconds else {}
-    return TinyLLMConfig.sized(os.environ.get("DEALREC_TINY_LLM_SIZE", "default"), **overrides)
 
 
 def result(step: StepResult) -> dict[str, Any]:

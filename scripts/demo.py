@@ -29,6 +29,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from dealrec_tasks.llm.shipped import SHIPPED_DIR
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STEP_LINE = re.compile(
@@ -53,8 +55,6 @@ def settings(var: Path, lake: str) -> dict[str, str]:
         "DEALREC_MODEL_DIR": str(var / "models"),
         "DEALREC_WORK_DIR": str(var / "work"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{var / 'mlflow.db'}",
-        "DEALREC_TINY_LLM_SIZE": "small",
-        "DEALREC_TINY_LLM_PRETRAIN_S": "60",
     }
 
 
@@ -175,7 +175,7 @@ def main() -> None:
         f"\nDone for dt={dt} in {time.perf_counter() - started:.0f} s. Look at:\n"
         f"  coreset      {part('coreset')}/coreset.parquet (+ report.png: the plots, _manifest.json)\n"
         f"  rejects      {part('rejects')}/rejects.parquet\n"
-        f"  adapter      {part('adapters')}/ (base model: {rel(var / 'models' / 'tiny-llm')})\n"
+        f"  adapter      {part('adapters')}/ (base model: the shipped {rel(SHIPPED_DIR)})\n"
         f"  evaluation   {part('evaluation')}/metrics.json, per_user.parquet, examples.json\n"
         f"  control arm  {part('coreset/arm=random')}/ (adapters/ and evaluation/ likewise: arm=random/)\n"
         f"  gate         {part('gate')}/gate.json (the decision, dealrec vs random: paired per user), arms.png\n"

@@ -33,8 +33,6 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
             "--lake",
             str(lake),
             "demo",
-            "--model",
-            str(tmp_path / "tiny"),
             "--work-dir",
             str(tmp_path / "work"),
         ],
@@ -51,7 +49,6 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
         "surrogate:",
         "influence-solve:",
         "merge-influence:",
-        "tiny-llm:",
         "merge-effort:",
         "select:",
         "finetune:",
@@ -59,8 +56,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     ):
         assert step in out, step
     dt = "2026-01-07"
-    tiny_line = next(line for line in out.splitlines() if line.startswith("tiny-llm:"))
-    assert "corpus_last_day 2026-01-02" in tiny_line and "stopped_by" in tiny_line  # pretrained on days <= dt - 5
+    assert "tiny-llm:" not in out  # the shipped model: nothing is pretrained
+    finetune_line = next(line for line in out.splitlines() if line.startswith("finetune:"))
+    assert "preset games-tiny-v1 preset" in finetune_line  # the shipped model's own fine-tuning settings
     for partition in ("coreset", "adapters", "evaluation", "scores_influence", "scores_effort"):
         assert (lake / partition / f"dt={dt}" / "_manifest.json").exists(), partition
     assert (lake / "coreset" / f"dt={dt}" / "report.png").stat().st_size > 10_000

@@ -118,11 +118,11 @@ class FinetuneConfig(_Config):
     preset: str = opt(
         "auto",
         "auto: the base model's own fine-tuning preset (dealrec_finetune_preset.json in its directory; the embedded "
-        "model ships one) replaces every preset setting left at its BIGRec default here (lr, epochs, LoRA r, alpha, "
-        "target_modules); none: these settings as given",
+        "model ships one) replaces every preset setting left at its BIGRec default here (lr, epochs, train_on_inputs, "
+        "LoRA r, alpha, target_modules); none: these settings as given",
     )
-    lr: float = opt(1e-4, "learning rate (AdamW)")
-    epochs: int = opt(10, "maximum epochs")
+    lr: float = opt(1e-4, "learning rate (AdamW; BIGRec's, replaced by a base model's preset)")
+    epochs: int = opt(10, "maximum epochs (BIGRec's 10 is replaced by a base model's preset)")
     patience: int = opt(2, "epochs without a better validation loss before stopping")
     batch_size: int = opt(32, "samples per optimizer step")
     micro_batch_size: int = opt(8, "samples per forward pass (gradient accumulation up to batch_size)")

@@ -29,7 +29,7 @@ from dealrec_tasks.progress import progress
 LATEST = "latest.json"
 BEST = "adapter"
 PRESET_FILE = "dealrec_finetune_preset.json"
-PRESET_FIELDS = {"finetune": ("lr", "epochs"), "lora": ("r", "alpha", "target_modules")}
+PRESET_FIELDS = {"finetune": ("lr", "epochs", "train_on_inputs"), "lora": ("r", "alpha", "target_modules")}
 
 
 def resolve_preset(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -141,11 +142,23 @@ def optimizer_step(model, opt, ids, mask, labels, lr: float) -> float:
     return float(loss.detach())
 
 
-def pretrain(model, corpus: Corpus, steps: int, seconds: float, batch: int, lr: float, warmup: int = 100) -> dict:
+def pretrain(
+    model,
+    corpus: Corpus,
+    steps: int,
+    seconds: float,
+    batch: int,
+    lr: float,
+    warmup: int = 100,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[int, dict], None] | None = None,
+) -> dict:
     """Next-token training for ``steps`` steps or until ``seconds`` have passed, whichever comes first.
 
     AdamW; the learning rate rises linearly over ``warmup`` steps, then follows a cosine down to 10 % at ``steps``
     (a run cut by the time limit stops on a higher rate: the summary says so through ``stopped_by``).
+    ``on_checkpoint(step, summary)`` is called every ``checkpoint_every`` steps (the model in eval mode, put back
+    in train mode after): a learning curve of the shipped model is measured on these snapshots.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     model.train()
@@ -165,6 +178,10 @@ def pretrain(model, corpus: Corpus, steps: int, seconds: float, batch: int, lr: 
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
+        if on_checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            model.eval()
+            on_checkpoint(step + 1, {"steps_done": step + 1, "loss_last_50": float(np.mean(losses[-50:]))})
+            model.train()
     bar.close()
     model.eval()
     total = time.perf_counter() - started

@@ -112,6 +112,7 @@ def build_tiny_llm(
     rebuild: bool = False,
     corpus: PretrainCorpus | None = None,
     latest_corpus_day: str | None = None,
+    snapshot_every: int = 0,
 ) -> dict:
     """Build (or reuse) the embedded checkpoint in ``out_dir``; returns its marker (config, catalogue hash,
     corpus, pretraining summary) with ``reused``.
@@ -144,7 +145,24 @@ def build_tiny_llm(
             cfg.prompt_share,
             cfg.seed,
         )
-        stats = pretrain(model, examples, cfg.pretrain_steps, cfg.pretrain_seconds, cfg.pretrain_batch, cfg.pretrain_lr)
+        snapshots = out.parent / f"{out.name}.snapshots"
+
+        def snapshot(step: int, summary: dict) -> None:
+            target = snapshots / f"step-{step:06d}"
+            model.save_pretrained(target)
+            tokenizer.save_pretrained(target)
+            (target / "snapshot.json").write_text(json.dumps(summary, indent=2))
+
+        stats = pretrain(
+            model,
+            examples,
+            cfg.pretrain_steps,
+            cfg.pretrain_seconds,
+            cfg.pretrain_batch,
+            cfg.pretrain_lr,
+            checkpoint_every=snapshot_every,
+            on_checkpoint=snapshot,
+        )
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

@@ -142,16 +142,17 @@ def tiny_llm(
     return StepResult("tiny-llm", {"model": str(Path(out_dir).resolve())}, counts, not info["reused"], notes)
 
 
-def base_model_dir(lake: Lake, base_model: str | None, tiny_dir: str, tiny_cfg: TinyLLMConfig, dt: str) -> str:
-    """The LLM directory the LLM steps load: ``base_model`` when given (a local Hugging Face directory), else (None or
-    "") the embedded tiny LLM in ``tiny_dir``, built for ``dt`` on first use and reused afterwards."""
+def base_model_dir(base_model: str | None) -> str:
+    """The LLM directory the LLM steps load: ``base_model`` when given (a local Hugging Face directory), else (None
+    or "") the embedded model shipped in the package, verified against its manifest (``llm/shipped.py``). A model
+    built for another catalogue (``dealrec tiny-llm``) is given as ``base_model``."""
     if base_model:
         if not (Path(base_model) / "config.json").is_file():
             raise ConfigError(f"base_model={base_model!r}: not a local Hugging Face model directory (no config.json)")
         return str(Path(base_model).resolve())
-    built = tiny_llm(lake, tiny_dir, tiny_cfg, dt)
-    print(built.summary())
-    return built.uris["model"]
+    from dealrec_tasks.llm.shipped import shipped_model_dir
+
+    return shipped_model_dir()
 
 
 def effort(
@@ -351,6 +352,7 @@ def finetune(
 
     src = source(dt, dataset)  # the day also names the checkpoint folder under work_dir
     cfg = dataclasses.replace(cfg, domain=domain_of(lake, src, cfg.domain))
+    cfg, lora, preset = ft.resolve_preset(model_dir, cfg, lora)
     config = cfg.to_dict() | {"lora": lora.to_dict()}
     rows_from, _, rows_id = _training_source(lake, src, from_samples, coreset)
     arm = arm_of(rows_from)  # a control arm's coreset gives a control arm's adapter
@@ -398,7 +400,19 @@ def finetune(
     }
     if state.get("resumed_from_epoch"):
         counts["resumed_from_epoch"] = state["resumed_from_epoch"]
+    if preset:
+        modules = "+".join(lora.target_modules)
+        counts["preset"] = f"{preset['preset']} (lr {cfg.lr:g}, epochs {cfg.epochs}, LoRA r {lora.r} on {modules})"
     return StepResult("finetune", {"adapter": pub.uri}, counts, pub.changed)
+
+
+def item_counts(test_rows: list[dict], n_items: int) -> np.ndarray:
+    """Interactions per title row before the test items (every test user's history: train + validation items),
+    the popularity BIGRec's popularity-aware grounding uses."""
+    counts = np.zeros(n_items, dtype=np.float64)
+    for r in test_rows:
+        np.add.at(counts, np.asarray(r["history"], dtype=np.int64) - 1, 1.0)
+    return counts
 
 
 def per_user_table(users: list[str], per_user: dict[str, np.ndarray]) -> pa.Table:
@@ -509,7 +523,8 @@ def _evaluate(
     if done is not None:
         shown = {k: round(v, 4) for k, v in done.get("metrics", {}).items() if k in ("recall@20", "ndcg@20", "users")}
         return StepResult("evaluate", {"evaluation": lake.partition(out, dt)}, shown, False)
-    test = _split(lake.read(src.path(SAMPLES), dt, "samples.parquet"), TEST)
+    samples = lake.read(src.path(SAMPLES), dt, "samples.parquet")
+    test = all_test = _split(samples, TEST)
     if not test:
         raise InputError(f"{lake.partition(src.path(SAMPLES), dt)}: no test rows to evaluate on")
     if max_users and len(test) > max_users:
@@ -523,9 +538,20 @@ def _evaluate(
         with local_adapter(lake, adapter_at[1], adapter_manifest, dataset=adapter_at[0]) as local:
             model = PeftModel.from_pretrained(model, local)
     titles = item_titles(lake, src)
-    prompts = encode_rows(test, titles, tokenizer, PromptTemplate(cfg.domain), cfg.cutoff_len, with_target=False)
+    template = PromptTemplate(cfg.domain)
+    prompts = encode_rows(test, titles, tokenizer, template, cfg.cutoff_len, with_target=False)
     targets = [[t - 1 for t in r["targets"]] for r in test]
-    result = grounded_evaluation(model, tokenizer, prompts, targets, titles, cfg, model_dir, cache_dir)
+    popaware = {}
+    if cfg.popularity_aware:
+        valid = _split(samples, VALID)
+        if len(valid) > len(test):  # as many validation users as test users choose the popularity weight
+            valid = [valid[i] for i in sorted(np.random.default_rng(seed).choice(len(valid), len(test), False))]
+        popaware = {
+            "item_counts": item_counts(all_test, len(titles)),
+            "valid_prompts": encode_rows(valid, titles, tokenizer, template, cfg.cutoff_len, with_target=False),
+            "valid_targets": [r["target"] - 1 for r in valid],
+        }
+    result = grounded_evaluation(model, tokenizer, prompts, targets, titles, cfg, model_dir, cache_dir, **popaware)
     metrics = {k: int(v) if k == "users" else float(v) for k, v in result["metrics"].items()}
     examples = [
         {

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dealrec_tasks.config import IngestConfig, SamplesConfig, SyntheticConfig
-from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
+from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.selection import SelectConfig
 from dealrec_tasks.steps import data, llm
@@ -24,15 +24,13 @@ class DemoConfig:
     """Sizes that keep the demo to a few minutes on a laptop CPU."""
 
     influence_shards: int = 2
-    tiny_llm_size: str = "small"
-    pretrain_seconds: float = 60.0
     coreset_ratio: float = 0.05
     finetune_epochs: int = 2
     eval_users: int = 200
 
 
 def demo(lake: Lake, model_dir: str, work_dir: str, cfg: DemoConfig, report: Callable[[StepResult], None]) -> str:
-    """synthetic logs -> ingest -> samples -> surrogate -> influence (sharded) -> tiny LLM -> effort -> coreset
+    """synthetic logs -> ingest -> samples -> surrogate -> influence (sharded) -> the shipped LLM: effort -> coreset
     -> LoRA fine-tuning -> grounded evaluation, for the last synthetic day. Returns that day."""
     from dealrec_tasks.steps.influence import merge_influence, score_influence, solve_influence
     from dealrec_tasks.steps.select import select
@@ -50,8 +48,7 @@ def demo(lake: Lake, model_dir: str, work_dir: str, cfg: DemoConfig, report: Cal
     for i in range(cfg.influence_shards):  # what the Airflow workers do in parallel
         report(score_influence(lake, dt, influence_cfg, (i, cfg.influence_shards)))
     report(merge_influence(lake, dt, cfg.influence_shards))
-    tiny = TinyLLMConfig.sized(cfg.tiny_llm_size, pretrain_seconds=cfg.pretrain_seconds)
-    report(llm.tiny_llm(lake, model_dir, tiny, dt))
+    model_dir = llm.base_model_dir(model_dir)  # "" : the shipped embedded model
     report(llm.effort(lake, dt, model_dir, EffortConfig(), LoRAConfig(), (0, 1)))
     report(llm.merge_effort(lake, dt, 1))
     report(select(lake, dt, SelectConfig(n=None, ratio=cfg.coreset_ratio)))

@@ -57,8 +57,6 @@ def stack(tmp_path_factory):
             "DEALREC_MODEL_DIR": str(root / "models"),
             "DEALREC_WORK_DIR": str(root / "work"),
             "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-            "DEALREC_TINY_LLM_SIZE": "small",
-            "DEALREC_TINY_LLM_PRETRAIN_S": "5",
         }
     )
     stack = SimpleNamespace(env=env, root=root, lake=Lake(str(lake)), mlflow=env["MLFLOW_TRACKING_URI"])
@@ -147,6 +145,12 @@ def test_daily_then_finetune_then_both_again_for_the_same_day(stack):
     assert gate["primary_vs_random"]["users"] == FINETUNE_CONF["eval_users"] and gate["running_vs_random"]["days"] == 1
     for partition in ("evaluation", "evaluation/arm=random"):  # what the gate paired, user by user
         assert stack.lake.read(partition, DT, "per_user.parquet").num_rows == FINETUNE_CONF["eval_users"]
+    # The shipped model moves under its fine-tuning preset: the two arms' adapters answer differently.
+    answers = [
+        [e["generated"] for e in json.loads(stack.lake.read_verified_bytes(p, DT, "examples.json"))]
+        for p in ("evaluation", "evaluation/arm=random")
+    ]
+    assert answers[0] != answers[1]
     published = manifests(lake_root)
 
     dags_test(stack, "dealrec_daily", DAILY_CONF)

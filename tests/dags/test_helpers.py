@@ -11,7 +11,7 @@ import pytest
 
 from dealrec_tasks.config import IngestConfig, SamplesConfig, SyntheticConfig
 from dealrec_tasks.errors import ConfigError, InputError, OrderError
-from dealrec_tasks.llm.config import TinyLLMConfig
+from dealrec_tasks.llm.shipped import SHIPPED_DIR
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.steps import data
 from dealrec_tasks.steps.data import ingest_until
@@ -129,22 +129,16 @@ def test_locations_come_from_the_environment(monkeypatch, tmp_path):
     for name in ("DEALREC_LAKE", "DEALREC_MODEL_DIR", "DEALREC_WORK_DIR", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
     assert dx.lake_root() == str(dx.REPO / "var" / "lake")
-    assert dx.tiny_llm_dir() == str(dx.REPO / "var" / "models" / "tiny-llm")
+    assert dx.models_dir() == str(dx.REPO / "var" / "models")
     assert dx.tracking().resolved_uri() == f"sqlite:///{dx.REPO / 'var' / 'mlflow.db'}"
     monkeypatch.setenv("DEALREC_LAKE", "s3://bucket/lake")
     monkeypatch.setenv("DEALREC_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("DEALREC_WORK_DIR", "relative/work")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
-    monkeypatch.setenv("DEALREC_TINY_LLM_PRETRAIN_S", "7")
-    monkeypatch.setenv("DEALREC_TINY_LLM_SIZE", "small")
     assert dx.lake().root == "s3://bucket/lake"
-    assert dx.tiny_llm_dir() == str(tmp_path / "models" / "tiny-llm")
+    assert dx.models_dir() == str(tmp_path / "models")
     assert dx.work_dir().endswith("/relative/work") and dx.work_dir().startswith("/")
     assert dx.tracking(margin=0.01).tracking_uri == "http://mlflow:5000"
-    tiny = dx.tiny_llm_config()
-    assert (tiny.pretrain_seconds, tiny.num_layers, tiny.hidden_size) == (7.0, 2, 128)
-    monkeypatch.delenv("DEALREC_TINY_LLM_SIZE")
-    assert dx.tiny_llm_config().num_layers == 4  # the default preset
 
 
 def test_s3_settings_from_an_airflow_connection_else_the_environment(monkeypatch):
@@ -194,10 +188,10 @@ def test_surrogate_and_solve_run_once_per_inputs_and_config(tmp_path):
 
 
 def test_base_model_dir(tmp_path):
-    lake = Lake(str(tmp_path / "lake"))
     with pytest.raises(ConfigError, match="base_model='/nowhere': not a local Hugging Face model directory"):
-        base_model_dir(lake, "/nowhere", str(tmp_path / "tiny"), TinyLLMConfig(), "2026-01-03")
+        base_model_dir("/nowhere")
     given = tmp_path / "hf"
     given.mkdir()
     (given / "config.json").write_text("{}")
-    assert base_model_dir(lake, str(given), str(tmp_path / "tiny"), TinyLLMConfig(), "2026-01-03") == str(given)
+    assert base_model_dir(str(given)) == str(given)
+    assert base_model_dir("") == base_model_dir(None) == str(SHIPPED_DIR)  # the shipped model, verified

@@ -338,8 +338,6 @@ def _airflow_env(tmp: Path, ports: dict[str, int], dbs: dict[str, str], redis_db
             "DEALREC_LAKE": f"s3://{bucket}/lake",
             "DEALREC_MODEL_DIR": str(tmp / "models"),
             "DEALREC_WORK_DIR": str(tmp / "work"),
-            "DEALREC_TINY_LLM_SIZE": "small",
-            "DEALREC_TINY_LLM_PRETRAIN_S": "5",
             "DEALREC_PROGRESS": "0",
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}",
             "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}",

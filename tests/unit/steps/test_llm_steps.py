@@ -78,6 +78,9 @@ def test_finetune_then_evaluate(lake, tiny_dir, tmp_path):
     metrics = lake.storage.read_json(ev.uris["evaluation"] + "/metrics.json")
     assert metrics["users"] == ev.counts["users"] > 0
     assert 0.0 <= metrics["recall@50"] <= 1.0
+    # BIGRec's popularity-aware grounding beside the plain one, its weight chosen on validation users and stored.
+    assert metrics["popaware_gamma"] in [float(g) for g in range(100)] and metrics["popaware_valid_users"] > 0
+    assert 0.0 <= metrics["popaware_recall@50"] <= 1.0
     again = llm_steps.evaluate(lake, DT, tiny_dir, EvalConfig(num_beams=2, max_new_tokens=8), str(tmp_path / "d"))
     assert not again.changed and again.counts == ev.counts and not (tmp_path / "d").exists()
     # Other fine-tuning settings train again, and the evaluation follows the new adapter.
@@ -111,3 +114,24 @@ def test_finetune_reads_the_announced_coreset_uri_and_only_inside_the_lake(lake,
         llm_steps.training_rows(lake, DT, 0, 0, coreset=f"file://{tmp_path}/elsewhere/coreset/dt={DT}")
     with pytest.raises(InputError, match="no published coreset"):
         llm_steps.training_rows(lake, DT, 256, 0, coreset=lake.partition("coreset_missing", DT))
+
+
+def test_finetune_follows_the_base_models_preset(lake, tiny_dir, tmp_path):
+    """A base model that ships a fine-tuning preset gets it (recorded in the adapter's config); another keeps
+    BIGRec's defaults, and ``preset="none"`` takes the settings as given."""
+    import json
+    import shutil
+
+    from dealrec_tasks.llm.finetune import PRESET_FILE
+
+    model = tmp_path / "with-preset"
+    shutil.copytree(tiny_dir, model)
+    (model / PRESET_FILE).write_text(json.dumps({"name": "test preset", "finetune": {"lr": 3e-3, "epochs": 1}}))
+    cfg = FinetuneConfig(batch_size=8, micro_batch_size=8)
+    result = llm_steps.finetune(lake, DT, str(model), cfg, LoRAConfig(), str(tmp_path / "w"), from_samples=16)
+    config = lake.require_manifest("adapters", DT)["config"]
+    assert (config["lr"], config["epochs"], config["preset"]) == (3e-3, 1, "auto")
+    assert result.counts["preset"].startswith("test preset (lr 0.003, epochs 1") and result.counts["epochs"] == 1
+    none = FinetuneConfig(preset="none", epochs=1, batch_size=8, micro_batch_size=8)
+    llm_steps.finetune(lake, DT, str(model), none, LoRAConfig(), str(tmp_path / "w2"), from_samples=16)
+    assert lake.require_manifest("adapters", DT)["config"]["lr"] == FinetuneConfig().lr
