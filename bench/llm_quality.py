@@ -1,29 +1,30 @@
-"""Benchmark (issue 15): does BIGRec on the embedded default LLM recommend better than popularity on Games?
+"""Benchmark (issue 28): BIGRec on the shipped embedded LLM, on Games, before and after fine-tuning.
 
-1. **The default model** (``TinyLLMConfig()``: 4 layers, hidden 256) is built with the library's
-   ``build_tiny_llm`` exactly as the ``tiny-llm`` step builds it: the tokenizer on the catalogue, pretraining on
-   the catalogue titles and the users' interactions of the 30-day Games replay's days up to ``--days`` -
-   ``corpus_gap_days`` (day 25: no validation or test item). Cached in ``--out``/model (reused when its marker
-   matches).
-2. **Arms**, each evaluated with the library's ``grounded_evaluation`` (``EvalConfig`` defaults: beam 4, the
-   answer cut at its first title, L2 grounding over all 17,332 titles) on the same ``--users`` random test users
-   (history = train + valid, targets = test items, the paper's split):
-   - ``before``: the pretrained model, no fine-tuning;
-   - ``random``: LoRA (``FinetuneConfig`` defaults but ``--epochs``) on ``--n`` random training samples;
-   - ``dealrec``: LoRA on the DEALRec coreset of ``--n`` (the paper's rule, ``SelectConfig`` defaults) from
-     influence (a SASRec surrogate trained on all training samples, the library's ``influence``) and effort
-     (the library's ``EffortScorer`` on this model), cached in ``--out``/scores.npz.
-   Seeds (``--seeds``) change the random draw, the stratified draw of ``dealrec``, and the LoRA init and data
-   order; the test users are the same for every arm and seed (paired comparisons).
-3. **Statistics**: per arm, mean and 95% t-interval over seeds; each arm minus popularity (seen items masked, the
-   same users) with a paired bootstrap over users pooled over seeds (resolved = the interval excludes 0); the
-   share of distinct generated titles.
+1. **The model** is the shipped one (``dealrec_tasks/llm/embedded/<version>``, its manifest verified): pretrained on
+   the Games replay's days <= 25 only (``scripts/build_embedded_llm.py``). Nothing is pretrained here.
+2. **Users**: ``--users`` random test rows of the pipeline's Games samples (history = train + valid, targets = the
+   test items, the paper's split), the same for every arm and seed (paired comparisons); ``--gamma-users``
+   validation rows (history = train, target = the first validation item) choose the popularity-aware grounding's
+   gamma for each model; 256 other validation rows are fine-tuning's early-stopping set.
+3. **Arms**, each evaluated with the library's ``grounded_evaluation`` (``EvalConfig`` defaults: beam 4, L2
+   grounding over all 17,332 titles, and BIGRec's popularity-aware grounding):
+   - ``base``: the shipped model, not fine-tuned;
+   - ``random``: LoRA on ``--n`` random training samples, the base model's fine-tuning preset
+     (``FinetuneConfig(preset="auto")``, chosen by ``bench/finetune_preset.py``);
+   - ``dealrec``: the same on the DEALRec coreset of ``--n`` (``SelectConfig`` defaults) from influence (the SASRec
+     ensemble of ``bench/coreset_quality.py``, sharing its cache) and effort on this model;
+   - references on the same users: ``popularity`` (train + valid counts, seen items masked) and ``sasrec`` (the
+     full-data SASRec surrogate: the ensemble's first member, trained on every training sample).
+   Seeds change the random draw, the stratified draw and the LoRA init and data order.
+4. **Statistics**: per arm the mean over seeds with a t-interval; paired differences per user (each user's value
+   averaged over seeds) with the library's paired t (``dealrec_tasks/paired.py``): resolved when the 95% interval
+   excludes 0.
+5. ``--curve``: the pretraining learning curve, every snapshot of the shipped model's build (``<dir>.snapshots``)
+   scored by the validation answer loss and, with ``--curve-users``, R@20 on that many validation rows.
 
-Everything lands in ``--out`` (default bench/results/tmp/llm_quality, gitignored); finished runs are appended to
-``runs.jsonl`` (a rerun does only what is missing); the JSON + PNG go to ``--results`` (default
-bench/results/llm_quality.{json,png}).
+Runs are appended to ``--out``/runs.jsonl (a rerun does only what is missing); JSON + PNG to ``--results``.
 
-    nice -n 19 .venv/bin/python bench/llm_quality.py --arms before random --seeds 0 1 2
+    nice -n 5 .venv/bin/python bench/llm_quality.py --users 4000 --seeds 0 1 2 --curve
 """
 
 from __future__ import annotations
@@ -43,60 +44,121 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from llm_pretrain_probe import load_games, popularity, popularity_topk, test_rows  # noqa: E402
-
-from dealrec_tasks.llm import tiny  # noqa: E402
-from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig  # noqa: E402
-from dealrec_tasks.llm.evaluate import grounded_evaluation  # noqa: E402
-from dealrec_tasks.llm.prompts import PromptTemplate, clean_title, encode  # noqa: E402
-from dealrec_tasks.metrics import ranking_metrics  # noqa: E402
+from dealrec_tasks.llm import finetune as ft  # noqa: E402
+from dealrec_tasks.llm import shipped, tiny  # noqa: E402
+from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig  # noqa: E402
+from dealrec_tasks.llm.evaluate import POPAWARE, grounded_evaluation  # noqa: E402
+from dealrec_tasks.llm.prompts import PromptTemplate, encode  # noqa: E402
+from dealrec_tasks.metrics import per_user_metrics  # noqa: E402
+from dealrec_tasks.paired import paired_t  # noqa: E402
 from dealrec_tasks.selection import Candidates, SelectConfig, select  # noqa: E402
+from dealrec_tasks.steps.llm import item_counts  # noqa: E402
 
-ARMS = ("before", "random", "dealrec")
+ARMS = ("base", "random", "dealrec")
+REFERENCES = ("popularity", "sasrec")
+GROUNDINGS = {"l2": "", "popaware": POPAWARE}
 KS = (10, 20, 50)
+SHOWN = ("recall@20", "ndcg@20")
+EARLY_STOP_USERS = 256
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Model, samples, scores
+# Data
 # ---------------------------------------------------------------------------------------------------------
-def default_model(g: dict, out: Path, cfg: TinyLLMConfig, last_day: str) -> dict:
-    corpus = tiny.PretrainCorpus(g["titles"], [s for s in g["early"] if s], last_day)
-    info = tiny.build_tiny_llm(out / "model", g["titles"], cfg, corpus=corpus, latest_corpus_day=last_day)
-    return {k: v for k, v in info.items() if k != "config"} | {"config": cfg.to_dict()}
+def rows_of(samples, split: str) -> list[dict]:
+    return [r for r in samples.to_pylist() if r["split"] == split]
 
 
-def training_samples(world) -> list[dict]:
-    """The day's candidates as the pipeline has them (``datasets/games/samples``, one per user, 49,156): history
-    and target item indices (a row of ``world.seqs`` is [BOS, history, target])."""
-    rows = (world.seqs.row(i) for i in range(len(world.seqs)))
-    return [{"history": r[1:-1].tolist(), "target": int(r[-1])} for r in rows]
+def setup(args) -> dict:
+    """Samples, titles, the test users, the validation users (early stopping, gamma, curve), item counts."""
+    from coreset_quality import games, games_world, random_rows
+
+    samples, n_items, titles = games(str(args.lake))
+    world = games_world(samples, n_items, 2000)
+    test_all = rows_of(samples, "test")
+    test_pick = random_rows(len(test_all), args.users, 0)
+    valid_all = rows_of(samples, "valid")
+    order = np.random.default_rng(1).permutation(len(valid_all))
+    early = [valid_all[i] for i in sorted(order[:EARLY_STOP_USERS])]
+    gamma = [valid_all[i] for i in sorted(order[EARLY_STOP_USERS : EARLY_STOP_USERS + args.gamma_users])]
+    curve = [valid_all[i] for i in sorted(order[-args.curve_users :])]
+    train = rows_of(samples, "train")
+    return {
+        "world": world,
+        "titles": titles,
+        "train": train,
+        "test_pick": test_pick,
+        "test": [test_all[i] for i in test_pick],
+        "early": early,
+        "gamma": gamma,
+        "curve": curve,
+        "counts": item_counts(test_all, n_items),  # train + valid interactions of every test user
+    }
 
 
-def valid_prompts(g: dict, tokenizer, n: int, seed: int, cutoff: int) -> list:
-    """Early-stopping set: ``n`` validation users (history = train, target = the first validation item)."""
-    users = [u for u in range(len(g["valid"])) if g["valid"][u]]
-    pick = np.random.default_rng(seed).choice(len(users), min(n, len(users)), replace=False)
-    titles, template = g["titles"], PromptTemplate("games")
+def prompts(tokenizer, titles: list[str], rows: list[dict], with_target: bool, cutoff: int) -> list:
+    template = PromptTemplate("games")
     return [
         encode(
             tokenizer,
             template,
-            [titles[i - 1] for i in g["train"][users[k]]],
-            titles[g["valid"][users[k]][0] - 1],
+            [titles[i - 1] for i in r["history"]],
+            titles[r["target"] - 1] if with_target else None,
             cutoff,
         )
-        for k in pick
+        for r in rows
     ]
 
 
-def dealrec_scores(world, samples: list[dict], titles: list[str], model_dir: Path, out: Path, quality: Path) -> dict:
-    """Influence and effort of every candidate, as the pipeline computes them by default, cached.
+# ---------------------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------------------
+def evaluate(model, tokenizer, model_dir: Path, d: dict, rows: list[dict], args, gamma_rows: list[dict] | None) -> dict:
+    """Both groundings on ``rows`` (gamma chosen on ``gamma_rows``; None: plain L2 only)."""
+    cfg = EvalConfig(domain="games", batch_size=args.eval_batch)
+    titles = d["titles"]
+    targets = [[t - 1 for t in r["targets"]] for r in rows]
+    extra = {}
+    if gamma_rows:
+        extra = {
+            "item_counts": d["counts"],
+            "valid_prompts": prompts(tokenizer, titles, gamma_rows, False, cfg.cutoff_len),
+            "valid_targets": [r["target"] - 1 for r in gamma_rows],
+        }
+    t0 = time.perf_counter()
+    res = grounded_evaluation(
+        model, tokenizer, prompts(tokenizer, titles, rows, False, cfg.cutoff_len), targets, titles, cfg, model_dir,
+        args.out / "embeddings", **extra,
+    )  # fmt: skip
+    per_user = {"l2": {m: np.round(res["per_user"][m], 6).tolist() for m in SHOWN}}
+    if "popaware" in res:
+        per_user["popaware"] = {m: np.round(res["popaware"]["per_user"][m], 6).tolist() for m in SHOWN}
+    counts: dict[str, int] = {}
+    for x in res["generated"]:
+        counts[x] = counts.get(x, 0) + 1
+    return {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "eval_config": cfg.to_dict(),
+        "metrics": {k: float(v) for k, v in res["metrics"].items()},
+        "gamma": res.get("popaware", {}).get("gamma"),
+        "gamma_users": len(gamma_rows or []),
+        "per_user": per_user,
+        "distinct_generated": len(counts),
+        "most_common": sorted(counts.items(), key=lambda kv: -kv[1])[:5],
+        "examples": [
+            {
+                "history_tail": [titles[i - 1] for i in rows[k]["history"][-3:]],
+                "generated": res["generated"][k],
+                "targets": [titles[t - 1] for t in rows[k]["targets"]][:3],
+            }
+            for k in range(0, len(rows), max(1, len(rows) // 6))
+        ],
+    }
 
-    Influence: toward ``InfluenceConfig().target`` with the ensemble of ``SurrogateConfig()`` (``members``
-    surrogates x their last ``checkpoints`` epochs, ``combine_members``), trained and scored by
-    ``bench/coreset_quality.py``'s code and sharing its cache (``--quality-cache``). Effort: ``EffortConfig()``
-    on this model (``out/effort_<model fingerprint>.npy``).
-    """
+
+def dealrec_scores(d: dict, model_dir: Path, args) -> dict:
+    """Influence (the SASRec ensemble of ``bench/coreset_quality.py``, its cache shared) and effort on this model
+    (``EffortConfig`` defaults, cached by the model's fingerprint) of every training sample."""
     from coreset_quality import ENSEMBLE_SEEDS, ckpt_dir, ensemble_member, member_scores
 
     from dealrec_tasks.llm.effort import EffortScorer, attach_lora
@@ -106,164 +168,165 @@ def dealrec_scores(world, samples: list[dict], titles: list[str], model_dir: Pat
     from dealrec_tasks.surrogate.config import SurrogateConfig
 
     scfg, target = SurrogateConfig(), InfluenceConfig().target
-    cache = quality / "games"
+    cache = args.quality_cache / "games"
     first = ENSEMBLE_SEEDS["games"]
     seeds = range(first, first + scfg.members)
-    infos = {s: ensemble_member(world, s, cache, scfg.checkpoints, target) for s in seeds}
+    infos = {s: ensemble_member(d["world"], s, cache, scfg.checkpoints, target) for s in seeds}
     ckpt = ckpt_dir(cache, target)
     influence = combine_members([v for s in seeds for v in member_scores(ckpt, s, infos[s], scfg.checkpoints)])
-    path = out / f"effort_{model_fingerprint(model_dir)[:16]}.npy"
+    path = args.out / f"effort_{model_fingerprint(model_dir)}.npy"
     if path.exists():
         effort = np.load(path)
     else:
-        cfg = EffortConfig()
+        cfg = EffortConfig(domain="games")
         tokenizer, model = tiny.load(model_dir)
-        template = PromptTemplate(cfg.domain)
-        prompts = [
-            encode(tokenizer, template, [titles[i - 1] for i in s["history"]], titles[s["target"] - 1], cfg.cutoff_len)
-            for s in samples
-        ]
-        t0 = time.perf_counter()
+        train = prompts(tokenizer, d["titles"], d["train"], True, cfg.cutoff_len)
         scorer = EffortScorer(attach_lora(model, LoRAConfig(), seed=cfg.seed), tokenizer.pad_token_id, cfg)
-        effort = np.asarray(scorer.score(prompts, desc="effort (Games candidates)"), np.float64)
-        (out / "effort_seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, "n": len(prompts)}))
+        effort = np.asarray(scorer.score(train, desc="effort (Games candidates)"), np.float64)
         np.save(path, effort)
     return {"influence": influence, "effort": effort}
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Runs
-# ---------------------------------------------------------------------------------------------------------
-def evaluate(model, tokenizer, model_dir: Path, g: dict, rows: list[dict], out: Path) -> dict:
-    cfg = EvalConfig()
-    template = PromptTemplate("games")
-    titles = g["titles"]
-    prompts = [encode(tokenizer, template, [titles[i - 1] for i in r["history"]], None, cfg.cutoff_len) for r in rows]
-    targets = [[t - 1 for t in r["targets"]] for r in rows]
-    t0 = time.perf_counter()
-    res = grounded_evaluation(model, tokenizer, prompts, targets, titles, cfg, model_dir, out / "embeddings")
-    gen = res["generated"]
-    counts: dict[str, int] = {}
-    for x in gen:
-        counts[x] = counts.get(x, 0) + 1
-    catalogue = {clean_title(t) for t in titles}
-    per_user = per_user_metrics(res["topk"], targets)
-    return {
-        "seconds": round(time.perf_counter() - t0, 1),
-        "eval_config": cfg.to_dict(),
-        "metrics": {k: float(v) for k, v in res["metrics"].items()},
-        "per_user": per_user,
-        "distinct_generated": len(counts),
-        "distinct_generated_share": len(counts) / max(len(gen), 1),
-        "generated_is_catalogue_title": float(np.mean([x in catalogue for x in gen])),
-        "most_common": sorted(counts.items(), key=lambda kv: -kv[1])[:5],
-        "examples": [
-            {
-                "history_tail": [titles[i - 1] for i in rows[k]["history"][-3:]],
-                "generated": gen[k],
-                "targets": [titles[t - 1] for t in rows[k]["targets"]][:3],
-            }
-            for k in range(0, len(rows), max(1, len(rows) // 8))
-        ],
-    }
-
-
-def per_user_metrics(topk: np.ndarray, targets: list[list[int]]) -> dict:
-    """Recall@20 and NDCG@20 per user (for the paired bootstrap), as ``ranking_metrics`` computes them."""
-    rec, ndcg = [], []
-    for row, t in zip(topk, targets):
-        m = ranking_metrics(row[None, :], [t], (20,))
-        rec.append(round(float(m["recall@20"]), 6))
-        ndcg.append(round(float(m["ndcg@20"]), 6))
-    return {"recall@20": rec, "ndcg@20": ndcg}
-
-
-def run_arm(arm: str, seed: int, args, g: dict, rows: list[dict], samples: list[dict], scores) -> dict:
+def finetuned(arm: str, seed: int, d: dict, model_dir: Path, args, scores) -> tuple:
+    """(base model with the arm's adapter, fine-tuning record)."""
     from peft import PeftModel
 
-    from dealrec_tasks.llm import finetune as ft
-
-    n, epochs, out = args.n, args.epochs, args.out
-    model_dir = out / "model"
-    tokenizer, model = tiny.load(model_dir)
-    record: dict = {"arm": arm, "seed": seed, "n": n}
-    if arm == "before":
-        record |= evaluate(model, tokenizer, model_dir, g, rows, out)
-        return record
+    n = args.n
     if arm == "random":
-        pick = np.random.default_rng(seed).choice(len(samples), n, replace=False)
+        pick = np.random.default_rng(seed).choice(len(d["train"]), n, replace=False)
     else:
-        cands = Candidates(len(samples), influence=scores()["influence"], effort=scores()["effort"])
+        cands = Candidates(len(d["train"]), influence=scores()["influence"], effort=scores()["effort"])
         pick = select(cands, SelectConfig(n=n, strategy="dealrec", seed=seed)).indices
-    fcfg = FinetuneConfig(epochs=epochs, seed=seed)
-    titles, template = g["titles"], PromptTemplate("games")
-    train = [
-        encode(
-            tokenizer,
-            template,
-            [titles[i - 1] for i in samples[k]["history"]],
-            titles[samples[k]["target"] - 1],
-            fcfg.cutoff_len,
-        )
-        for k in pick
-    ]
-    valid = valid_prompts(g, tokenizer, 256, 0, fcfg.cutoff_len)
-    work = out / f"finetune-{arm}-s{seed}-n{n}-e{epochs}"
+    fcfg, lora, preset = ft.resolve_preset(model_dir, FinetuneConfig(seed=seed, domain="games"), LoRAConfig())
+    tokenizer, model = tiny.load(model_dir)
+    train = prompts(tokenizer, d["titles"], [d["train"][k] for k in pick], True, fcfg.cutoff_len)
+    early = prompts(tokenizer, d["titles"], d["early"], True, fcfg.cutoff_len)
+    work = args.out / f"finetune-{arm}-s{seed}-n{n}-{fcfg.lr:g}-{fcfg.epochs}-r{lora.r}-{len(lora.target_modules)}"
     t0 = time.perf_counter()
-    state = ft.finetune(model, tokenizer.pad_token_id, train, valid, fcfg, LoRAConfig(), work)
-    record |= {
+    state = ft.finetune(model, tokenizer.pad_token_id, train, early, fcfg, lora, work)
+    record = {
         "finetune_seconds": round(time.perf_counter() - t0, 1),
         "finetune_config": fcfg.to_dict(),
+        "lora": lora.to_dict(),
+        "preset": preset,
         "history": state["history"],
         "best_epoch": state["best_epoch"],
     }
     _, base = tiny.load(model_dir)
-    record |= evaluate(PeftModel.from_pretrained(base, state["adapter_dir"]), tokenizer, model_dir, g, rows, out)
-    return record
+    return PeftModel.from_pretrained(base, state["adapter_dir"]), tokenizer, record
+
+
+def references(d: dict, args) -> dict:
+    """Per-user Recall/NDCG@20 of popularity (seen items masked) and of the full-data SASRec on the test users."""
+    from coreset_quality import ENSEMBLE_SEEDS, SurrogateConfig, build_model, ckpt_dir, ensemble_member, eval_subset
+
+    from dealrec_tasks.scoring.config import InfluenceConfig
+    from dealrec_tasks.surrogate.evaluate import popularity_ranks, rank_targets
+
+    world = d["world"]
+    test = eval_subset(world.test, d["test_pick"])
+    target = InfluenceConfig().target
+    seed = ENSEMBLE_SEEDS["games"]
+    info = ensemble_member(world, seed, args.quality_cache / "games", SurrogateConfig().checkpoints, target)
+    state = torch.load(ckpt_dir(args.quality_cache / "games", target) / f"best_s{seed}.pt", weights_only=True)
+    sasrec = build_model(world.n_items, SurrogateConfig(), state).eval()
+    out = {}
+    for name, ranks in (("popularity", popularity_ranks(d["counts"], test)), ("sasrec", rank_targets(sasrec, test))):
+        _, per_user = per_user_metrics(ranks, KS)
+        out[name] = {
+            "metrics": {k: float(np.mean(v)) for k, v in per_user.items()},
+            "per_user": {m: np.round(per_user[m], 6).tolist() for m in SHOWN},
+        }
+    out["sasrec"]["model"] = {"seed": seed, "best_epoch": info.get("best_epoch"), "trained_on": "every training sample"}
+    return out
+
+
+def curve(d: dict, model_dir: Path, args) -> list[dict]:
+    """Every pretraining snapshot and the final model: the validation answer loss (the target title's tokens given
+    the history, on the gamma rows; a forward pass) and, with ``--curve-users`` > 0, plain-L2 R@20 / NDCG@20 on that
+    many validation users (beam search: the expensive part)."""
+    snapshots = sorted(Path(f"{model_dir}.snapshots").glob("step-*"))
+    points = []
+    manifest = shipped.read_manifest(model_dir)
+    for path, steps in [(p, int(p.name.split("-")[1])) for p in snapshots] + [(model_dir, manifest["steps"])]:
+        tokenizer, model = tiny.load(path)
+        valid = prompts(tokenizer, d["titles"], d["gamma"], True, FinetuneConfig().cutoff_len)
+        snap = path / "snapshot.json"
+        point = {
+            "steps": steps,
+            "loss_last_50": json.loads(snap.read_text())["loss_last_50"] if snap.exists() else manifest["final_loss"],
+            "valid_answer_loss": ft.mean_loss(model, valid, tokenizer.pad_token_id, False, 16),
+        }
+        if args.curve_users:
+            rec = evaluate(model, tokenizer, path, d, d["curve"], args, None)
+            point |= {m: rec["metrics"][m] for m in SHOWN}
+        points.append(point)
+        print(f"[curve] {point}", flush=True)
+    return points
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Statistics and output
 # ---------------------------------------------------------------------------------------------------------
-def t_interval(values: list[float]) -> tuple[float, float]:
+def t_interval(values: list[float]) -> dict:
     from scipy import stats
 
     v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
-        return float(v.mean()), float("nan")
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
+    return {"mean": float(v.mean()), "ci95_half": half, "values": v.tolist()}
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, reps: int = 4000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a - b and its 95% percentile interval, resampling users ([seeds, users] arrays, users paired)."""
-    rng = np.random.default_rng(seed)
-    diff = (a - b).mean(axis=0)  # per user, averaged over seeds
-    idx = rng.integers(0, len(diff), size=(reps, len(diff)))
-    boots = diff[idx].mean(axis=1)
-    return float(diff.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+def user_means(runs: list[dict], grounding: str, metric: str) -> np.ndarray:
+    """Each user's value averaged over the runs (seeds)."""
+    return np.mean([r["per_user"][grounding][metric] for r in runs], axis=0)
 
 
-def summarise(runs: list[dict], pop_per_user: dict, random_r20: float) -> dict:
-    out = {}
-    for arm in ARMS:
-        mine = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
-        if not mine:
+def summarise(runs: list[dict], refs: dict) -> dict:
+    by_arm = {a: sorted((r for r in runs if r["arm"] == a), key=lambda r: r["seed"]) for a in ARMS}
+    by_arm = {a: v for a, v in by_arm.items() if v}
+    arms: dict = {}
+    for arm, mine in by_arm.items():
+        entry: dict = {"seeds": [r["seed"] for r in mine], "gamma": [r.get("gamma") for r in mine]}
+        for g, prefix in GROUNDINGS.items():
+            entry[g] = {
+                m: t_interval([r["metrics"][prefix + m] for r in mine])
+                for m in SHOWN
+                if prefix + m in mine[0]["metrics"]
+            }
+        entry["distinct_generated"] = [r["distinct_generated"] for r in mine]
+        arms[arm] = entry
+    for name, ref in refs.items():
+        arms[name] = {"reference": {m: ref["metrics"][m] for m in SHOWN}}
+
+    def vector(arm: str, g: str, m: str) -> np.ndarray:
+        return np.asarray(refs[arm]["per_user"][m]) if arm in refs else user_means(by_arm[arm], g, m)
+
+    pairs = [(a, "base") for a in ("random", "dealrec")] + [("dealrec", "random")]
+    pairs += [(a, r) for a in by_arm for r in refs]
+    comparisons = []
+    for a, b in pairs:
+        if a not in by_arm or (b not in by_arm and b not in refs):
             continue
-        entry = {"seeds": [r["seed"] for r in mine]}
-        for metric in ("recall@20", "ndcg@20"):
-            mean, half = t_interval([r["metrics"][metric] for r in mine])
-            a = np.asarray([r["per_user"][metric] for r in mine])
-            b = np.asarray([pop_per_user[metric]] * len(mine))
-            d, lo, hi = paired_bootstrap(a, b)
-            entry[metric] = {"mean": mean, "ci95_half": half}
-            entry[f"{metric}_vs_popularity"] = {"mean": d, "ci95": [lo, hi], "resolved": bool(lo > 0 or hi < 0)}
-        entry["distinct_generated_share"] = float(np.mean([r["distinct_generated_share"] for r in mine]))
-        r20 = entry["recall@20"]["mean"]
-        entry["position_random_to_popularity"] = (r20 - random_r20) / max(
-            pop_per_user["mean_recall@20"] - random_r20, 1e-12
-        )
-        out[arm] = entry
-    return out
+        for g in GROUNDINGS:
+            if g not in by_arm[a][0]["per_user"]:
+                continue
+            for m in SHOWN:
+                p = paired_t(vector(a, g, m), vector(b, g, m))
+                comparisons.append(
+                    {
+                        "a": a,
+                        "b": b,
+                        "grounding": g,
+                        "metric": m,
+                        "users": p.users,
+                        "mean": p.mean,
+                        "ci95": [p.lower, p.upper],
+                        "p": p.p,
+                        "resolved": bool(p.lower > 0 or p.upper < 0),
+                        "verdict": "a better" if p.lower > 0 else "b better" if p.upper < 0 else "not resolved",
+                    }
+                )
+    return {"arms": arms, "comparisons": comparisons}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -272,37 +335,55 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = result["summary"]
-    arms = [a for a in ARMS if a in summary]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    for ax, metric in ((axes[0], "recall@20"), (axes[1], "ndcg@20")):
-        x = np.arange(len(arms))
-        means = [summary[a][metric]["mean"] for a in arms]
-        errs = [0 if np.isnan(summary[a][metric]["ci95_half"]) else summary[a][metric]["ci95_half"] for a in arms]
-        ax.bar(x, means, yerr=errs, capsize=4, color="tab:blue")
-        for run in result["runs"]:
-            if run["arm"] in arms:
-                ax.plot(arms.index(run["arm"]), run["metrics"][metric], "k.", ms=4)
-        ax.axhline(result["popularity"]["seen_masked"][metric], color="tab:green", ls="--", label="popularity")
-        if metric == "recall@20":
-            ax.axhline(result["random_recall@20"], color="tab:red", ls="--", label="random ranking")
-        for xi, a in zip(x, arms):  # the paired bootstrap over users against popularity (the users' uncertainty)
-            v = summary[a][f"{metric}_vs_popularity"]
-            label = f"vs pop. {v['mean']:+.4f}\n[{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]"
-            ax.text(xi, means[arms.index(a)] / 2, label, ha="center", va="center", fontsize=7, color="white")
-        ax.set_xticks(x, [f"{a}\n({len(summary[a]['seeds'])} seeds)" for a in arms])
-        ax.set_title(f"{metric}, {result['test_users']} Games test users (mean ± 95% CI, dots: seeds)", fontsize=9)
-        ax.legend(fontsize=8)
+    arms = result["summary"]["arms"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    ax = axes[0]
+    names = [a for a in ARMS if a in arms]
+    width = 0.38
+    for j, (g, color) in enumerate((("l2", "tab:blue"), ("popaware", "tab:orange"))):
+        means = [arms[a][g]["recall@20"]["mean"] if "recall@20" in arms[a].get(g, {}) else 0 for a in names]
+        errs = [arms[a][g]["recall@20"]["ci95_half"] or 0 if "recall@20" in arms[a].get(g, {}) else 0 for a in names]
+        x = np.arange(len(names)) + (j - 0.5) * width
+        ax.bar(x, means, width, yerr=errs, capsize=3, color=color, label=f"{g} grounding")
+        for a_i, a in enumerate(names):
+            for v in arms[a].get(g, {}).get("recall@20", {}).get("values", []):
+                ax.plot(x[a_i], v, "k.", ms=3)
+    for name, color in (("popularity", "tab:green"), ("sasrec", "tab:purple")):
+        if name in arms:
+            ax.axhline(arms[name]["reference"]["recall@20"], color=color, ls="--", label=name)
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set_ylabel("Recall@20 (test users)")
+    seeds = sorted({r["seed"] for r in result["runs"] if r["arm"] != "base"})
+    ax.set_title(f"{result['test_users']} test users; fine-tuned with seeds {seeds}")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    comps = [c for c in result["summary"]["comparisons"] if c["metric"] == "recall@20"]
+    labels = [f"{c['a']} - {c['b']} ({c['grounding']})" for c in comps]
+    for i, c in enumerate(comps):
+        color = "tab:green" if c["ci95"][0] > 0 else "tab:red" if c["ci95"][1] < 0 else "tab:gray"
+        ax.errorbar(c["mean"], i, xerr=[[c["mean"] - c["ci95"][0]], [c["ci95"][1] - c["mean"]]], fmt="o", color=color)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("paired difference in Recall@20, 95% interval (green/red: resolved)")
     ax = axes[2]
-    ax.bar(np.arange(len(arms)), [summary[a]["distinct_generated_share"] for a in arms], color="tab:purple")
-    ax.set_xticks(np.arange(len(arms)), arms)
-    ax.set_title("share of distinct generated titles over users", fontsize=9)
+    pts = result.get("curve") or []
+    if pts:
+        steps = [p["steps"] for p in pts]
+        ax.plot(steps, [p["loss_last_50"] for p in pts], "s--", color="tab:gray", label="pretraining loss (last 50)")
+        ax.plot(steps, [p["valid_answer_loss"] for p in pts], "o-", label="validation answer loss")
+        ax.set_xlabel("pretraining steps")
+        ax.set_ylabel("loss (nats/token)")
+        if "recall@20" in pts[0]:
+            ax2 = ax.twinx()
+            ax2.plot(steps, [p["recall@20"] for p in pts], "^-", color="tab:green", label="R@20 (validation)")
+            ax2.set_ylabel(f"R@20 ({result['args']['curve_users']} validation users)")
+            ax2.legend(fontsize=8, loc="upper center")
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_title("learning curve of the shipped model's pretraining")
     m = result["model"]
-    pre = m.get("pretraining", {})
     fig.suptitle(
-        f"BIGRec on the embedded default LLM ({m['parameters'] / 1e6:.1f}M parameters, pretrained "
-        f"{pre.get('steps_done')}/{pre.get('steps_budget')} steps on days <= {m['corpus']['last_day']}), "
-        f"LoRA {result['args']['epochs']} epochs on n={result['args']['n']}",
+        f"BIGRec on the shipped embedded LLM {m['version']} ({m['parameters'] / 1e6:.1f}M parameters, {m['steps']} "
+        f"pretraining steps), LoRA on n={result['args']['n']} with its preset",
         fontsize=10,
     )
     fig.tight_layout()
@@ -312,103 +393,97 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "games")
+    ap.add_argument("--model", type=Path, default=shipped.SHIPPED_DIR)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "llm_quality")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "llm_quality")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--users", type=int, default=4000)
+    ap.add_argument("--gamma-users", type=int, default=500)
+    ap.add_argument("--curve-users", type=int, default=0, help="validation users of the curve's R@20 (0: loss only)")
+    ap.add_argument("--eval-batch", type=int, default=32, help="prompts per generation batch (no effect on results)")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--n", type=int, default=1024)
-    ap.add_argument("--epochs", type=int, default=FinetuneConfig().epochs)
-    ap.add_argument("--pretrain-only", action="store_true")
+    ap.add_argument("--curve", action="store_true", help="also the pretraining learning curve")
+    ap.add_argument("--report-only", action="store_true", help="write the JSON + PNG from the finished runs only")
     ap.add_argument("--note", default="", help="what differs in this run (kept in the JSON)")
     ap.add_argument("--lake", type=Path, default=ROOT / "var" / "games", help="lake holding datasets/games")
     ap.add_argument("--quality-cache", type=Path, default=ROOT / "bench" / "results" / "tmp" / "quality")
     args = ap.parse_args()
     wall = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    cfg = TinyLLMConfig()
-    cut_day = args.days - cfg.corpus_gap_days
-    g = load_games(args.data, args.days, cut_day, 0)
-    last_day = f"2026-01-{cut_day:02d}"  # the replay starts on 2026-01-01
-    t0 = time.perf_counter()
-    model = default_model(g, args.out, cfg, last_day)
-    model["build_seconds"] = round(time.perf_counter() - t0, 1)
     torch.set_num_threads(args.threads)
-    print(f"model: {json.dumps({k: v for k, v in model.items() if k != 'config'}, default=str)[:600]}", flush=True)
-    if args.pretrain_only:
-        return
-    from coreset_quality import games, games_world
-
-    samples_table, n_items, titles = games(str(args.lake))
-    assert n_items == len(g["titles"]) and [clean_title(t) for t in titles] == [clean_title(t) for t in g["titles"]]
-    world = games_world(samples_table, n_items, 2000)
-    samples = training_samples(world)
+    model_dir = args.model
+    manifest = shipped.verify(model_dir) if model_dir == shipped.SHIPPED_DIR else shipped.read_manifest(model_dir)
+    d = setup(args)
     memo: dict = {}
 
     def scores() -> dict:
         if not memo:
-            memo.update(dealrec_scores(world, samples, g["titles"], args.out / "model", args.out, args.quality_cache))
+            memo.update(dealrec_scores(d, model_dir, args))
         return memo
 
-    rows = test_rows(g, args.users, 0)
-    pop = popularity(g, rows, KS)
-    _, masked = popularity_topk(g, rows, max(KS))
-    pop_user = per_user_metrics(masked, [[t - 1 for t in r["targets"]] for r in rows])
-    pop_user["mean_recall@20"] = float(np.mean(pop_user["recall@20"]))
+    refs = references(d, args)
+    print({k: {m: round(v["metrics"][m], 4) for m in SHOWN} for k, v in refs.items()}, flush=True)
     log = args.out / "runs.jsonl"
     runs = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-    done = {(r["arm"], r["seed"], r["n"], r.get("finetune_config", {}).get("epochs")) for r in runs}
-    for arm in args.arms:
-        for seed in args.seeds if arm != "before" else [0]:
-            key = (arm, seed, args.n, None if arm == "before" else args.epochs)
-            if key in done:
-                continue
-            print(f"--- {arm} seed {seed}", flush=True)
-            rec = run_arm(arm, seed, args, g, rows, samples, scores)
-            print(
-                f"[{arm} s{seed}] R@20 {rec['metrics']['recall@20']:.4f} NDCG@20 {rec['metrics']['ndcg@20']:.4f} "
-                f"distinct {rec['distinct_generated']}",
-                flush=True,
-            )
-            with log.open("a") as f:
-                f.write(json.dumps(rec, default=float) + "\n")
-            runs.append(rec)
-    runs = [
-        r for r in runs if r["n"] == args.n and r.get("finetune_config", {}).get("epochs", args.epochs) == args.epochs
-    ]
-    random_r20 = 20 / len(g["titles"])  # expected Recall@20 of a random ranking
+    key = {"users": args.users, "n": args.n, "model": manifest["files"]["model.safetensors"]["sha256"]}
+    runs = [r for r in runs if r.get("key") == key]
+    done = {(r["arm"], r["seed"]) for r in runs}
+    curve_path = args.out / f"curve-{key['model'][:12]}-{args.curve_users}.json"
+    if args.curve and not curve_path.exists() and not args.report_only:  # first: a cut run still has it
+        curve_path.write_text(json.dumps(curve(d, model_dir, args)))
+    # The base model once (seed 0), then seed by seed both fine-tuned arms: a cut run still pairs them.
+    todo = [("base", 0)] if "base" in args.arms else []
+    todo += [(a, s) for s in args.seeds for a in args.arms if a != "base"]
+    for arm, seed in [] if args.report_only else todo:
+        if (arm, seed) in done:
+            continue
+        print(f"--- {arm} seed {seed}", flush=True)
+        if arm == "base":
+            tokenizer, model = tiny.load(model_dir)
+            rec: dict = {}
+        else:
+            model, tokenizer, rec = finetuned(arm, seed, d, model_dir, args, scores)
+        rec = (
+            {"arm": arm, "seed": seed, "key": key}
+            | rec
+            | evaluate(model, tokenizer, model_dir, d, d["test"], args, d["gamma"])
+        )
+        mt = rec["metrics"]
+        print(
+            f"[{arm} s{seed}] R@20 {mt['recall@20']:.4f} popaware {mt[POPAWARE + 'recall@20']:.4f} "
+            f"(gamma {rec['gamma']}) distinct {rec['distinct_generated']}",
+            flush=True,
+        )
+        with log.open("a") as f:
+            f.write(json.dumps(rec, default=float) + "\n")
+        runs.append(rec)
     result = {
-        "command": " ".join(sys.argv),
+        "command": "python bench/llm_quality.py " + " ".join(sys.argv[1:]),
         "note": args.note,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "loadavg": os.getloadavg(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "model": {k: manifest[k] for k in ("version", "parameters", "steps", "final_loss", "data_cut")},
+        "test_users": len(d["test"]),
+        "items": len(d["titles"]),
+        "references": {
+            k: {"metrics": v["metrics"]} | {x: y for x, y in v.items() if x == "model"} for k, v in refs.items()
         },
-        "model": model,
-        "test_users": len(rows),
-        "items": len(g["titles"]),
-        "popularity": pop,
-        "random_recall@20": random_r20,
-        "summary": summarise(runs, pop_user, random_r20),
+        "summary": summarise(runs, refs),
+        "curve": json.loads(curve_path.read_text()) if curve_path.exists() else None,
         "runs": [{k: v for k, v in r.items() if k != "per_user"} for r in runs],
         "wall_seconds": round(time.perf_counter() - wall, 1),
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.results}.json").write_text(json.dumps(result, indent=2, default=float))
+    Path(f"{args.results}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     plot(result, Path(f"{args.results}.png"))
-    for arm, s in result["summary"].items():
-        v = s["recall@20_vs_popularity"]
-        verdict = "resolved" if v["resolved"] else "not resolved"
-        print(
-            f"{arm:8s} R@20 {s['recall@20']['mean']:.4f} ± {s['recall@20']['ci95_half']:.4f}  vs popularity "
-            f"{v['mean']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}] {verdict}"
-        )
+    for c in result["summary"]["comparisons"]:
+        if c["metric"] == "recall@20":
+            print(
+                f"{c['a']:8s} - {c['b']:10s} {c['grounding']:8s} R@20 {c['mean']:+.4f} "
+                f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] {c['verdict']}"
+            )
     print(f"wrote {args.results}.json and .png")
 
 

@@ -39,3 +39,25 @@ def test_the_promotion_docs_match_their_results_jsons():
     power = json.loads((REPO / "bench" / "results" / "gate_power.json").read_text())
     null = [r for r in power["rows"] if r["lift"] == 0.0]
     assert null and all(r["promotion_rate"] <= 0.05 for r in null)  # the issue's bar, on the committed run
+
+
+def test_the_embedded_llm_numbers_match_their_results_jsons():
+    """README's embedded-LLM block is generated from the shipped model's manifest, finetune_preset.json and
+    llm_quality.json; each summary row is the mean of its runs and each comparison holds its users."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "report_llm.py"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((REPO / "bench" / "results" / "llm_quality.json").read_text())
+    assert (REPO / "bench" / "results" / "llm_quality.png").stat().st_size > 10_000
+    assert result["command"].startswith("python bench/llm_quality.py")
+    for arm, row in result["summary"]["arms"].items():
+        runs = [r for r in result["runs"] if r["arm"] == arm]
+        if "l2" in row:
+            mean = sum(r["metrics"]["recall@20"] for r in runs) / len(runs)
+            assert len(runs) == len(row["seeds"]) and abs(row["l2"]["recall@20"]["mean"] - mean) < 1e-12
+    assert all(c["users"] == result["test_users"] for c in result["summary"]["comparisons"])
+    preset = json.loads((REPO / "bench" / "results" / "finetune_preset.json").read_text())["preset"]
+    shipped = REPO / "dealrec_tasks" / "llm" / "embedded"
+    stored = [json.loads(p.read_text()) for p in shipped.glob("*/dealrec_finetune_preset.json")]
+    assert preset in stored  # the shipped preset is the one the committed selection chose
