@@ -23,6 +23,8 @@ from dealrec_tasks.metrics import mean_metrics, per_user_metrics, ranks_in_topk
 from dealrec_tasks.progress import progress
 
 REPEAT_NGRAM = 3  # the n of EvalConfig.ngram_repeat_limit
+POPAWARE = "popaware_"  # metric-name prefix of the popularity-aware grounding
+POPULARITY_CUTOFF = 20  # gamma maximises validation NDCG@20
 
 
 class ResponseNGramLimit:
@@ -203,10 +205,6 @@ def grounded_evaluation(
         extra |= popaware | {f"{POPAWARE}gamma": gamma, f"{POPAWARE}valid_users": len(valid_targets)}
         result["popaware"] = {"gamma": gamma, "valid_ndcg@20": by_gamma, "topk": pop_topk, "per_user": pop_per_user}
     return result | {"metrics": metrics | extra}
-
-
-POPAWARE = "popaware_"  # metric-name prefix of the popularity-aware grounding
-POPULARITY_CUTOFF = 20  # gamma maximises validation NDCG@20
 
 
 def embed_for_grounding(
