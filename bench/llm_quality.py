@@ -48,11 +48,11 @@ from dealrec_tasks.llm import finetune as ft  # noqa: E402
 from dealrec_tasks.llm import shipped, tiny  # noqa: E402
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig  # noqa: E402
 from dealrec_tasks.llm.evaluate import POPAWARE, grounded_evaluation  # noqa: E402
-from dealrec_tasks.llm.prompts import PromptTemplate, encode  # noqa: E402
+from dealrec_tasks.llm.prompts import PromptTemplate  # noqa: E402
 from dealrec_tasks.metrics import per_user_metrics  # noqa: E402
 from dealrec_tasks.paired import paired_t  # noqa: E402
 from dealrec_tasks.selection import Candidates, SelectConfig, select  # noqa: E402
-from dealrec_tasks.steps.llm import item_counts  # noqa: E402
+from dealrec_tasks.steps.llm import encode_rows, item_counts  # noqa: E402
 
 ARMS = ("base", "random", "dealrec")
 REFERENCES = ("popularity", "sasrec")
@@ -97,17 +97,8 @@ def setup(args) -> dict:
 
 
 def prompts(tokenizer, titles: list[str], rows: list[dict], with_target: bool, cutoff: int) -> list:
-    template = PromptTemplate("games")
-    return [
-        encode(
-            tokenizer,
-            template,
-            [titles[i - 1] for i in r["history"]],
-            titles[r["target"] - 1] if with_target else None,
-            cutoff,
-        )
-        for r in rows
-    ]
+    """The pipeline's own prompts (``steps.llm.encode_rows``) with the paper's Games instruction."""
+    return encode_rows(rows, titles, tokenizer, PromptTemplate("games"), cutoff, with_target=with_target)
 
 
 # ---------------------------------------------------------------------------------------------------------

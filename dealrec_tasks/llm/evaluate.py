@@ -153,11 +153,6 @@ def item_embeddings(
     return emb
 
 
-def rank_by_l2(queries: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k nearest items per query (L2), nearest first: [Q, k]."""
-    return grounding.topk(queries, items, k)
-
-
 def grounded_evaluation(
     peft_or_base_model,
     tokenizer,
@@ -229,17 +224,3 @@ def embed_for_grounding(
         items = item_embeddings(peft_or_base_model, tokenizer, shown, model_dir, cache_dir, cfg.embed_batch_size)
         queries = embed_texts(peft_or_base_model, tokenizer, generated, cfg.embed_batch_size, desc="embedding outputs")
     return items, queries
-
-
-def ground(
-    peft_or_base_model,
-    tokenizer,
-    generated: Sequence[str],
-    titles: Sequence[str],
-    cfg: EvalConfig,
-    model_dir: str | Path,
-    cache_dir: str | Path | None = None,
-) -> np.ndarray:
-    """The ``max(cfg.ks)`` items nearest (L2) to each generated text: [Q, K] row indices into ``titles``."""
-    items, queries = embed_for_grounding(peft_or_base_model, tokenizer, generated, titles, cfg, model_dir, cache_dir)
-    return grounding.topk(queries, items, max(cfg.ks))

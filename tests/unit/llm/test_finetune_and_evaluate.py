@@ -11,7 +11,8 @@ from peft import PeftModel
 
 from dealrec_tasks.llm import finetune as ft
 from dealrec_tasks.llm.config import EvalConfig, FinetuneConfig, LoRAConfig
-from dealrec_tasks.llm.evaluate import embed_texts, grounded_evaluation, rank_by_l2
+from dealrec_tasks.llm.evaluate import embed_for_grounding, embed_texts, grounded_evaluation
+from dealrec_tasks.llm.grounding import topk as rank_by_l2
 from dealrec_tasks.llm.prompts import PromptTemplate, encode
 from dealrec_tasks.llm.tiny import load
 
@@ -172,13 +173,15 @@ def test_generated_titles_never_loop(tiny_dir, titles):
 def test_a_generated_catalogue_title_ranks_its_item_first_even_when_the_catalogue_spaces_it_oddly(tiny_dir, titles):
     """The model writes titles as ``clean_title`` shows them (one line, single spaces): grounding must embed the
     catalogue the same way, or an exact answer lands anywhere."""
-    from dealrec_tasks.llm.evaluate import ground
     from dealrec_tasks.llm.prompts import clean_title
 
     tok, model = load(tiny_dir)
     messy = [t.replace(" ", "  ", 1) + ("\n" if i % 2 else " ") for i, t in enumerate(titles)]
     picks = [3, 17, 40, 77]
-    topk = ground(model, tok, [clean_title(messy[i]) for i in picks], messy, EvalConfig(ks=(5,)), tiny_dir)
+    items, queries = embed_for_grounding(
+        model, tok, [clean_title(messy[i]) for i in picks], messy, EvalConfig(), tiny_dir
+    )
+    topk = rank_by_l2(queries, items, 5)
     assert topk[:, 0].tolist() == picks
 
 
