@@ -40,6 +40,7 @@ MANIFEST_VERSION = 1
 # A lock older than this is taken for a dead writer's (on another host we cannot ask whether it lives); a publish
 # holds its lock only while it moves files, seconds to minutes.
 LOCK_STALE_S = 600.0
+LOCK_READ_ATTEMPTS = 5
 
 
 def normalize_uri(uri: str) -> str:
@@ -554,22 +555,40 @@ class Lake:
         try:
             yield
         finally:
-            try:
-                holder = json.loads(st.read_bytes(uri))
-            except (InputError, ValueError):
-                holder = None
+            holder = self._lock_holder(uri)
             if isinstance(holder, dict) and holder.get("owner") == owner:  # never release a lock taken over
                 st.delete(uri)
+
+    def _lock_holder(self, uri: str) -> dict | None | bool:
+        """The lock's holder record; None when the lock is gone or cut short, False when it could not be read.
+
+        A read that races the holder's release can fail in transport rather than as "not found" (an S3 body cut
+        off mid-stream): it is retried, and a lock still unreadable counts as held, so a publish waits rather
+        than fails.
+        """
+        for attempt in range(LOCK_READ_ATTEMPTS):
+            try:
+                raw = self.storage.read_bytes(uri)
+            except InputError:  # released meanwhile
+                return None
+            except OSError:
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            try:
+                holder = json.loads(raw)
+            except ValueError:
+                return None
+            return holder if isinstance(holder, dict) else None
+        return False
 
     def _lock_is_stale(self, uri: str) -> bool:
         """A lock is stale when its holder was a process of this host that is gone (killed), or when it is older
         than ``LOCK_STALE_S`` (a holder elsewhere, or a lock file cut short)."""
-        try:
-            holder = json.loads(self.storage.read_bytes(uri))
-        except InputError:  # released meanwhile
+        holder = self._lock_holder(uri)
+        if holder is False:  # unreadable now: taken as held, asked again on the next turn
             return False
-        except ValueError:
-            holder = None
+        if holder is None and not self.storage.exists(uri):  # released meanwhile
+            return False
         if isinstance(holder, dict) and isinstance(holder.get("pid"), int) and isinstance(holder.get("at"), float):
             if holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"]):
                 return True

@@ -190,6 +190,53 @@ def test_concurrent_publishers_of_one_partition_take_turns(lake: Lake):
     assert not lake.storage.exists(lake.lock_uri("coreset", "2026-01-02"))
 
 
+def test_a_lock_read_cut_off_in_transport_waits_rather_than_fails(lake: Lake, monkeypatch):
+    """A waiting writer that reads the lock just as its holder releases it can get a transport error rather than
+    "not found" (moto over HTTP: "Failed to flush response stream"; CI 2026-12-03). The publish waits and goes
+    on; it neither fails nor takes the lock over."""
+    import threading
+
+    lock = lake.lock_uri("coreset", "2026-01-02")
+    real_read = lake.storage.read_bytes
+    failures = {"left": 3}
+
+    def flaky_read(uri: str) -> bytes:
+        if uri == lock and failures["left"] > 0:
+            failures["left"] -= 1
+            raise OSError("AWS Error INTERNAL_FAILURE during GetObject operation: Failed to flush response stream")
+        return real_read(uri)
+
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lake._partition_lock("coreset", "2026-01-02"):
+            held.set()
+            release.wait(10)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    held.wait(10)
+    monkeypatch.setattr(lake.storage, "read_bytes", flaky_read)
+    errors: list[BaseException] = []
+
+    def publisher() -> None:
+        try:
+            lake.publish("coreset", "2026-01-02", {"t.parquet": _table(2)})
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    second = threading.Thread(target=publisher)
+    second.start()
+    second.join(1.0)
+    assert second.is_alive(), "published while the lock was held"
+    release.set()
+    first.join(10)
+    second.join(20)
+    assert errors == [] and failures["left"] == 0
+    assert lake.read("coreset", "2026-01-02", "t.parquet").num_rows == 2
+    assert not lake.storage.exists(lock)
+
+
 def test_a_live_lock_holder_is_waited_for(lake: Lake):
     import threading
 
