@@ -58,20 +58,45 @@ def settings(var: Path, lake: str) -> dict[str, str]:
     }
 
 
+# Secrets every Airflow process of one deployment must share. Left unset, each process draws its own: the
+# scheduler signs a task's token with one JWT secret and the api-server checks it with another ("Signature
+# verification failed"), so every scheduled task fails with an empty log (issue 29, item 14).
+SHARED_SECRETS = {("api_auth", "jwt_secret"): 32, ("api", "secret_key"): 32}
+
+
 def write_airflow_cfg(env: dict[str, str]) -> None:
-    """The same settings in ``airflow.cfg``, so that ``AIRFLOW_HOME=var/airflow airflow standalone`` alone works."""
+    """The same settings in ``airflow.cfg``, so that ``AIRFLOW_HOME=var/airflow airflow standalone`` alone works.
+
+    Settings already in the file are kept (a rerun keeps its secrets); missing ones are added. The file holds
+    secrets: written atomically, readable by its owner only.
+    """
+    import configparser
+    import secrets
+
     home = Path(env["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    cfg = home / "airflow.cfg"
-    if not cfg.exists():
-        cfg.write_text(
-            "[core]\n"
-            f"dags_folder = {env['AIRFLOW__CORE__DAGS_FOLDER']}\n"
-            f"plugins_folder = {env['AIRFLOW__CORE__PLUGINS_FOLDER']}\n"
-            "load_examples = False\n\n"
-            "[database]\n"
-            f"sql_alchemy_conn = {env['AIRFLOW__DATABASE__SQL_ALCHEMY_CONN']}\n"
-        )
+    path = home / "airflow.cfg"
+    cfg = configparser.ConfigParser(interpolation=None)
+    if path.exists():
+        cfg.read(path)
+    wanted = {
+        ("core", "dags_folder"): env["AIRFLOW__CORE__DAGS_FOLDER"],
+        ("core", "plugins_folder"): env["AIRFLOW__CORE__PLUGINS_FOLDER"],
+        ("core", "load_examples"): "False",
+        ("database", "sql_alchemy_conn"): env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+    }
+    wanted |= {key: secrets.token_urlsafe(size) for key, size in SHARED_SECRETS.items()}
+    for (section, option), value in wanted.items():
+        if not cfg.has_section(section):
+            cfg.add_section(section)
+        if not cfg.get(section, option, fallback=""):
+            cfg.set(section, option, value)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        cfg.write(f)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
 def run(cmd: list[str], env: dict[str, str], log: Path, show=STEP_LINE) -> None:
