@@ -42,8 +42,11 @@ from airflow.sdk import dag, get_current_context, task
 def dealrec_daily():
     @task(execution_timeout=timedelta(minutes=5))
     def plan() -> str:
-        """The day this run is for."""
-        dt = dx.daily_dt(get_current_context())
+        """The day this run is for; every Param checked by the library first (a bad one fails here, not after hours
+        of training and scoring)."""
+        ctx = get_current_context()
+        dx.check_daily_params(ctx["params"])
+        dt = dx.daily_dt(ctx)
         print(f"dealrec_daily: dt={dt}, lake={dx.lake_root()}")
         return dt
 
@@ -53,11 +56,12 @@ def dealrec_daily():
         return dx.shards(params["shards"])
 
     @task(execution_timeout=timedelta(hours=1))
-    def ingest(dt: str) -> dict:
+    def ingest(dt: str, params=None) -> dict:
         from dealrec_tasks.config import IngestConfig
         from dealrec_tasks.steps.data import ingest_until
 
-        return dx.result(ingest_until(dx.lake(), dt, IngestConfig()))
+        allow_future = params.get("allow_future") is True  # the same opt-in plan's daily_dt accepted
+        return dx.result(ingest_until(dx.lake(), dt, IngestConfig(), allow_future=allow_future))
 
     @task(execution_timeout=timedelta(hours=1))
     def samples(dt: str) -> dict:
@@ -76,25 +80,20 @@ def dealrec_daily():
     @task(execution_timeout=timedelta(hours=4))
     def surrogate(dt: str, params=None) -> dict:
         from dealrec_tasks.steps.surrogate import train_surrogate
-        from dealrec_tasks.surrogate.config import SurrogateConfig
 
-        cfg = SurrogateConfig(max_epochs=params["surrogate_max_epochs"])
-        return dx.result(train_surrogate(dx.lake(), dt, cfg))
+        return dx.result(train_surrogate(dx.lake(), dt, dx.surrogate_config(params)))
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=2))
     def influence_solve(dt: str, params=None) -> dict:
-        from dealrec_tasks.scoring.config import InfluenceConfig
         from dealrec_tasks.steps.influence import solve_influence
 
-        cfg = InfluenceConfig(target=params["influence_target"])
-        return dx.result(solve_influence(dx.lake(), dt, cfg))
+        return dx.result(solve_influence(dx.lake(), dt, dx.influence_config(params)))
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=2))
     def influence(dt: str, shard: list[int], params=None) -> dict:
-        from dealrec_tasks.scoring.config import InfluenceConfig
         from dealrec_tasks.steps.influence import score_influence
 
-        cfg = InfluenceConfig(target=params["influence_target"])
+        cfg = dx.influence_config(params)
         return dx.result(score_influence(dx.lake(), dt, cfg, (shard[0], shard[1])))
 
     @task(execution_timeout=timedelta(minutes=30))
@@ -130,14 +129,10 @@ def dealrec_daily():
 
     @task(execution_timeout=timedelta(hours=1))
     def select(dt: str, arm: list, params=None) -> dict:
-        from dealrec_tasks.selection import SelectConfig
         from dealrec_tasks.steps.select import select
 
         strategy, control = arm
-        size = {"n": None, "ratio": params["ratio"]} if params["ratio"] is not None else {"n": params["n"]}
-        knobs = {"lam": params["lambda"], "k": params["k"], "hard_prune": params["hard_prune"]}
-        cfg = SelectConfig(strategy=strategy, **knobs, **size)
-        return dx.result(select(dx.lake(), dt, cfg, control=control))
+        return dx.result(select(dx.lake(), dt, dx.select_config(params, strategy), control=control))
 
     @task(outlets=[dx.CORESET], execution_timeout=timedelta(minutes=30))
     def log_pruning(dt: str, coresets: list[dict], outlet_events=None) -> dict:
@@ -168,7 +163,7 @@ def dealrec_daily():
     model = base_model(dt)
     scored_e = effort.partial(dt=dt, model_dir=model).expand(shard=parts)
     merged_e = merge_effort(dt, parts)
-    day >> model
+    day >> model >> solved  # no scoring starts before the base model is found (it is on the GPU workers only)
     scored_e >> merged_e
 
     coresets = select.partial(dt=dt).expand(arm=arms())

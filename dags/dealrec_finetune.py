@@ -39,8 +39,11 @@ from airflow.sdk import dag, get_current_context, task
 def dealrec_finetune():
     @task(execution_timeout=timedelta(minutes=5))
     def plan() -> str:
-        """The day whose coreset this run fine-tunes on."""
-        dt = dx.finetune_dt(get_current_context(), dx.lake())
+        """The day whose coreset this run fine-tunes on; every Param checked by the library first (a bad one fails
+        here, not after hours of fine-tuning)."""
+        ctx = get_current_context()
+        dx.check_finetune_params(ctx["params"])
+        dt = dx.finetune_dt(ctx, dx.lake())
         print(f"dealrec_finetune: dt={dt}, lake={dx.lake_root()}")
         return dt
 
@@ -57,10 +60,10 @@ def dealrec_finetune():
 
     @task(**dx.GPU, execution_timeout=timedelta(hours=12))
     def finetune(dt: str, model_dir: str, arm: dict, params=None) -> dict:
-        from dealrec_tasks.llm.config import FinetuneConfig, LoRAConfig
+        from dealrec_tasks.llm.config import LoRAConfig
         from dealrec_tasks.steps.llm import finetune
 
-        cfg = FinetuneConfig(epochs=params["epochs"])
+        cfg = dx.finetune_config(params)
         lake = dx.lake()
         return dx.result(finetune(lake, dt, model_dir, cfg, LoRAConfig(), dx.work_dir(), coreset=arm["coreset"]))
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from dealrec_tasks.config import Day, day_or_none
+from dealrec_tasks.config import Day, check_dataset_name, day_or_none
 from dealrec_tasks.data import schema
 from dealrec_tasks.errors import ConfigError, InputError
 from dealrec_tasks.sharding import shard_name
@@ -143,6 +143,10 @@ class Source:
     dt: Day | None
     dataset: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.dataset is not None:  # it names a folder: checked before any path is built from it
+            check_dataset_name(self.dataset)
+
     def path(self, kind: str) -> str:
         """The dataset path of ``kind`` for this source (partitioned by ``dt`` for the daily lake)."""
         return f"{DATASETS}/{self.dataset}/{kind}" if self.dataset else kind
@@ -166,8 +170,8 @@ def source(dt: str | None, dataset: str | None = None) -> Source:
 
 
 def imported(name: str) -> str:
-    """The folder of an imported dataset."""
-    return f"{DATASETS}/{name}"
+    """The folder of an imported dataset (``name`` checked: ``../../x`` never becomes a path)."""
+    return f"{DATASETS}/{check_dataset_name(name)}"
 
 
 def arm_dataset(kind: str, arm: str | None) -> str:

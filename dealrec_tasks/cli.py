@@ -28,6 +28,7 @@ from dealrec_tasks.config import (
     S3Config,
     SamplesConfig,
     SyntheticConfig,
+    check_dataset_name,
 )
 from dealrec_tasks.errors import DealrecError
 from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
@@ -50,7 +51,8 @@ def _add_config_options(parser: argparse.ArgumentParser, cls: type) -> None:
         kind = hints[f.name]
         if isinstance(kind, types.UnionType):  # X | None
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        # argparse %-formats help strings: a literal '%' of a config's help ("cosine to 10 %") broke --help
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
@@ -96,7 +98,7 @@ def cmd_ingest(args: argparse.Namespace) -> list[steps.StepResult]:
     days = steps.pending_days(lake) if args.all else [args.dt]
     results = []
     for dt in progress(days, desc="ingesting days", unit="day"):
-        results.append(steps.ingest(lake, dt, cfg))
+        results.append(steps.ingest(lake, dt, cfg, allow_future=args.allow_future))
     if args.all and not days:
         print("ingest --all: no pending days", file=sys.stderr)
     return results
@@ -281,6 +283,8 @@ def cmd_days(args: argparse.Namespace) -> list[steps.StepResult]:
             print(json.dumps(shown, indent=2, default=str))
         return []
     days = list_days(lake)
+    for note in days.notes:
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps(days, default=str))
         return []
@@ -351,7 +355,16 @@ COMMANDS: dict[str, Command] = {
         cmd_ingest,
         "validate a day's logs, quarantine bad rows, extend vocab and sequences",
         (IngestConfig,),
-        (DT, arg("--all", action="store_true", help="ingest every pending log day in order")),
+        (
+            DT,
+            arg("--all", action="store_true", help="ingest every pending log day in order"),
+            arg(
+                "--allow-future",
+                action="store_true",
+                help="ingest a day after tomorrow (UTC) on purpose (refused otherwise: once ingested, it refuses "
+                "every earlier day)",
+            ),
+        ),
     ),
     "compact": Command(
         cmd_compact,
@@ -541,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "dt", None) is not None:
             args.dt = Day(args.dt)  # checked once, here at the edge; steps take it as it is
+        if getattr(args, "dataset", None) is not None:  # a folder name: checked before any path is built from it
+            args.dataset = check_dataset_name(args.dataset)
         results = COMMANDS[args.command].run(args)
     except DealrecError as exc:
         print(f"dealrec {args.command}: error: {exc}", file=sys.stderr)

@@ -9,29 +9,171 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt_mod
+import functools
+import math
+import numbers
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from dealrec_tasks.errors import ConfigError
 
-_DT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DT_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# A dataset name is one folder below datasets/: never a path (no '/', '..', NUL), never empty, never hidden.
+_DATASET_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+DATASET_RULE = "1-64 characters a-z 0-9 _ -, starting with a letter or digit"
 
 
-def opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
-    """A dataclass field with help text."""
-    return field(default=default, metadata={"help": help})
+#: The largest value of an integer option that declares no upper bound of its own: every count, size, epoch and
+#: seed of the pipeline fits in a signed 32-bit integer, and a value above (10**12 epochs) is a typo that would run
+#: for ever or allocate without end. Integer options are >= 0 unless they declare otherwise.
+INT_MAX = 2**31 - 1
+_BOUND_NAMES = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def opt(
+    default: Any,
+    help: str,  # noqa: A002 - mirrors argparse's name
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A dataclass field with help text and the bounds of its number (of each number of a tuple), if any.
+
+    ``_Config`` enforces the bounds after ``validate()``, with the rules every number option follows anyway (a
+    float is finite, an integer in [0, INT_MAX] unless declared otherwise), and the Airflow Params repeat them in
+    their JSON schema (``number_bounds``): one declaration, three places that cannot drift apart."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return field(default=default, metadata={"help": help} | ({"bounds": bounds} if bounds else {}))
+
+
+@functools.cache
+def _number_fields(cls: type) -> dict[str, type]:
+    """``{field: int or float}`` of the number options of a config class (``X | None`` and ``tuple[X, ...]``
+    included: None is skipped, each element of a tuple checked)."""
+    out: dict[str, type] = {}
+    for name, kind in typing.get_type_hints(cls).items():
+        args = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+        args = tuple(a for a in args if a is not type(None))
+        if len(args) == 1 and typing.get_origin(args[0]) is tuple:
+            args = typing.get_args(args[0])[:1]
+        if len(args) == 1 and args[0] in (int, float):
+            out[name] = args[0]
+    return out
+
+
+def number_bounds(cls: type, name: str) -> dict[str, float]:
+    """The bounds of the number option ``name`` of ``cls`` as enforced: its declared ones (``opt(..., ge=...)``),
+    and for an integer without them [0, INT_MAX]. ``{}`` for a float without declared bounds (it is still refused
+    when not finite) and for a field that is no number."""
+    kind = _number_fields(cls).get(name)
+    if kind is None:
+        return {}
+    declared = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("bounds", {})
+    bounds = dict(declared)
+    if kind is int and not {"ge", "gt"} & set(declared):
+        bounds["ge"] = 0
+    if kind is int and not {"le", "lt"} & set(declared):
+        bounds["le"] = INT_MAX
+    return bounds
+
+
+def _bounds_text(bounds: dict[str, float]) -> str:
+    """``in [0, 1)``, ``>= 1e-06``: the bounds as the error states them."""
+    text = {k: str(v) if isinstance(v, int) else f"{v:g}" for k, v in bounds.items()}
+    lo = next((k for k in text if k in ("ge", "gt")), None)
+    hi = next((k for k in text if k in ("le", "lt")), None)
+    if lo and hi:
+        return f"in {'[' if lo == 'ge' else '('}{text[lo]}, {text[hi]}{']' if hi == 'le' else ')'}"
+    k = lo or hi
+    return f"{_BOUND_NAMES[k]} {text[k]}"  # type: ignore[index]
+
+
+def _check_numbers(cfg: Any) -> None:
+    """Every number option of ``cfg``: a real number (not a bool), finite, within ``number_bounds``; the error
+    names the option, in one line. NaN fails no comparison, so without this a NaN passed every ``x >= 0`` check."""
+    cls = type(cfg)
+    for name, kind in _number_fields(cls).items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        bounds = number_bounds(cls, name)
+        for v in value if isinstance(value, (tuple, list)) else (value,):  # a tuple option read back from JSON
+            integral = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+            if not (integral if kind is int else isinstance(v, numbers.Real) and not isinstance(v, bool)):
+                raise ConfigError(
+                    f"{name}={_number_text(value)}: must be {'an integer' if kind is int else 'a number'}"
+                )
+            if not integral and not math.isfinite(v):
+                raise ConfigError(f"{name}={_number_text(value)}: must be finite (not nan or inf)")
+            if not all({"ge": v >= b, "gt": v > b, "le": v <= b, "lt": v < b}[k] for k, b in bounds.items()):
+                raise ConfigError(f"{name}={_number_text(value)}: must be {_bounds_text(bounds)}")
+
+
+def _number_text(value: Any, limit: int = 60) -> str:
+    """A bad option value for a one-line error: its repr, cut when long (an integer of 5,000 digits has no repr)."""
+    try:
+        text = repr(value)
+    except ValueError:  # int -> str is limited to 4,300 digits
+        return "<a number too long to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_dt(value: str, name: str = "dt") -> dt_mod.date:
     """Parse a partition date ``YYYY-MM-DD``; the error names the parameter."""
-    if not isinstance(value, str) or not _DT_RE.match(value):
-        raise ConfigError(f"{name}={value!r}: expected a date YYYY-MM-DD")
+    if not isinstance(value, str) or not _DT_RE.fullmatch(value):
+        raise ConfigError(f"{name}={_shown(value)}: expected a date YYYY-MM-DD")
     try:
         return dt_mod.date.fromisoformat(value)
     except ValueError as exc:
         raise ConfigError(f"{name}={value!r}: {exc}") from None
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut when long: an error names a bad value in one line, never a pasted file."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_day(value: str) -> bool:
+    """Whether ``value`` is exactly a day ``YYYY-MM-DD`` (a folder ``dt=<value>`` is then a partition)."""
+    try:
+        parse_dt(value)
+    except ConfigError:
+        return False
+    return True
+
+
+def check_dataset_name(value: Any, name: str = "dataset") -> str:
+    """An imported dataset's name, refused in one line unless it matches ``[a-z0-9][a-z0-9_-]{0,63}``.
+
+    The name becomes the folder ``datasets/<name>/`` that steps read and write, so ``../../x``, ``/abs``, ``a/b``
+    or a NUL would reach outside it; this is the one check every entry point (CLI, configs, ``catalogue.Source``)
+    goes through, before any path is built.
+    """
+    if not isinstance(value, str) or not _DATASET_RE.fullmatch(value):
+        raise ConfigError(f"{name}={_shown(value)}: not a dataset name ({DATASET_RULE})")
+    return value
+
+
+def check_not_future(day: str, allow: bool, how: str, name: str = "dt") -> None:
+    """Refuse a day after tomorrow (UTC) unless ``allow``; ``how`` says how to allow it at the caller's entry point.
+
+    Why: no producer can have finished the logs of such a day (tomorrow is allowed: a producer east of UTC is
+    there already), and once a day is ingested, every earlier day is refused as out of order, so a typo such as
+    2062 for 2026 stopped every real day after it. The clock only guards here; it never chooses a day.
+    """
+    limit = dt_mod.datetime.now(dt_mod.UTC).date() + dt_mod.timedelta(days=1)
+    if not allow and parse_dt(day, name) > limit:
+        raise ConfigError(
+            f"{name}={day}: after tomorrow ({limit.isoformat()}, UTC); refused, since no logs of it can be complete "
+            f"and a day ingested ahead of time refuses every earlier day after it. To build it on purpose, {how}"
+        )
 
 
 class Day(str):
@@ -68,6 +210,7 @@ class _Config:
 
     def __post_init__(self) -> None:
         self.validate()
+        _check_numbers(self)  # after validate(): its own messages (with their reasons) come first
 
     def validate(self) -> None:  # overridden where there is something to check
         pass
@@ -139,7 +282,7 @@ class ImportConfig(_Config):
 
     def validate(self) -> None:
         if self.dataset is not None:
-            _require(bool(re.match(r"^[a-z0-9_\-]+$", self.dataset)), f"dataset={self.dataset!r}: use [a-z0-9_-]")
+            check_dataset_name(self.dataset)
 
 
 @dataclass(frozen=True)
@@ -158,6 +301,7 @@ class ReplayConfig(_Config):
 
     def validate(self) -> None:
         _require(self.dataset is not None, "dataset: give the imported dataset to replay (--dataset NAME)")
+        check_dataset_name(self.dataset)
         _require(self.days >= 3, f"days={self.days}: need at least 3 (train days, a validation day, a test day)")
         parse_dt(self.start, "start")
 
@@ -171,7 +315,8 @@ class SyntheticConfig(_Config):
     days: int = opt(7, "number of daily partitions")
     start: str = opt("2026-01-01", "first day")
     events_per_day: int = opt(3000, "mean interactions per day")
-    zipf_a: float = opt(1.1, "popularity skew of items (Zipf exponent)")
+    # Above 10 the popularity of most items underflows to 0 and a genre of only such items has no distribution.
+    zipf_a: float = opt(1.1, "popularity skew of items (Zipf exponent)", gt=0, le=10)
     return_rate: float = opt(0.6, "share of a day's events by users already seen")
     bad_rows: int = opt(0, "per day, rows of a second (JSON lines) log file that break the contract, to see quarantine")
     seed: int = opt(0, "random seed")
@@ -181,7 +326,6 @@ class SyntheticConfig(_Config):
         _require(self.items >= 2, f"items={self.items}: must be >= 2")
         _require(self.days >= 1, f"days={self.days}: must be >= 1")
         _require(self.events_per_day >= 0, f"events_per_day={self.events_per_day}: must be >= 0")
-        _require(self.zipf_a > 0, f"zipf_a={self.zipf_a}: must be > 0")
         _require(0 <= self.return_rate <= 1, f"return_rate={self.return_rate}: must be in [0, 1]")
         _require(self.bad_rows >= 0, f"bad_rows={self.bad_rows}: must be >= 0")
         parse_dt(self.start, "start")

@@ -68,13 +68,24 @@ class MlflowLinks:
         return f"{self.ui_url.rstrip('/')}/#/models/{name}/versions/{version}" if self.ui_url else None
 
 
-def list_days(lake: Lake) -> list[dict[str, Any]]:
+class DayRows(list):
+    """``list_days``' rows (a list, JSON as one), with ``notes``: what the lake holds that is not a day and was
+    ignored, e.g. a folder ``samples/dt=2026-01-07.bak`` someone kept, so the view shows it instead of failing."""
+
+    def __init__(self, rows: list[dict[str, Any]], notes: list[str]):
+        super().__init__(rows)
+        self.notes = notes
+
+
+def list_days(lake: Lake) -> DayRows:
     """One row per day with any published stage, newest first: stages reached, status, coreset and evaluation
-    headlines (``None`` where the stage is not published yet)."""
+    headlines (``None`` where the stage is not published yet). A folder ``dt=...`` that is not exactly a day is no
+    day (``Lake.partitions``): it is named in ``notes``, never an error."""
     days: set[str] = set()
     for dataset, _ in STAGES:
         days.update(lake.partitions(dataset))
-    return [_summary(dt, _stages(lake, dt)) | gate_headline(lake, dt) for dt in sorted(days, reverse=True)]
+    rows = [_summary(dt, _stages(lake, dt)) | gate_headline(lake, dt) for dt in sorted(days, reverse=True)]
+    return DayRows(rows, lake.stray_notes(*(dataset for dataset, _ in STAGES)))
 
 
 def gate_headline(lake: Lake, dt: str) -> dict[str, Any]:

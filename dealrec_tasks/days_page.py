@@ -58,8 +58,10 @@ def _stages(stages: dict[str, bool]) -> str:
 
 
 def days_page(days: list[dict[str, Any]], lake: str) -> str:
-    """The list of days, newest first; a clear empty state when the lake has none."""
+    """The list of days, newest first; a clear empty state when the lake has none. The notes of ``days`` (a
+    ``days.DayRows``: folders that are not a day, ignored) are shown above the table."""
     head = f'<h1>DEALRec: coresets by day</h1><p class="muted">Lake <code>{escape(lake)}</code></p>'
+    head += "".join(f'<p class="muted">{escape(note)}</p>' for note in getattr(days, "notes", ()))
     if not days:
         return _page(
             "DEALRec",

@@ -21,3 +21,10 @@ class OrderError(DealrecError):
 
 class PartitionNotFound(InputError):
     """A partition has no manifest, so readers must not trust it."""
+
+
+class DegenerateError(ConfigError):
+    """A step computed numbers that would mislead every step after it: non-finite weights, scores or metrics,
+    scores that are all equal, or a day with no rows. Nothing is published. A ``ConfigError`` because it is
+    deterministic (a retry computes the same) and nearly always a parameter's doing: a learning rate that diverges,
+    a damping or alpha that zeroes the scores, a window that leaves no rows; the message names the value."""

@@ -9,6 +9,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# The rank of a target that cannot be ranked (its score is NaN or infinite, or it is masked): past every K, so it is
+# never a hit. A model whose scores are not finite must never look good (a NaN compares false with everything, so
+# "items scored above the target" counted none and every target of a NaN model was at rank 0).
+UNRANKED = np.iinfo(np.int64).max
+
 
 def per_user_metrics(ranks: Sequence[np.ndarray], ks: Sequence[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Each user's Recall@K / NDCG@K from its 0-based target ranks: (kept, {name: [U] values}), where ``kept``

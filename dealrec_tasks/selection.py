@@ -424,6 +424,11 @@ STRATEGIES: dict[str, Strategy] = {
 #: Bounds that keep a typo from becoming an infinite score or a multi-terabyte allocation (1e8 strata: ~7 TiB).
 MAX_LAMBDA = 1000.0
 MAX_STRATA = 100_000
+#: A coreset of 10 million samples is no few-shot fine-tuning any more; a larger n is a typo (10**12), refused before
+#: any scoring instead of at select time, hours later, as "more than the candidates".
+MAX_CORESET = 10_000_000
+#: The smallest ratio: one sample in a million candidates; below it (1e-300) floor(ratio * |D|) is 0 for any day.
+MIN_RATIO = 1e-6
 
 
 def check_arms(strategies: list[str]) -> list[str]:
@@ -444,9 +449,12 @@ class SelectConfig(_Config):
     """``select``: which strategy picks the coreset of a day and how many samples it keeps."""
 
     strategy: str = opt("dealrec", f"selection strategy: {', '.join(STRATEGIES)}")
-    n: int | None = opt(1024, "coreset size (paper: n_fewshot 1024); exclusive with ratio")
+    n: int | None = opt(1024, "coreset size (paper: n_fewshot 1024); exclusive with ratio", ge=1, le=MAX_CORESET)
     ratio: float | None = opt(
-        None, "coreset size as a fraction of the candidates, floor(ratio * |D|); on the CLI it replaces the default n"
+        None,
+        "coreset size as a fraction of the candidates, floor(ratio * |D|); on the CLI it replaces the default n",
+        ge=MIN_RATIO,
+        le=1,
     )
     lam: float = opt(0.3, "lambda, weight of the effort score (paper: 0.3 Games, 1.0 Book/MicroLens)")
     k: int = opt(50, "number of equal-width score strata")

@@ -24,13 +24,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dealrec_tasks.config import S3Config, parse_dt
+from dealrec_tasks.config import S3Config, is_day, parse_dt
 from dealrec_tasks.errors import InputError, PartitionNotFound
 
 MANIFEST = "_manifest.json"
@@ -54,6 +54,21 @@ def join_uri(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
 
 
+def shown_name(name: str) -> str:
+    """A file or folder name for a note or an error: as it is when printable, else its repr, so a newline or a tab
+    in it is seen and the message stays one line."""
+    return name if name.isprintable() else repr(name)
+
+
+def _local_kind(entry: os.DirEntry) -> str:
+    """From the directory listing (lstat at most): a symlink is never followed, nothing is opened."""
+    if entry.is_symlink():
+        return "symlink"
+    if entry.is_file(follow_symlinks=False):
+        return "file"
+    return "directory" if entry.is_dir(follow_symlinks=False) else "other"
+
+
 class Storage:
     """Byte, JSON and Parquet IO by URI over pyarrow filesystems (one per scheme, created lazily)."""
 
@@ -65,15 +80,23 @@ class Storage:
 
     # -- resolution ---------------------------------------------------------------------------------------
     def resolve(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        """The filesystem and path of ``uri``: everything after ``scheme://`` is a path, taken as it is.
+
+        Never a URL parse: it cut ``#...`` (a fragment) and ``?...`` (a query) off, and dropped tabs and newlines,
+        so a log named ``a.csv#.jsonl`` read the bytes of ``a.csv``, and ``a<TAB>.csv`` failed as missing.
+        """
         uri = normalize_uri(uri)
-        parsed = urlparse(uri)
-        if parsed.scheme == "file":
-            return self._local, parsed.path
-        if parsed.scheme == "s3":
-            if not parsed.netloc:
+        scheme, _, rest = uri.partition("://")
+        if scheme.lower() == "file":
+            host, _, path = rest.partition("/")
+            if host not in ("", "localhost"):
+                raise InputError(f"{uri}: a file:// URI names no host; use file:///absolute/path")
+            return self._local, "/" + path
+        if scheme.lower() == "s3":
+            if not rest.partition("/")[0]:
                 raise InputError(f"{uri}: an s3:// URI needs a bucket")
-            return self._s3(), f"{parsed.netloc}{parsed.path}"
-        raise InputError(f"{uri}: unsupported scheme {parsed.scheme!r} (use file:// or s3://)")
+            return self._s3(), rest
+        raise InputError(f"{uri}: unsupported scheme {scheme!r} (use file:// or s3://)")
 
     def _s3(self) -> pafs.S3FileSystem:
         if self._s3fs is None:
@@ -81,7 +104,7 @@ class Storage:
             if self.s3.access_key:
                 kwargs.update(access_key=self.s3.access_key, secret_key=self.s3.secret_key)
             if self.s3.endpoint_url:
-                parsed = urlparse(self.s3.endpoint_url)
+                parsed = urlsplit(self.s3.endpoint_url)
                 kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
             self._s3fs = pafs.S3FileSystem(**kwargs)
         return self._s3fs
@@ -113,6 +136,33 @@ class Storage:
             return []
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
+
+    def entries(self, uri: str) -> dict[str, str]:
+        """Name -> "file", "directory", "symlink" or "other" (a FIFO, a socket) of what is directly under ``uri``
+        (empty when it does not exist), each name exactly as stored, read without opening anything.
+
+        Why not ``list_dir``: opening a FIFO blocks forever and a symlink can lead outside the lake, so the kind
+        comes from the listing (lstat at most). On S3 the listing is boto3's, which asks for URL-encoded keys and
+        decodes them: pyarrow's parsed the XML as is, which turns a carriage return in a key into a newline, so
+        that object could not be read back by the name listed.
+        """
+        fs, path = self.resolve(uri)
+        if isinstance(fs, pafs.LocalFileSystem):
+            if not os.path.isdir(path):
+                return {}
+            with os.scandir(path) as found:
+                return {e.name: _local_kind(e) for e in found}
+        bucket, _, key = path.partition("/")
+        prefix = key.rstrip("/") + "/" if key else ""
+        out: dict[str, str] = {}
+        pages = self._boto().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        for page in pages:
+            for obj in page.get("Contents", []):
+                if obj["Key"] != prefix:  # not a folder's own marker object
+                    out[obj["Key"][len(prefix) :]] = "file"
+            for sub in page.get("CommonPrefixes", []):
+                out.setdefault(sub["Prefix"][len(prefix) : -1], "directory")
+        return out
 
     # -- bytes --------------------------------------------------------------------------------------------
     def read_bytes(self, uri: str) -> bytes:
@@ -160,6 +210,43 @@ class Storage:
             self._boto().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def replace_if_unchanged(self, uri: str, expected: bytes, data: bytes) -> bool:
+        """Replace ``uri`` with ``data`` only if it still holds exactly ``expected``: a compare-and-swap, True for
+        the one caller that swapped. On S3 a conditional put on the object's ETag; locally the compare and the
+        rename happen under an exclusive ``flock`` of the folder (released by the kernel if the process dies)."""
+        fs, path = self.resolve(uri)
+        if isinstance(fs, pafs.LocalFileSystem):
+            import fcntl
+
+            folder = os.open(posixpath.dirname(path), os.O_RDONLY)
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX)
+                try:
+                    with open(path, "rb") as f:
+                        if f.read() != expected:
+                            return False
+                except FileNotFoundError:
+                    return False
+                self.write_bytes(uri, data)
+                return True
+            finally:
+                os.close(folder)  # releases the flock
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path.partition("/")
+        client = self._boto()
+        try:
+            current = client.get_object(Bucket=bucket, Key=key)
+            if current["Body"].read() != expected:
+                return False
+            client.put_object(Bucket=bucket, Key=key, Body=data, IfMatch=current["ETag"])
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404", "PreconditionFailed", "ConditionalRequestConflict"):
                 return False
             raise
         return True
@@ -270,6 +357,15 @@ def _inputs_entry(inputs: dict[str, Any]) -> dict[str, Any]:
     return {"inputs": inputs} if inputs else {}
 
 
+def _lock_record(raw: bytes) -> dict[str, Any]:
+    """A lock object's holder record; empty when it is not one (a lock file cut short)."""
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -278,6 +374,11 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _is_partition_name(name: str) -> bool:
+    """``dt=YYYY-MM-DD`` exactly."""
+    return name.startswith("dt=") and is_day(name[3:])
 
 
 def partition_uri(root: str, dataset: str, dt: str | None) -> str:
@@ -428,12 +529,27 @@ class Lake:
         return data
 
     def partitions(self, dataset: str) -> list[str]:
-        """Dates of the published (manifest-carrying) partitions of ``dataset``, ascending."""
+        """Dates of the published (manifest-carrying) partitions of ``dataset``, ascending.
+
+        A folder named ``dt=`` + something that is not exactly a day (``dt=2026-01-07.bak``, a copy someone kept)
+        is no partition, manifest or not: as a "day" it sorted after the real one and broke every reader that
+        parses days (``stray_notes`` names it).
+        """
         out = []
         for name in self.storage.list_dir(self.uri(dataset)):
-            if name.startswith("dt=") and self.storage.exists(join_uri(self.uri(dataset), name, MANIFEST)):
+            if _is_partition_name(name) and self.storage.exists(join_uri(self.uri(dataset), name, MANIFEST)):
                 out.append(name[3:])
         return sorted(out)
+
+    def stray_notes(self, *datasets: str) -> list[str]:
+        """One note per folder ``dt=...`` of ``datasets`` that ``partitions`` ignores (not exactly a day); a listing
+        each, nothing opened."""
+        return [
+            f"{shown_name(self.uri(dataset, name))}: ignored, not a partition dt=YYYY-MM-DD"
+            for dataset in datasets
+            for name in self.storage.list_dir(self.uri(dataset))
+            if name.startswith("dt=") and not _is_partition_name(name)
+        ]
 
     # -- writing ------------------------------------------------------------------------------------------
     def publish(
@@ -541,26 +657,35 @@ class Lake:
 
     @contextmanager
     def _partition_lock(self, dataset: str, dt: str | None) -> Iterator[None]:
-        """Hold the partition's lock object while publishing; wait for a live holder, break a dead one's."""
+        """Hold the partition's lock object while publishing; wait for a live holder, take a dead one's over.
+
+        A takeover is a compare-and-swap of the dead holder's exact bytes for ours: of several writers that found
+        the same dead lock, one swaps and the others see a live holder (deleting it and creating a new one let a
+        second writer delete the first one's fresh lock, and both were inside; issue 29, item 10).
+        """
         st, uri = self.storage, self.lock_uri(dataset, dt)
         owner = uuid.uuid4().hex
         token = json_bytes({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()})
         delay = 0.02
         while not st.create_exclusive(uri, token):
-            if self._lock_is_stale(uri):
-                st.delete(uri)
+            raw = self._lock_bytes(uri)
+            if isinstance(raw, bytes) and self._lock_is_stale(uri, raw):
+                if st.replace_if_unchanged(uri, raw, token):
+                    break
+                continue  # another writer took it over first: a live holder now
+            if raw is None:  # released meanwhile: create it at once
                 continue
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
         try:
             yield
         finally:
-            holder = self._lock_holder(uri)
-            if isinstance(holder, dict) and holder.get("owner") == owner:  # never release a lock taken over
+            raw = self._lock_bytes(uri)
+            if raw and _lock_record(raw).get("owner") == owner:  # never release a lock taken over
                 st.delete(uri)
 
-    def _lock_holder(self, uri: str) -> dict | None | bool:
-        """The lock's holder record; None when the lock is gone or cut short, False when it could not be read.
+    def _lock_bytes(self, uri: str) -> bytes | None | bool:
+        """The lock object's bytes; None when it is gone, False when it could not be read.
 
         A read that races the holder's release can fail in transport rather than as "not found" (an S3 body cut
         off mid-stream): it is retried, and a lock still unreadable counts as held, so a publish waits rather
@@ -568,28 +693,18 @@ class Lake:
         """
         for attempt in range(LOCK_READ_ATTEMPTS):
             try:
-                raw = self.storage.read_bytes(uri)
+                return self.storage.read_bytes(uri)
             except InputError:  # released meanwhile
                 return None
             except OSError:
                 time.sleep(0.05 * (attempt + 1))
-                continue
-            try:
-                holder = json.loads(raw)
-            except ValueError:
-                return None
-            return holder if isinstance(holder, dict) else None
         return False
 
-    def _lock_is_stale(self, uri: str) -> bool:
+    def _lock_is_stale(self, uri: str, raw: bytes) -> bool:
         """A lock is stale when its holder was a process of this host that is gone (killed), or when it is older
         than ``LOCK_STALE_S`` (a holder elsewhere, or a lock file cut short)."""
-        holder = self._lock_holder(uri)
-        if holder is False:  # unreadable now: taken as held, asked again on the next turn
-            return False
-        if holder is None and not self.storage.exists(uri):  # released meanwhile
-            return False
-        if isinstance(holder, dict) and isinstance(holder.get("pid"), int) and isinstance(holder.get("at"), float):
+        holder = _lock_record(raw)
+        if isinstance(holder.get("pid"), int) and isinstance(holder.get("at"), float):
             if holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"]):
                 return True
             return time.time() - holder["at"] > LOCK_STALE_S

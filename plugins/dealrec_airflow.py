@@ -21,7 +21,7 @@ import json
 import os
 import types
 import typing
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,14 +44,24 @@ GPU = {"queue": "gpu", "pool": "gpu"}
 OWNER = "dealrec"
 TAGS = ["dealrec"]
 
-# Bad parameters and out-of-order days do not get better by retrying: fail at once, with the library's message.
+# Bad parameters, bad or missing input ("no test rows to evaluate on") and out-of-order days do not get better by
+# retrying: fail at once, with the library's message. Transient failures (a killed worker, S3 or MLflow down) retry.
 _NO_RETRY = ExceptionRetryPolicy(
     rules=[
+        RetryRule(  # first match wins: a partition not published yet (or hidden mid-republish) may come
+            exception="dealrec_tasks.errors.PartitionNotFound",
+            action=RetryAction.DEFAULT,
+            reason="an upstream partition is not published yet, or is being republished",
+        ),
         RetryRule(
-            exception=["dealrec_tasks.errors.ConfigError", "dealrec_tasks.errors.OrderError"],
+            exception=[
+                "dealrec_tasks.errors.ConfigError",
+                "dealrec_tasks.errors.OrderError",
+                "dealrec_tasks.errors.InputError",
+            ],
             action=RetryAction.FAIL,
-            reason="a parameter or the order of days is wrong; a retry would fail the same way",
-        )
+            reason="a parameter, the input data or the order of days is wrong; a retry would fail the same way",
+        ),
     ]
 )
 
@@ -152,11 +162,19 @@ def _day(value: datetime | date | str) -> str:
 
 def daily_dt(context: dict[str, Any]) -> str:
     """The ``dt`` Param; else, for a scheduled run, the day that just ended (the data interval's start, or the
-    day before the run's logical date when the timetable gives no interval); else the logical date's day."""
+    day before the run's logical date when the timetable gives no interval); else the logical date's day, or
+    yesterday (UTC) when that day is not over yet.
+
+    A ``dt`` Param after tomorrow (UTC) is refused unless the run's ``allow_future`` Param (or conf key) is true: a
+    typo such as 2062 for 2026 would ingest a day that refuses every real day after it."""
+    from dealrec_tasks.config import check_not_future
     from dealrec_tasks.errors import ConfigError
 
-    if context["params"].get("dt"):
-        return checked_dt(context["params"]["dt"])
+    params = context["params"]
+    if params.get("dt"):
+        dt = checked_dt(params["dt"])
+        check_not_future(dt, params.get("allow_future") is True, 'trigger it with "allow_future": true beside dt')
+        return dt
     dag_run = context["dag_run"]
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
     logical = context.get("logical_date")
@@ -166,7 +184,12 @@ def daily_dt(context: dict[str, Any]) -> str:
         if logical is not None:
             return _day(logical - timedelta(days=1))
     if logical is not None:
-        return _day(logical)
+        # A manual run (the form's defaults) or `airflow dags test DAG DATE`: the logical date's day once it is
+        # over, else the last complete day, as a scheduled run would take. Today has no complete logs yet: a run
+        # triggered at 08:00 UTC published the unfinished day and fine-tuning then had no test rows (issue 29,
+        # item 15).
+        day = logical.astimezone(UTC).date() if isinstance(logical, datetime) else date.fromisoformat(_day(logical))
+        return min(day, datetime.now(UTC).date() - timedelta(days=1)).isoformat()
     raise ConfigError(f"dt: run {dag_run.run_id} has no logical date; trigger it with the dt Param (YYYY-MM-DD)")
 
 
@@ -244,6 +267,14 @@ def shards(n: int) -> list[list[int]]:
 # Params of the trigger form (JSON schema: the form refuses invalid values)
 # ---------------------------------------------------------------------------------------------------------
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+# A config bound (``opt(..., ge=...)``) as the JSON-schema keyword that says the same, and the keywords of its side.
+_SCHEMA_BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+_SIDE = {"ge": {"minimum", "exclusiveMinimum"}, "le": {"maximum", "exclusiveMaximum"}}
+_SIDE |= {"gt": _SIDE["ge"], "lt": _SIDE["le"]}
+#: Refuses NaN and nothing else: jsonschema compares NaN false with everything, so NaN passes ``minimum`` and
+#: ``maximum`` alike (a NaN lambda went through the form), yet no real number is both >= 0 and <= -1. (The form
+#: cannot type NaN; ``airflow dags trigger -c`` and the API's JSON parser accept it.)
+NOT_NAN = {"type": "number", "minimum": 0, "maximum": -1}
 
 
 def _json_type(annotation: Any) -> str | list[str]:
@@ -258,8 +289,12 @@ def _json_type(annotation: Any) -> str | list[str]:
 
 def config_param(cfg_cls: type, name: str, *, title: str, **schema: Any) -> Param:
     """A Param made from the field ``name`` of the config dataclass ``cfg_cls``: its default, its help text (the
-    description) and the JSON-schema type of its annotation. ``schema`` adds the form's bounds (from the library's
-    constants) and may override ``type`` where the form must be stricter than the config."""
+    description), the JSON-schema type of its annotation and the bounds the config enforces (``number_bounds``:
+    its declared ones, [0, INT_MAX] for an integer; NaN refused for a number). ``schema`` adds the form's bounds
+    (from the library's constants; one given for a side replaces the config's there) and may override ``type``
+    where the form must be stricter than the config."""
+    from dealrec_tasks.config import number_bounds
+
     fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
     if name not in fields:
         raise KeyError(f"{cfg_cls.__name__} has no field {name!r}")
@@ -267,6 +302,12 @@ def config_param(cfg_cls: type, name: str, *, title: str, **schema: Any) -> Para
     if f.default is dataclasses.MISSING or "help" not in f.metadata:
         raise TypeError(f"{cfg_cls.__name__}.{name}: a Param needs a field made with opt(default, help)")
     schema.setdefault("type", _json_type(typing.get_type_hints(cfg_cls)[name]))
+    given = set(schema)
+    for key, bound in number_bounds(cfg_cls, name).items():
+        if not given & _SIDE[key]:
+            schema[_SCHEMA_BOUNDS[key]] = bound
+    if "number" in ([schema["type"]] if isinstance(schema["type"], str) else schema["type"]):
+        schema.setdefault("not", NOT_NAN)
     return Param(f.default, title=title, description=f.metadata["help"], **schema)
 
 
@@ -282,11 +323,15 @@ def _dt_param(what: str) -> Param:
 
 def _base_model_param() -> Param:
     """Optional: null (an empty field in the trigger form) means the embedded tiny LLM. A required string whose
-    default is "" made the form refuse its own defaults (the UI turns an empty field into null)."""
+    default is "" made the form refuse its own defaults (the UI turns an empty field into null). The pattern
+    (``BASE_MODEL_PATTERN``) refuses '/', whitespace and a trailing newline; the library refuses at run time what
+    only the GPU worker can tell (``/etc/passwd``: no model directory)."""
+    from dealrec_tasks.llm.config import BASE_MODEL_PATTERN
+
     return Param(
         None,
         type=["null", "string"],
-        pattern=r"^/\S*$",
+        pattern=BASE_MODEL_PATTERN,
         title="Base model",
         description="Absolute path of a local Hugging Face causal LM directory on the GPU workers (LLaMA, Qwen, "
         "Mistral). Empty: the embedded tiny LLM, built once under DEALREC_MODEL_DIR.",
@@ -303,8 +348,8 @@ def daily_params() -> dict[str, Param]:
     return {
         "dt": _dt_param("the day the scheduled run covers, or the logical date's day"),
         # n is optional in the config (exclusive with ratio); in the form ratio replaces it, so n stays a number.
-        "n": config_param(SelectConfig, "n", title="Coreset size n", type="integer", minimum=1),
-        "ratio": config_param(SelectConfig, "ratio", title="Coreset ratio", exclusiveMinimum=0, maximum=1),
+        "n": config_param(SelectConfig, "n", title="Coreset size n", type="integer"),
+        "ratio": config_param(SelectConfig, "ratio", title="Coreset ratio"),
         "lambda": config_param(SelectConfig, "lam", title="lambda", minimum=0, maximum=MAX_LAMBDA),
         "k": config_param(SelectConfig, "k", title="Strata k", minimum=1, maximum=MAX_STRATA),
         "hard_prune": config_param(SelectConfig, "hard_prune", title="Hard prune", minimum=0, exclusiveMaximum=1),
@@ -330,24 +375,91 @@ def daily_params() -> dict[str, Param]:
             title="Shards",
             description="Influence and effort scoring run as this many parallel GPU tasks.",
         ),
-        "surrogate_max_epochs": config_param(SurrogateConfig, "max_epochs", title="Surrogate epochs", minimum=1),
+        "surrogate_max_epochs": config_param(SurrogateConfig, "max_epochs", title="Surrogate epochs"),
+        "allow_future": Param(
+            False,
+            type="boolean",
+            title="Allow a future day",
+            description="Ingest a dt after tomorrow (UTC). Off: such a day is refused, since a typo (2062 for 2026) "
+            "would ingest an empty day that refuses every real day after it.",
+        ),
     }
 
 
 def finetune_params() -> dict[str, Param]:
     """The fine-tuning DAG's form: epochs and the promotion margin from their configs, plus dt, the base model and
     how many test users are evaluated."""
-    from dealrec_tasks.llm.config import FinetuneConfig
+    from dealrec_tasks.llm.config import MAX_EVAL_USERS, FinetuneConfig
     from dealrec_tasks.tracking.config import TrackingConfig
 
     return {
         "dt": _dt_param("the day of the triggering coreset, or the newest published coreset"),
         "base_model": _base_model_param(),
-        "epochs": config_param(FinetuneConfig, "epochs", title="Epochs", minimum=1),
+        "epochs": config_param(FinetuneConfig, "epochs", title="Epochs"),
         "eval_users": Param(
-            0, type="integer", minimum=0, title="Evaluation users", description="Test users evaluated (0: all)."
+            0,
+            type="integer",
+            minimum=0,
+            maximum=MAX_EVAL_USERS,
+            title="Evaluation users",
+            description="Test users evaluated (0: all).",
         ),
         "margin": config_param(
             TrackingConfig, "margin", title="Promotion margin", exclusiveMinimum=-1, exclusiveMaximum=1
         ),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The configs a run's Params make, checked by the library in the first task (before any scoring)
+# ---------------------------------------------------------------------------------------------------------
+# The form's schema is the first check, not the only one: a run triggered with -c or through the API gets values
+# the schema cannot refuse (NaN passes jsonschema's bounds where NOT_NAN is missing; no schema knows that
+# /etc/passwd holds no model). The plan task builds every config the run's tasks will build, so a bad value fails
+# the run in one line at its start instead of after hours of surrogate training and scoring.
+def select_config(params: dict[str, Any], strategy: str | None = None):
+    """The select task's config: ``ratio`` when given replaces ``n``; ``lambda``, ``k``, ``hard_prune``."""
+    from dealrec_tasks.selection import SelectConfig
+
+    size = {"n": None, "ratio": params["ratio"]} if params["ratio"] is not None else {"n": params["n"]}
+    knobs = {"lam": params["lambda"], "k": params["k"], "hard_prune": params["hard_prune"]}
+    return SelectConfig(strategy=strategy or SelectConfig.strategy, **knobs, **size)
+
+
+def surrogate_config(params: dict[str, Any]):
+    from dealrec_tasks.surrogate.config import SurrogateConfig
+
+    return SurrogateConfig(max_epochs=params["surrogate_max_epochs"])
+
+
+def influence_config(params: dict[str, Any]):
+    from dealrec_tasks.scoring.config import InfluenceConfig
+
+    return InfluenceConfig(target=params["influence_target"])
+
+
+def finetune_config(params: dict[str, Any]):
+    from dealrec_tasks.llm.config import FinetuneConfig
+
+    return FinetuneConfig(epochs=params["epochs"])
+
+
+def check_daily_params(params: dict[str, Any]) -> None:
+    """Every Param of a daily run, refused in one line (ConfigError) by the configs its tasks build."""
+    from dealrec_tasks.llm.config import check_base_model
+
+    for strategy, _ in arms(params["arms"]):
+        select_config(params, strategy)
+    surrogate_config(params)
+    influence_config(params)
+    check_base_model(params["base_model"])
+
+
+def check_finetune_params(params: dict[str, Any]) -> None:
+    """Every Param of a fine-tuning run, refused in one line (ConfigError) by the configs its tasks build."""
+    from dealrec_tasks.llm.config import check_base_model, check_max_users
+
+    finetune_config(params)
+    tracking(margin=params["margin"])
+    check_max_users(params["eval_users"], "eval_users")
+    check_base_model(params["base_model"])

@@ -150,7 +150,7 @@ async def day_gate_plot(request: Request, dt: str):
 async def days_json(request: Request):
     await _authorize(request)
     days, lake = await _in_thread(_days)
-    return {"lake": lake, "days": days}
+    return {"lake": lake, "days": list(days), "notes": days.notes}  # notes: folders that are no day, ignored
 
 
 @app.get("/api/days/{dt}")

@@ -239,13 +239,34 @@ def _id_str(v: object) -> str | None:
     return v if isinstance(v, str) else str(v)
 
 
+class _RowLines:
+    """The lines of a CSV text as the csv module reads them (``newline=""``), keeping those of the row being read:
+    its raw value when the reader refuses it (a field over ``csv.field_size_limit()``, 128 KiB)."""
+
+    def __init__(self, text: str) -> None:
+        self._lines = io.StringIO(text, newline="")
+        self.row: list[str] = []
+
+    def __iter__(self) -> _RowLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.row.append(line)
+        return line
+
+
 def _parse_csv(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return _unreadable(source, f"not UTF-8 ({exc})")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
+    lines = _RowLines(text)
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        return _unreadable(source, f"unreadable CSV header in {source} ({exc})")
     if header is None:
         return ParsedLog(_frame(source, [], []))
     header = [h.strip() for h in header]
@@ -254,7 +275,16 @@ def _parse_csv(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
         return refused
     bad_columns = _check_columns(source, header, allow_extra)
     records, numbers, rejects = [], [], []
-    for fields in reader:
+    while True:
+        lines.row = []
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # the row is refused with its lines; the reader goes on with the next line
+            raw = "".join(lines.row).rstrip("\r\n")
+            rejects.append(_reject(source, reader.line_num, f"{MALFORMED}: unreadable CSV row ({exc})", raw))
+            continue
         line = reader.line_num
         if not fields:
             continue  # blank line
@@ -304,6 +334,12 @@ def _parse_jsonl(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
             continue
         except _DuplicatedKeys as exc:
             rejects.append(_reject(source, line_no, f"{MALFORMED}: duplicated key(s) {exc}", line))
+            continue
+        except ValueError as exc:  # an integer of more than 4,300 digits (Python's int limit)
+            rejects.append(_reject(source, line_no, f"{MALFORMED}: invalid JSON ({exc})", line))
+            continue
+        except RecursionError:  # arrays or objects nested deeper than the parser's recursion limit
+            rejects.append(_reject(source, line_no, f"{MALFORMED}: invalid JSON (nested too deeply)", line))
             continue
         if not isinstance(rec, dict):
             rejects.append(_reject(source, line_no, f"{MALFORMED}: a line must be a JSON object", line))

@@ -32,7 +32,8 @@ def time_split(sequences: pa.Table, dt: str, valid_days: int, test_days: int) ->
 
     test: items on the last ``test_days`` days up to dt; valid: the ``valid_days`` before; train: earlier.
     """
-    end = np.datetime64(dt_mod.date.fromisoformat(dt) + dt_mod.timedelta(days=1), "us")
+    # In numpy's time range: a Python date has no day after 9999-12-31 (an OverflowError for that day's samples)
+    end = np.datetime64(dt_mod.date.fromisoformat(dt), "us") + np.timedelta64(1, "D")
     test_start = end - np.timedelta64(test_days, "D")
     valid_start = test_start - np.timedelta64(valid_days, "D")
     lengths = list_lengths(sequences.column("items"))

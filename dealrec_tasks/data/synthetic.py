@@ -79,7 +79,7 @@ def generate(cfg: SyntheticConfig) -> tuple[pa.Table, dict[str, pa.Table], dict[
                 prev = last_item[u]
                 if prev >= 0 and sequel[prev] >= 0 and rng.random() < 0.5:
                     item = int(sequel[prev])
-                elif rng.random() < 0.7:
+                elif rng.random() < 0.7 and len(by_genre[taste[u]]):  # a small catalogue may lack the genre
                     item = int(rng.choice(by_genre[taste[u]], p=genre_pop[taste[u]]))
                 else:
                     item = int(rng.choice(cfg.items, p=global_pop))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 from dealrec_tasks.config import _Config, _require, opt
+from dealrec_tasks.errors import ConfigError
 from dealrec_tasks.llm.prompts import check_domain
 
 DOMAIN_HELP = (
@@ -20,6 +23,40 @@ def _check_domain(domain: str | None) -> None:
 
 LORA_PARAM_SETS = ("last_v_lora_B", "last_layer", "all")
 FINETUNE_PRESETS = ("auto", "none")
+#: Upper bounds that keep a typo (10**12) from running a fine-tuning for ever or ranking a catalogue's worth per
+#: user: BIGRec trains 10 epochs and reports K up to 50; the test users of a day are far fewer than 10 million.
+MAX_EPOCHS = 1000
+MAX_K = 1000
+MAX_EVAL_USERS = 10_000_000
+
+#: The trigger form's base model: an absolute path, neither the root nor holding whitespace or a control character.
+#: JSON-schema patterns are searched (jsonschema: re.search), and Python's ``$`` also matches before a final
+#: newline, so the end is a lookahead that no character follows: ``(?![\s\S])``, the same in JavaScript.
+BASE_MODEL_PATTERN = r"^/[^\s/\x00-\x1f\x7f][^\s\x00-\x1f\x7f]*(?![\s\S])"
+
+
+def check_base_model(value: Any, name: str = "base_model") -> str | None:
+    """None for the shipped model (None or ""), else ``value`` as given, refused in one line when it cannot be a
+    path someone meant: no string, whitespace around it, a control character (a pasted newline, a NUL). Whether a
+    model lies there is ``steps.llm.base_model_dir``'s to say, on the machine that loads it."""
+    if value is None or value == "":
+        return None
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}={shown}: expected the path of a local model directory, or empty")
+    if value != value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(
+            f"{name}={shown}: whitespace around the path or a control character in it (a pasted newline?)"
+        )
+    return value
+
+
+def check_max_users(value: Any, name: str = "max_users") -> int:
+    """How many test users are evaluated: 0 (all) up to MAX_EVAL_USERS, refused in one line otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EVAL_USERS:
+        raise ConfigError(f"{name}={value!r}: must be >= 0 and <= {MAX_EVAL_USERS} (0: every test user)")
+    return value
+
 
 # ``default``: the model measured in bench/results/llm_quality*; ``small``: what make demo and the tests build
 # (2 layers, hidden 128, 300 steps), minutes of CPU less for every LLM step; see the README.
@@ -88,6 +125,13 @@ class LoRAConfig(_Config):
 
     def validate(self) -> None:
         _require(self.r >= 1, f"r={self.r}: must be >= 1")
+        # The adapter's output, and with it every LoRA gradient, is scaled by alpha / r: alpha 0 leaves the model
+        # unchanged, fine-tuning trains nothing and every effort score is 0 (a negative alpha would only flip B).
+        _require(
+            0 < self.alpha < math.inf,
+            f"alpha={self.alpha}: must be finite and > 0 (LoRA scales the adapter by alpha / r; 0 makes every effort "
+            "score and every fine-tuning gradient 0)",
+        )
         _require(0 <= self.dropout < 1, f"dropout={self.dropout}: must be in [0, 1)")
         _require(len(self.target_modules) > 0, "target_modules: at least one module")
 
@@ -122,7 +166,7 @@ class FinetuneConfig(_Config):
         "LoRA r, alpha, target_modules); none: these settings as given",
     )
     lr: float = opt(1e-4, "learning rate (AdamW; BIGRec's, replaced by a base model's preset)")
-    epochs: int = opt(10, "maximum epochs (BIGRec's 10 is replaced by a base model's preset)")
+    epochs: int = opt(10, "maximum epochs (BIGRec's 10 is replaced by a base model's preset)", ge=1, le=MAX_EPOCHS)
     patience: int = opt(2, "epochs without a better validation loss before stopping")
     batch_size: int = opt(32, "samples per optimizer step")
     micro_batch_size: int = opt(8, "samples per forward pass (gradient accumulation up to batch_size)")
@@ -158,7 +202,7 @@ class EvalConfig(_Config):
     batch_size: int = opt(16, "prompts per generation batch")
     embed_batch_size: int = opt(64, "titles per embedding batch")
     cutoff_len: int = opt(512, "maximum prompt tokens")
-    ks: tuple[int, ...] = opt((10, 20, 50), "cut-offs of Recall@K and NDCG@K")
+    ks: tuple[int, ...] = opt((10, 20, 50), "cut-offs of Recall@K and NDCG@K", ge=1, le=MAX_K)
     embed_with_base: bool = opt(True, "embed with the base model, adapter disabled (the paper's choice)")
     popularity_aware: bool = opt(
         True,

@@ -36,9 +36,20 @@ _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
 def attach_lora(model, lora: LoRAConfig, seed: int = 0):
-    """A fresh peft LoRA on ``model`` (lora_B starts at zero, as in training)."""
+    """A fresh peft LoRA on ``model`` (lora_B starts at zero, as in training); ``target_modules`` the model lacks
+    are refused by name (peft raised NoMatchingPeftModuleError, a traceback)."""
     from peft import LoraConfig, get_peft_model
 
+    from dealrec_tasks.errors import ConfigError
+
+    # peft matches a target by the last part(s) of a module's dotted name
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(
+            f"target_modules={list(lora.target_modules)}: the model has no {missing}; its layers: {linear}"
+        )
     torch.manual_seed(seed)
     cfg = LoraConfig(
         r=lora.r,
@@ -65,8 +76,10 @@ def select_lora_params(peft_model, which: str) -> dict[str, torch.nn.Linear]:
         chosen = {n: m for n, m in modules.items() if int(_LAYER.search(n).group(1)) == last}
     else:
         chosen = {n: m for n, m in modules.items() if f".layers.{last}." in n and ".v_proj.lora_B." in n}
-    if not chosen:
-        raise ValueError(f"no LoRA parameters match {which!r}")
+    if not chosen:  # e.g. the paper's last_v_lora_B without v_proj among the target modules
+        from dealrec_tasks.errors import ConfigError
+
+        raise ConfigError(f"params={which!r}: no LoRA parameter of the adapter matches (which target_modules?)")
     return chosen
 
 

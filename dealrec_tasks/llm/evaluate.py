@@ -1,14 +1,20 @@
 """Grounded evaluation (BIGRec): generate a title, embed it and every catalogue title, rank items by L2 distance.
 
 Embeddings are the last layer's hidden state at the last token (the paper embeds with the base model). Item
-embeddings depend only on the embedding model and the titles, so they are cached on disk under a key of both.
+embeddings of the base model depend only on its weights, its tokenizer and the titles, so they are cached on disk
+under a key of the three, with a sidecar of the array's checksum, shape and dtype: a cache that fails it (a flipped
+byte, a cut-off write, another writer's array) is recomputed, never used.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
+import os
 import re
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dealrec_tasks.errors import InputError
 from dealrec_tasks.llm import grounding
 from dealrec_tasks.llm.config import EvalConfig
 from dealrec_tasks.llm.prompts import TITLE_SEPARATOR, EncodedPrompt, clean_title
 from dealrec_tasks.metrics import mean_metrics, per_user_metrics, ranks_in_topk
-from dealrec_tasks.progress import progress
+from dealrec_tasks.progress import progress, report
 
 REPEAT_NGRAM = 3  # the n of EvalConfig.ngram_repeat_limit
 POPAWARE = "popaware_"  # metric-name prefix of the popularity-aware grounding
@@ -136,20 +143,104 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def _adapter_active(model) -> bool:
+    """Whether a LoRA adapter takes part in ``model``'s forward pass (a PEFT model outside ``disable_adapter()``)."""
+    if getattr(model, "peft_config", None) is None:
+        return False
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(m, BaseTunerLayer) and not m.disable_adapters for m in model.modules())
+
+
+def _item_cache_key(model_dir: str | Path, titles: Sequence[str]) -> str:
+    """What decides the base model's item embeddings: its weights (``model_fingerprint``), its tokenizer and the
+    titles in order."""
+    from dealrec_tasks.llm.effort import tokenizer_fingerprint
+
+    titles_sha = hashlib.sha256("\x1f".join(titles).encode("utf-8", "surrogatepass")).hexdigest()
+    identity = {"model": model_fingerprint(model_dir), "tokenizer": tokenizer_fingerprint(model_dir)}
+    blob = json.dumps(identity | {"titles": titles_sha, "n_titles": len(titles)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _check_finite(emb: np.ndarray, what: str, model_dir: str | Path) -> None:
+    """NaN or inf distances rank items arbitrarily: refuse them rather than publish metrics of them."""
+    bad = int((~np.isfinite(emb)).any(axis=1).sum())
+    if bad:
+        raise InputError(
+            f"{model_dir}: {bad} of {len(emb)} {what} embed to NaN or inf; the model (or its adapter) is broken, "
+            "nothing was ranked or cached"
+        )
+
+
+def _read_item_cache(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    """The cached array when it matches its sidecar (sha256 of the file, shape, float32) and ``shape``, and is
+    finite; else (None, why)."""
+    try:
+        data = path.read_bytes()
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except FileNotFoundError as exc:
+        return None, f"no {Path(exc.filename).name}"
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable checksum sidecar ({exc})"
+    if not isinstance(meta, dict) or meta.get("sha256") != hashlib.sha256(data).hexdigest():
+        return None, "checksum differs from its sidecar"
+    try:
+        emb = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        return None, f"not a NumPy array ({exc})"
+    if emb.dtype != np.float32 or emb.shape != shape or meta.get("shape") != list(shape):
+        return None, f"{emb.dtype} {emb.shape} where float32 {shape} is expected"
+    if not np.isfinite(emb).all():
+        return None, "holds NaN or inf"
+    return emb, ""
+
+
+def _write_item_cache(path: Path, emb: np.ndarray) -> None:
+    """The array, then its sidecar, each by an atomic rename: a reader sees a checksum that matches, or one that
+    does not (and recomputes), never a half-written file that passes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.save(buffer, emb, allow_pickle=False)
+    data = buffer.getvalue()
+    meta = {"sha256": hashlib.sha256(data).hexdigest(), "shape": list(emb.shape), "dtype": str(emb.dtype)}
+    for target, content in ((path, data), (path.with_suffix(".json"), json.dumps(meta).encode())):
+        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_bytes(content)
+        os.replace(tmp, target)
+
+
 def item_embeddings(
-    model, tokenizer, titles: Sequence[str], model_dir: str | Path, cache_dir: str | Path | None, batch_size: int
+    model,
+    tokenizer,
+    titles: Sequence[str],
+    model_dir: str | Path,
+    cache_dir: str | Path | None,
+    batch_size: int,
+    notes: list[str] | None = None,
 ) -> np.ndarray:
-    """Embeddings of every item title, from the cache when this model already embedded these titles."""
-    key = hashlib.sha256((model_fingerprint(model_dir) + "\x1f".join(titles)).encode()).hexdigest()[:20]
-    path = Path(cache_dir) / f"items-{key}.npy" if cache_dir else None
+    """Embeddings of every item title [N, H] float32, from the cache when the base model at ``model_dir`` already
+    embedded these titles and the cached file passes its checksum; a file that fails is recomputed and replaced,
+    with a line in ``notes`` (printed when None).
+
+    With an active adapter nothing is cached: the embeddings then belong to that adapter, which the key (base
+    model and titles) does not name, so another adapter would get them."""
+    shape = (len(titles), model.config.hidden_size)
+    use_cache = cache_dir is not None and not _adapter_active(model)
+    path = Path(cache_dir) / f"items-{_item_cache_key(model_dir, titles)}.npy" if use_cache else None
     if path is not None and path.exists():
-        return np.load(path)
+        cached, why = _read_item_cache(path, shape)
+        if cached is not None:
+            return cached
+        line = f"item embedding cache {path}: {why}; recomputed and replaced"
+        if notes is None:
+            report(line)
+        else:
+            notes.append(line)
     emb = embed_texts(model, tokenizer, titles, batch_size, desc="embedding items")
+    _check_finite(emb, "item titles", model_dir)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, emb)
-        tmp.replace(path)
+        _write_item_cache(path, emb)
     return emb
 
 
@@ -176,7 +267,10 @@ def grounded_evaluation(
     popularity-aware grounding is measured too (``popaware_*`` metrics, ``popaware_gamma``): its weight gamma is
     the one with the best NDCG@20 on the validation users, then applied to the test users."""
     generated = generate_titles(peft_or_base_model, tokenizer, prompts, cfg)
-    items, queries = embed_for_grounding(peft_or_base_model, tokenizer, generated, titles, cfg, model_dir, cache_dir)
+    notes: list[str] = []  # an item embedding cache that failed its check
+    items, queries = embed_for_grounding(
+        peft_or_base_model, tokenizer, generated, titles, cfg, model_dir, cache_dir, notes=notes
+    )
     k = max(cfg.ks)
     topk = grounding.topk(queries, items, k)
     kept, per_user = per_user_metrics(ranks_in_topk(topk, targets), cfg.ks)
@@ -191,7 +285,7 @@ def grounded_evaluation(
         pop = grounding.popularity(item_counts)
         valid_generated = generate_titles(peft_or_base_model, tokenizer, valid_prompts, cfg)
         _, valid_queries = embed_for_grounding(
-            peft_or_base_model, tokenizer, valid_generated, titles, cfg, model_dir, cache_dir
+            peft_or_base_model, tokenizer, valid_generated, titles, cfg, model_dir, cache_dir, notes=notes
         )
         gamma, by_gamma = grounding.choose_gamma(valid_queries, items, valid_targets, pop, POPULARITY_CUTOFF)
         pop_topk = grounding.topk(queries, items, k, pop, gamma)
@@ -199,7 +293,7 @@ def grounded_evaluation(
         popaware = {f"{POPAWARE}{name}": v for name, v in mean_metrics(pop_per_user).items() if name != "users"}
         extra |= popaware | {f"{POPAWARE}gamma": gamma, f"{POPAWARE}valid_users": len(valid_targets)}
         result["popaware"] = {"gamma": gamma, "valid_ndcg@20": by_gamma, "topk": pop_topk, "per_user": pop_per_user}
-    return result | {"metrics": metrics | extra}
+    return result | {"metrics": metrics | extra, "notes": notes}
 
 
 def embed_for_grounding(
@@ -210,6 +304,7 @@ def embed_for_grounding(
     cfg: EvalConfig,
     model_dir: str | Path,
     cache_dir: str | Path | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(item embeddings [N, H], embeddings of the generated texts [Q, H]), with the base model when
     ``cfg.embed_with_base`` (the adapter disabled, as in BIGRec).
@@ -221,6 +316,7 @@ def embed_for_grounding(
     ctx = disable() if (cfg.embed_with_base and disable is not None) else contextlib.nullcontext()
     shown = [clean_title(t) for t in titles]
     with ctx:
-        items = item_embeddings(peft_or_base_model, tokenizer, shown, model_dir, cache_dir, cfg.embed_batch_size)
+        items = item_embeddings(peft_or_base_model, tokenizer, shown, model_dir, cache_dir, cfg.embed_batch_size, notes)
         queries = embed_texts(peft_or_base_model, tokenizer, generated, cfg.embed_batch_size, desc="embedding outputs")
+    _check_finite(queries, "generated titles", model_dir)
     return items, queries

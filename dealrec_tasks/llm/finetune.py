@@ -4,11 +4,17 @@ Checkpoints are written after every epoch (adapter, optimizer, RNG states, histo
 published by atomically replacing ``latest.json``; a rerun after a crash resumes from there and, because the data
 order is a function of (seed, epoch) and the RNG states are restored, ends with the same adapter as a run that
 never crashed.
+
+``latest.json`` records the identity of every input (``resume_inputs``: the exact training and early-stopping
+tokens, the base model's weights, the fine-tune and LoRA settings). Only a run with the same inputs resumes; any
+other run clears the folder and starts fresh, so an adapter trained on yesterday's coreset can never come back
+under today's name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -30,6 +36,15 @@ LATEST = "latest.json"
 BEST = "adapter"
 PRESET_FILE = "dealrec_finetune_preset.json"
 PRESET_FIELDS = {"finetune": ("lr", "epochs", "train_on_inputs"), "lora": ("r", "alpha", "target_modules")}
+# What each part of ``resume_inputs`` is, for the line that says why a resume state was not used.
+RESUME_PARTS = {
+    "training": "other training data",
+    "early_stopping": "other early-stopping prompts",
+    "pad_id": "another pad token",
+    "base_model": "another base model",
+    "finetune": "other fine-tune settings",
+    "lora": "other LoRA settings",
+}
 
 
 def resolve_preset(
@@ -97,6 +112,75 @@ def mean_loss(model, prompts: Sequence[EncodedPrompt], pad_id: int, train_on_inp
     return total / max(len(prompts), 1)
 
 
+def prompts_digest(prompts: Sequence[EncodedPrompt]) -> str:
+    """The exact token ids, loss masks (``n_response``) and order of ``prompts``: what training reads, whichever
+    coreset or sampling produced it."""
+    h = hashlib.sha256()
+    for p in prompts:
+        ids = np.asarray(p.input_ids, dtype=np.int64)
+        h.update(np.asarray([len(ids), p.n_response], dtype=np.int64).tobytes())
+        h.update(ids.tobytes())
+    return h.hexdigest()
+
+
+def weights_fingerprint(model) -> str:
+    """The base model's weights and buffers as loaded: exact (a file fingerprint misses a copy rewritten in place),
+    and cheap next to training (one read of the weights)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def resume_inputs(
+    base_model,
+    pad_id: int,
+    train: Sequence[EncodedPrompt],
+    valid: Sequence[EncodedPrompt],
+    cfg: FinetuneConfig,
+    lora: LoRAConfig,
+) -> dict:
+    """Identity of everything a run's adapter depends on; a resume state is only used when it records the same."""
+    inputs = {
+        "training": prompts_digest(train),
+        "early_stopping": prompts_digest(valid),
+        "pad_id": pad_id,
+        "base_model": weights_fingerprint(base_model),
+        "finetune": cfg.to_dict(),
+        "lora": lora.to_dict(),
+    }
+    return json.loads(json.dumps(inputs))  # as stored: tuples compare equal to their lists
+
+
+def _stale_reason(out: Path, inputs: dict) -> str | None:
+    """Why the resume state in ``out`` must not be used (None: it is this run's); a state that cannot be read or
+    names a missing checkpoint is not used either."""
+    try:
+        latest = json.loads((out / LATEST).read_text())
+        recorded = dict(latest["inputs"])
+        checkpoint = out / "checkpoints" / str(latest["checkpoint"])
+        int(latest["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable or from an older version (no recorded inputs)"
+    differ = [RESUME_PARTS[k] for k in RESUME_PARTS if recorded.get(k) != inputs[k]]
+    if differ:
+        return "for " + ", ".join(differ)
+    if not (checkpoint / "trainer_state.pt").is_file():
+        return f"naming a missing checkpoint ({checkpoint.name})"
+    return None
+
+
+def _clear_resume_state(out: Path) -> None:
+    """Remove every file a run leaves in ``out`` (the pointer first: an interrupted clear leaves nothing to resume)."""
+    (out / LATEST).unlink(missing_ok=True)
+    for leftover in out.glob(f"{Path(LATEST).stem}.tmp-*"):
+        leftover.unlink(missing_ok=True)
+    for folder in [out / "checkpoints", out / BEST, *out.glob(f".{BEST}.tmp-*")]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _atomic_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(obj, indent=2))
@@ -140,28 +224,34 @@ def finetune(
 ) -> dict:
     """Train a LoRA adapter on ``train``; the best epoch's adapter (by ``valid`` loss) ends in ``out_dir/adapter``.
 
-    Resumes from ``out_dir/latest.json`` when a previous run was interrupted. Returns the history and metrics.
+    Resumes from ``out_dir/latest.json`` when a previous run with the same inputs (``resume_inputs``) was interrupted
+    or finished; a state from other inputs is cleared and training starts fresh, saying why in ``fresh_start``.
+    Returns the history and metrics.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not train:
         raise ValueError("finetune: the training set is empty")
+    inputs = resume_inputs(base_model, pad_id, train, valid, cfg, lora)  # before LoRA changes the base model
     model = attach_lora(base_model, lora, seed=cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
     state = {"history": [], "best_epoch": None, "best_valid_loss": math.inf, "stale": 0, "done": False}
     start_epoch = 0
-    if (out / LATEST).exists():
+    stale_reason = _stale_reason(out, inputs) if (out / LATEST).exists() else None
+    if (out / LATEST).exists() and stale_reason is None:
         latest = json.loads((out / LATEST).read_text())
-        if latest.get("config") == cfg.to_dict():
-            ckpt = out / "checkpoints" / latest["checkpoint"]
-            _load_adapter_weights(model, ckpt)
-            trainer = torch.load(ckpt / "trainer_state.pt", weights_only=True)
-            optimizer.load_state_dict(trainer["optimizer"])
-            torch.set_rng_state(trainer["torch_rng"])
-            state = {k: latest[k] for k in state}
-            start_epoch = latest["epoch"] + 1
+        ckpt = out / "checkpoints" / latest["checkpoint"]
+        _load_adapter_weights(model, ckpt)
+        trainer = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+        optimizer.load_state_dict(trainer["optimizer"])
+        torch.set_rng_state(trainer["torch_rng"])
+        state = {k: latest[k] for k in state}
+        start_epoch = latest["epoch"] + 1
+    else:  # also without latest.json: an adapter left by a run cut short in its first epoch is not this run's
+        _clear_resume_state(out)
     state["resumed_from_epoch"] = start_epoch if start_epoch else None
+    state["fresh_start"] = f"resume state in {out} {stale_reason}: starting fresh (cleared)" if stale_reason else None
     if state["done"]:
         return state | {"adapter_dir": str(out / BEST)}
 
@@ -197,7 +287,7 @@ def finetune(
         else:
             state["stale"] += 1
         state["done"] = state["stale"] >= cfg.patience or epoch + 1 == cfg.epochs
-        _save_checkpoint(out, epoch, model, optimizer, state | {"config": cfg.to_dict()})
+        _save_checkpoint(out, epoch, model, optimizer, state | {"inputs": inputs})
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, state)
         if state["done"]:

@@ -128,6 +128,7 @@ def build_tiny_llm(
         existing = json.loads(marker.read_text())
         if reusable(existing, wanted, latest_corpus_day):
             return existing | {"reused": True}
+    check_writable(out)  # before minutes of pretraining, not at the save after them
     corpus = corpus if corpus is not None else PretrainCorpus(titles, [], None)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     template = PromptTemplate(cfg.domain)
@@ -177,6 +178,22 @@ def build_tiny_llm(
         shutil.rmtree(out)
     tmp.rename(out)
     return info | {"reused": False}
+
+
+def check_writable(out: Path) -> None:
+    """Refuse, naming it, a model directory that cannot be written: the model goes to a temporary sibling that is
+    renamed to ``out`` (``/proc/x``: nothing can be created in /proc; a file where the directory should be)."""
+    from dealrec_tasks.errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={str(out)!r}: exists and is not a directory; give a model directory")
+    probe = out.parent / f".{out.name}.probe-{uuid.uuid4().hex[:8]}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise ConfigError(f"out={str(out)!r}: cannot write the model there ({exc.strerror or exc})") from None
 
 
 def check_model_dir(model_dir: str | Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from dealrec_tasks.config import _Config, _require, opt
@@ -68,15 +69,18 @@ class InfluenceConfig(_Config):
             self.negative_sampling in ("stratified", "uniform"),
             f"negative_sampling={self.negative_sampling!r}: stratified or uniform",
         )
-        _require(self.damping >= 0, f"damping={self.damping}: must be >= 0")
+        _require(
+            0 <= self.damping < math.inf,
+            f"damping={self.damping}: must be finite and >= 0 (an infinite damping makes u = 0 / inf: NaN scores)",
+        )
         _require(self.solver in SOLVERS, f"solver={self.solver!r}: choose one of {SOLVERS}")
         _require(self.hvp_samples >= 0, f"hvp_samples={self.hvp_samples}: must be >= 0")
         _require(self.hvp_negatives >= 0, f"hvp_negatives={self.hvp_negatives}: must be >= 0")
-        _require(self.cg_tol > 0, f"cg_tol={self.cg_tol}: must be > 0")
+        _require(0 < self.cg_tol < math.inf, f"cg_tol={self.cg_tol}: must be finite and > 0")
         _require(self.cg_max_iter >= 1, f"cg_max_iter={self.cg_max_iter}: must be >= 1")
         _require(self.lissa_depth >= 1, f"lissa_depth={self.lissa_depth}: must be >= 1")
         _require(0 <= self.lissa_damp < 1, f"lissa_damp={self.lissa_damp}: must be in [0, 1)")
-        _require(self.lissa_scale > 0, f"lissa_scale={self.lissa_scale}: must be > 0")
+        _require(0 < self.lissa_scale < math.inf, f"lissa_scale={self.lissa_scale}: must be finite and > 0")
         _require(self.lissa_batch >= 1, f"lissa_batch={self.lissa_batch}: must be >= 1")
         _require(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
         _require(self.hvp_chunk >= 1, f"hvp_chunk={self.hvp_chunk}: must be >= 1")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -50,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dealrec_tasks.errors import InputError
+from dealrec_tasks.errors import DegenerateError, InputError
+from dealrec_tasks.finite import check_finite
 from dealrec_tasks.progress import progress
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.sharding import shard_rows
@@ -343,6 +345,11 @@ def conjugate_gradient(
         ap = matvec(p)
         info.hvps += 1
         curv = float((p * ap).sum())
+        if not math.isfinite(curv):  # NaN would run every iteration to a NaN u
+            raise DegenerateError(
+                f"influence solve (solver cg): curvature p^T (H + damping I) p = {curv} at iteration {it} is not "
+                "finite; use a finite, moderate damping (the paper's effective value: 0.25)"
+            )
         if curv <= 0:
             raise NonPositiveCurvature(
                 f"CG: non-positive curvature {curv:.3e} at iteration {it}; H + damping I is not positive definite, "
@@ -489,6 +496,7 @@ def solve(
             t0 = time.perf_counter()
             v, _ = mean_gradient(problem, target, cfg.batch_size)  # type: ignore[arg-type]
             timings["target_gradient_s"] = time.perf_counter() - t0
+        check_finite(v, f"influence solve: v (the mean gradient of the {cfg.target} rows)", "retrain the surrogate")
         info = SolveInfo(cfg.solver, cfg.effective_damping, hvp_samples=len(cache_rows))
         t0 = time.perf_counter()
         if cfg.hvp_negatives and cfg.hvp_negatives < len(negatives):
@@ -523,7 +531,17 @@ def solve(
                     u = psd_solve(h, v, cfg.damping, info)
                     info.rel_residual = None
         info.seconds = timings["solve_s"] = time.perf_counter() - t0
+    _check_solution(u, info)
     return Solution(v, u, info, timings, negatives)
+
+
+def _check_solution(u: Tensor, info: SolveInfo) -> None:
+    """Refuse a solve whose u or residual is not finite (every score would be NaN), naming solver and damping."""
+    what = f"influence solve (solver {info.solver}, damping={info.damping})"
+    remedy = "use a finite, moderate damping (the paper's effective value: 0.25)"
+    if info.rel_residual is not None and not math.isfinite(info.rel_residual):
+        raise DegenerateError(f"{what}: residual ||(H + damping I) u - v|| / ||v|| is {info.rel_residual}; {remedy}")
+    check_finite(u, f"{what}: u", remedy)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -550,7 +568,7 @@ def score_rows(
     return out[rows]
 
 
-def combine_members(scores: list[np.ndarray]) -> np.ndarray:
+def combine_members(scores: list[np.ndarray], names: list[str] | None = None) -> np.ndarray:
     """The ensemble's influence [n]: each member's scores [n] divided by their root-mean-square over the samples,
     then the mean over members.
 
@@ -561,12 +579,19 @@ def combine_members(scores: list[np.ndarray]) -> np.ndarray:
     scores are all 0 contributes 0. The RMS needs every training row: combine after the shards are merged. With one
     member the result is its scores divided by their RMS (the scale of ``influence`` is thus about 1; selection
     min-max normalises anyway).
+
+    A member with a NaN or infinite score is refused (``DegenerateError`` naming it: ``names[i]``, else its index):
+    its RMS would be NaN, and dividing by it used to turn the member into zeros, so the coreset came from effort
+    alone without a word.
     """
     if not scores:
         raise ValueError("combine_members: no member scores")
     stacked = np.stack([np.asarray(s, dtype=np.float64) for s in scores])  # [M, n]; ValueError if lengths differ
     if stacked.ndim != 2:
         raise ValueError(f"combine_members: expected M vectors of n scores, got shape {stacked.shape}")
+    for i, member in enumerate(stacked):
+        name = names[i] if names is not None else f"member {i}"
+        check_finite(member, f"influence of {name}", "retrain the surrogate (lower --lr) and rescore")
     if stacked.shape[1] == 0:
         return np.zeros(0, dtype=np.float64)
     rms = np.sqrt(np.mean(np.square(stacked), axis=1, keepdims=True))  # [M, 1]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from dealrec_tasks.catalogue import (
     INTERACTIONS,
@@ -27,6 +25,7 @@ from dealrec_tasks.config import (
     ReplayConfig,
     SamplesConfig,
     SyntheticConfig,
+    check_not_future,
     parse_dt,
 )
 from dealrec_tasks.data import dealrec_format, sequence_log
@@ -36,12 +35,12 @@ from dealrec_tasks.data import samples as samples_mod
 from dealrec_tasks.data import synthetic as synthetic_mod
 from dealrec_tasks.data.arrow import list_lengths
 from dealrec_tasks.data.schema import SPLIT_SEQUENCES_SCHEMA, USER_VOCAB_SCHEMA
-from dealrec_tasks.errors import ConfigError, InputError, OrderError
+from dealrec_tasks.errors import ConfigError, DegenerateError, InputError, OrderError
 from dealrec_tasks.progress import progress
 from dealrec_tasks.steps import readers
 from dealrec_tasks.steps.common import StepResult
 from dealrec_tasks.steps.readers import read_sequences, read_user_vocab
-from dealrec_tasks.storage import MANIFEST, Lake, join_uri, parquet_bytes, sha256
+from dealrec_tasks.storage import MANIFEST, Lake, join_uri, parquet_bytes, sha256, shown_name
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -56,7 +55,7 @@ def import_dealrec(source_dir: str, lake: Lake, cfg: ImportConfig) -> StepResult
     from dealrec_tasks.llm.prompts import GENERIC_DOMAIN, check_domain
 
     folder = Path(source_dir).expanduser().resolve()
-    name = cfg.dataset or re.sub(r"[^a-z0-9_\-]+", "-", folder.name.lower()).strip("-")
+    name = cfg.dataset or re.sub(r"[^a-z0-9_\-]+", "-", folder.name.lower()).strip("-_")[:64]
     if not name:
         raise ConfigError(f"{folder}: cannot name a dataset after this folder; pass --dataset NAME")
     domain = check_domain(cfg.domain or ("games" if name == "games" else GENERIC_DOMAIN))
@@ -197,6 +196,10 @@ def synthetic(lake: Lake, cfg: SyntheticConfig) -> StepResult:
 # ---------------------------------------------------------------------------------------------------------
 VOCAB_RECORD = "vocab_sha256"  # sequences manifest key: checksums of the vocab files they were built with
 NOT_READ = {"symlink": "a symlink, not followed", "directory": "a directory", "other": "not a regular file"}
+#: Datasets ingest reads or writes by day besides the logs: a stray ``dt=...`` folder in them is named in its notes.
+DAY_DATASETS = (SEQUENCES, VOCAB, REJECTS, SAMPLES)
+#: How to ingest a day after tomorrow on purpose (see ``config.check_not_future``).
+ALLOW_FUTURE = "pass --allow-future (library: allow_future=True)"
 
 
 def _log_day(name: str) -> str | None:
@@ -218,49 +221,50 @@ def log_days(lake: Lake) -> list[str]:
 
 def _stray_notes(lake: Lake) -> list[str]:
     names = lake.storage.list_dir(lake.uri(INTERACTIONS))
-    return [f"{lake.uri(INTERACTIONS, n)}: ignored, not a log folder dt=YYYY-MM-DD" for n in names if not _log_day(n)]
-
-
-def _local_kind(entry: os.DirEntry) -> str:
-    """From the directory listing (lstat at most): a symlink is never followed, nothing is opened."""
-    if entry.is_symlink():
-        return "symlink"
-    if entry.is_file(follow_symlinks=False):
-        return "file"
-    return "directory" if entry.is_dir(follow_symlinks=False) else "other"
-
-
-def _entry_kinds(lake: Lake, folder: str) -> dict[str, str]:
-    """Name -> "file", "directory", "symlink" or "other" (a FIFO, a socket), read without opening anything.
-
-    Opening a FIFO blocks forever, a directory crashed the read, and a symlink led outside the lake (its target
-    was then copied into rejects), so only regular files are read.
-    """
-    fs, path = lake.storage.resolve(folder)
-    if isinstance(fs, pafs.LocalFileSystem):
-        if not os.path.isdir(path):
-            return {}
-        with os.scandir(path) as entries:
-            return {e.name: _local_kind(e) for e in entries}
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    kinds = {pafs.FileType.File: "file", pafs.FileType.Directory: "directory"}
-    return {i.base_name: kinds.get(i.type, "other") for i in infos}
+    return [
+        f"{shown_name(lake.uri(INTERACTIONS, n))}: ignored, not a log folder dt=YYYY-MM-DD"
+        for n in names
+        if not _log_day(n)
+    ]
 
 
 def _log_files(lake: Lake, dt: str) -> tuple[dict[str, bytes], list[str]]:
-    """The day's log files by name, and what was not read, each named with why (never skipped silently)."""
+    """The day's log files by name, and what was not read, each named with why (never skipped silently).
+
+    Only regular files are read (``Storage.entries``: a FIFO blocked the read, a directory crashed it, a symlink
+    led outside the lake). A name is a name: the file is read by the path built from it, never by a URI parsed
+    again (``a.csv#.jsonl`` was read as ``a.csv``). A file listed but not found by its name (a store that rewrites
+    names) is named and counted, not a failed day.
+    """
     folder = lake.partition(INTERACTIONS, dt)
     files, skipped = {}, []
-    for name, kind in sorted(_entry_kinds(lake, folder).items()):
+    for name, kind in sorted(lake.storage.entries(folder).items()):
+        shown = shown_name(name)
         if name == MANIFEST:  # a producer's manifest (replay, synthetic), not a log
             continue
         if kind != "file":
-            skipped.append(f"{name} ({NOT_READ[kind]})")
+            skipped.append(f"{shown} ({NOT_READ[kind]})")
         elif not ingest_mod.is_log_file(name):
-            skipped.append(f"{name} (not a log file name: {'/'.join(ingest_mod.LOG_SUFFIXES)}, no leading _ or .)")
+            skipped.append(f"{shown} (not a log file name: {'/'.join(ingest_mod.LOG_SUFFIXES)}, no leading _ or .)")
         else:
-            files[name] = lake.storage.read_bytes(join_uri(folder, name))
+            try:
+                files[name] = lake.storage.read_bytes(join_uri(folder, name))
+            except InputError:
+                skipped.append(f"{shown} (listed, but no file of that name could be read)")
     return files, skipped
+
+
+def _with_logs(lake: Lake, days: list[str]) -> list[str]:
+    """The ``days`` whose folder holds a log file: a folder without one is not a day with logs (``ingest`` does not
+    publish it), so it is neither pending nor late. A listing per day asked, nothing read."""
+    return [
+        d
+        for d in days
+        if any(
+            kind == "file" and ingest_mod.is_log_file(name)
+            for name, kind in lake.storage.entries(lake.partition(INTERACTIONS, d)).items()
+        )
+    ]
 
 
 def _vocab_sha256(vocab_manifest: dict) -> dict[str, str]:
@@ -295,16 +299,20 @@ def _late_day_error(lake: Lake, day: str, last: str) -> OrderError:
     )
 
 
-def ingest(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
+def ingest(lake: Lake, dt: str, cfg: IngestConfig, allow_future: bool = False) -> StepResult:
     """Validate day ``dt``'s logs, quarantine bad rows, extend the vocab and the cumulative sequences.
 
     Days go in order: a day before an already ingested one is refused, as is skipping a day that has logs.
     Re-ingesting a day with unchanged logs is a no-op, unless its vocab and sequences do not belong together
     (a killed re-ingest): then it runs again. A republished day hides its stale ``samples`` partition.
+
+    A day without a log file (no folder yet, or nothing in it to read) is not published: there is nothing to
+    train on, and an empty day ingested before its logs arrived refused them later as out of order; it comes back
+    with a note. A day after tomorrow (UTC) is refused unless ``allow_future`` (``config.check_not_future``).
     """
     dt = Day(dt)
     files, skipped_files = _log_files(lake, dt)
-    notes = _stray_notes(lake)
+    notes = _stray_notes(lake) + lake.stray_notes(*DAY_DATASETS)
     if skipped_files:
         notes.append(f"dt={dt}: {len(skipped_files)} entry(ies) not read: {'; '.join(skipped_files)}")
     fingerprint = {name: sha256(data) for name, data in files.items()}
@@ -322,16 +330,30 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
                 f"dt={dt}: {why}, but later days {later[:3]} were built on it; re-ingest from {dt} onward after "
                 f"removing {lake.uri(SEQUENCES)}/dt>{dt}"
             )
+        if not files:
+            was = len(manifest.get("source", {}).get("files") or {})
+            raise InputError(
+                f"dt={dt}: no log file in {lake.partition(INTERACTIONS, dt)}; the day was ingested from {was} "
+                "file(s) and is kept as it is, not republished empty: restore its logs to ingest it again"
+            )
     elif later and files:
         raise _late_day_error(lake, dt, later[-1])
     elif later:
         raise OrderError(f"dt={dt}: days must be ingested in order, and {later[-1]} is already ingested")
+    check_not_future(dt, allow_future, ALLOW_FUTURE)  # only now: an unchanged future day above is a no-op
     previous = max((d for d in done if d < dt), default=None)
-    never = [d for d in log_days(lake) if d < dt and d not in done]
+    never = _with_logs(lake, [d for d in log_days(lake) if d < dt and d not in done])
     if never and previous is not None and never[0] < previous:
         raise _late_day_error(lake, never[0], max(done))
     if never:
         raise OrderError(f"dt={dt}: day {never[0]} has logs that were not ingested yet; ingest it first")
+    if not files:
+        notes.append(
+            f"dt={dt}: no log file in {lake.partition(INTERACTIONS, dt)} (an empty day): nothing to ingest, not "
+            "published; ingest it once its logs arrive, before any later day"
+        )
+        counts = {"files": 0, "skipped_files": len(skipped_files), "rows_read": 0, "accepted": 0, "rejected": 0}
+        return StepResult("ingest", _ingest_uris(lake, dt), counts | {"published": False}, False, notes)
 
     parsed = [ingest_mod.parse_log_file(name, data, cfg.allow_extra_columns) for name, data in files.items()]
     day = ingest_mod.validate_day(parsed, dt)
@@ -375,8 +397,6 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
         "new_items": new_items,
         "interactions_total": int(prev_total) + len(day.clean),
     }
-    if not files:
-        notes.append(f"dt={dt}: no log files in {lake.partition(INTERACTIONS, dt)} (an empty day)")
     if day.rejects.num_rows:
         notes.append(f"dt={dt}: {day.rejects.num_rows:,} row(s) quarantined to {lake.partition(REJECTS, dt)}")
     # Hidden before anything is republished, so a crash cannot leave samples of other sequences visible.
@@ -432,7 +452,7 @@ def pending_days(lake: Lake) -> list[str]:
     done = lake.partitions(SEQUENCES)
     last = max(done, default="")
     days = log_days(lake)
-    late = [d for d in days if d < last and d not in done]
+    late = _with_logs(lake, [d for d in days if d < last and d not in done])  # a folder without logs is not late
     if late:
         raise _late_day_error(lake, late[0], last)
     return [d for d in days if d > last]
@@ -503,18 +523,29 @@ def _publish_samples(
     # A user without training items has no train sample, and no valid row either (its history would be empty).
     counts["users_without_train"] = sum(1 for t in trains if not t)
     counts["valid_rows_dropped"] = sum(1 for t, v in zip(trains, valids) if not t and v)
+    if not counts[samples_mod.TRAIN] and not counts[samples_mod.TEST]:
+        # An empty table would replace the day's samples, and every later step would fail on it. (A day with test
+        # rows but no train rows is kept: an early day's evaluation rows; the surrogate refuses to train on it.)
+        windows = f"valid_days={cfg.valid_days}, test_days={cfg.test_days}: " if dt is not None else ""
+        raise DegenerateError(
+            f"samples {lake.partition(dataset, dt)}: {windows}the split leaves {counts[samples_mod.TRAIN]} train, "
+            f"{counts[samples_mod.VALID]} valid and {counts[samples_mod.TEST]} test rows of {split.num_rows} users; "
+            "nothing published"
+        )
     pub = lake.publish(
         dataset, dt, {"samples.parquet": table}, config=cfg.to_dict(), extra={"counts": counts, "source": source}
     )
     return StepResult("samples", {"samples": pub.uri}, counts, pub.changed)
 
 
-def ingest_until(lake: Lake, dt: str, cfg: IngestConfig) -> StepResult:
+def ingest_until(lake: Lake, dt: str, cfg: IngestConfig, allow_future: bool = False) -> StepResult:
     """Ingest, in order, every day with logs that is not ingested yet up to ``dt``, then ``dt`` itself (a no-op when
     it is ingested and unchanged). The vocab is append-only and cumulative, so a daily run that finds earlier days
-    missing catches up instead of failing. Returns the last day's result, with the days it went through."""
+    missing catches up instead of failing. Returns the last day's result, with the days it went through.
+    ``allow_future``: see ``ingest``."""
+    dt = Day(dt)
     days = [d for d in pending_days(lake) if d < dt] + [dt]
-    results = [ingest(lake, d, cfg) for d in days]
+    results = [ingest(lake, d, cfg, allow_future) for d in days]
     last = results[-1]
     counts = {"days_ingested": len(days), "first_dt": days[0]} | last.counts
     notes = [n for r in results for n in r.notes]

@@ -50,6 +50,7 @@ from dealrec_tasks.catalogue import (
     source,
 )
 from dealrec_tasks.errors import InputError
+from dealrec_tasks.finite import check_finite, check_scores, check_state
 from dealrec_tasks.scoring.config import InfluenceConfig
 from dealrec_tasks.scoring.influence import combine_members, influence, score_rows, solve, to_dtype
 from dealrec_tasks.sharding import check_shard_count, shard_rows
@@ -92,8 +93,11 @@ def _weights(lake: Lake, src: Source):
     """The models of the surrogate's ``influence_weights`` files (in order), the inputs' identity (the weight files'
     checksums, in order, and the samples' checksum) and the list."""
     models, manifest = load_influence_models(lake, src)
+    weights = influence_weights(manifest)
+    for model, w in zip(models, weights):  # a diverged surrogate published before training refused one
+        check_state(model.state_dict(), f"surrogate {src.label} {w['file']}", "retrain it with a lower --lr")
     identity = {"surrogate_sha256": influence_sha256(manifest), "samples": samples_sha256(lake, src)}
-    return models, identity, influence_weights(manifest)
+    return models, identity, weights
 
 
 def _release_arrow() -> None:
@@ -234,6 +238,8 @@ def score_influence(
                 f"solved locally ({res.solution.info})"
             )
         timings = {"used_published_solve": False, "weights": per_file}
+    for m, w in enumerate(weights):
+        check_finite(columns[member_column(m)], f"influence shard {i}/{n} of weights {w['file']}")
     table = pa.table(columns, schema=shard_schema(len(models)))
     pub = lake.publish(
         influence_shard(src, shard),
@@ -252,13 +258,18 @@ def score_influence(
     return StepResult("influence", {"shard": pub.uri}, counts, pub.changed, notes)
 
 
-def combined_table(table: pa.Table) -> pa.Table:
+def combined_table(table: pa.Table, files: list[str] | None = None) -> pa.Table:
     """The merged shards [n rows, every training row] with ``influence`` = ``combine_members`` over the weight
-    files' columns, placed after ``sample_id``."""
+    files' columns, placed after ``sample_id``. ``files``: the weight files of the columns, to name one in a refusal.
+
+    Refused (``DegenerateError``): a column with a non-finite score, or a combined influence that is the same for
+    every row (it would rank nothing: selection would follow the effort alone)."""
     names = member_columns(table)
     if not names:
         raise InputError("influence shards hold no member columns (made before ensembles); rescore the shards")
-    combined = combine_members([table.column(c).to_numpy() for c in names])  # [n]
+    labels = [f"{c} ({files[j]})" if files and j < len(files) else c for j, c in enumerate(names)]
+    combined = combine_members([table.column(c).to_numpy() for c in names], labels)  # [n]
+    check_scores(combined, "merged influence", "retrain the surrogate and rescore (dealrec surrogate, influence)")
     columns = {"sample_id": table.column("sample_id"), "influence": pa.array(combined, pa.float64())}
     return pa.table(columns | {c: table.column(c) for c in names})
 
@@ -269,6 +280,7 @@ def merge_influence(lake: Lake, dt: str | None, n: int, *, dataset: str | None =
     src = source(dt, dataset)
     check_shard_count(n)
     parts = [influence_shard(src, (i, n)) for i in range(n)]
+    files = (lake.manifest(parts[0]) or {}).get("weights")  # names the weight file of a refused column
     pub, table, first = merge_shards(
         lake,
         parts,
@@ -279,7 +291,7 @@ def merge_influence(lake: Lake, dt: str | None, n: int, *, dataset: str | None =
             {"surrogate": lake.partition(src.path(SURROGATE), src.dt)}
             | ({"weights": shard0["weights"]} if "weights" in shard0 else {})
         ),
-        finish=combined_table,
+        finish=lambda merged: combined_table(merged, files),
     )
     counts = {"samples": table.num_rows, "shards": n, "weights": len(member_columns(table))}
     members = first.get("counts", {}).get("members")  # shard 0's count of distinct members

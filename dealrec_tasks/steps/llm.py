@@ -33,7 +33,16 @@ from dealrec_tasks.catalogue import (
 from dealrec_tasks.config import Day
 from dealrec_tasks.data.samples import TEST, TRAIN, VALID
 from dealrec_tasks.errors import ConfigError, InputError
-from dealrec_tasks.llm.config import EffortConfig, EvalConfig, FinetuneConfig, LoRAConfig, TinyLLMConfig
+from dealrec_tasks.finite import check_scores
+from dealrec_tasks.llm.config import (
+    EffortConfig,
+    EvalConfig,
+    FinetuneConfig,
+    LoRAConfig,
+    TinyLLMConfig,
+    check_base_model,
+    check_max_users,
+)
 from dealrec_tasks.llm.prompts import EncodedPrompt, PromptTemplate, encode
 from dealrec_tasks.progress import progress
 from dealrec_tasks.sharding import check_shard_count, shard_rows
@@ -146,10 +155,13 @@ def base_model_dir(base_model: str | None) -> str:
     """The LLM directory the LLM steps load: ``base_model`` when given (a local Hugging Face directory), else (None
     or "") the embedded model shipped in the package, verified against its manifest (``llm/shipped.py``). A model
     built for another catalogue (``dealrec tiny-llm``) is given as ``base_model``."""
-    if base_model:
-        if not (Path(base_model) / "config.json").is_file():
+    if check_base_model(base_model):  # a pasted newline or a NUL is refused before the path is used
+        path = Path(base_model)
+        if not path.is_dir():  # '/etc/passwd', '/dev/zero', a typo
+            raise ConfigError(f"base_model={base_model!r}: not a local Hugging Face model directory (no directory)")
+        if not (path / "config.json").is_file():  # '/', a folder of something else
             raise ConfigError(f"base_model={base_model!r}: not a local Hugging Face model directory (no config.json)")
-        return str(Path(base_model).resolve())
+        return str(path.resolve())
     from dealrec_tasks.llm.shipped import shipped_model_dir
 
     return shipped_model_dir()
@@ -207,6 +219,13 @@ def effort(
     fresh = scorer.score(prompts, desc=f"effort {shard[0]}/{shard[1]}") if todo else []
     new = dict(zip((digests[i] for i in todo), (float(v) for v in fresh)))
     scores = np.asarray([new[d] if d in new else cached[d] for d in digests], dtype=np.float64)
+    # Before anything is published, the cache delta included: NaN or all-equal efforts rank nothing.
+    check_scores(
+        scores,
+        f"effort {src.label} shard {shard[0]}/{shard[1]} (LoRA alpha={lora.alpha}, r={lora.r}, params {cfg.params})",
+        "check the LoRA settings and the base model",
+        distinct_inputs=len(set(digests)),
+    )
     delta = effort_cache_delta(key, src, shard)
     if new:
         lake.publish(delta, None, {"effort.parquet": _digest_table(new)}, config={"key": key})
@@ -272,12 +291,22 @@ def _effort_part(dt: str, shard: tuple[int, int]) -> str:
     return effort_shard(Source(Day(dt)), shard)
 
 
+def _checked_effort(table: pa.Table, src: Source) -> pa.Table:
+    """The merged shards, refused when their effort is not finite or the same for every row (shards published
+    before the effort step refused such scores)."""
+    check_scores(table.column("effort").to_numpy(), f"merged effort {src.label}", "rescore it (dealrec effort)")
+    return table
+
+
 def merge_effort(lake: Lake, dt: str | None, n: int, *, dataset: str | None = None) -> StepResult:
-    """One ``scores_effort/dt=D/effort.parquet`` from the n shards (every training sample exactly once)."""
+    """One ``scores_effort/dt=D/effort.parquet`` from the n shards (every training sample exactly once); refused
+    when the merged effort is not finite or all equal."""
     src = source(dt, dataset)
     check_shard_count(n)
     parts = [effort_shard(src, (i, n)) for i in range(n)]
-    pub, table, _ = merge_shards(lake, parts, "effort.parquet", src.path(SCORES_EFFORT), src.dt)
+    pub, table, _ = merge_shards(
+        lake, parts, "effort.parquet", src.path(SCORES_EFFORT), src.dt, finish=lambda t: _checked_effort(t, src)
+    )
     added = _compact_effort_cache(lake, [lake.require_manifest(p) for p in parts])
     counts = {"shards": n, "samples": table.num_rows, "cache_added": added}
     return StepResult("merge-effort", {"effort": pub.uri}, counts, pub.changed)
@@ -344,7 +373,8 @@ def finetune(
     the best adapter is published to ``adapters/dt=D/``. A no-op when published with this config from the same rows,
     samples, titles and base model.
 
-    ``work_dir`` keeps the per-epoch checkpoints, so a retried task resumes instead of starting over.
+    ``work_dir`` keeps the per-epoch checkpoints, so a retried task resumes instead of starting over; checkpoints
+    of other inputs (a republished coreset, another base model or settings) are cleared, never resumed.
     """
     from dealrec_tasks.llm import finetune as ft
     from dealrec_tasks.llm.evaluate import model_fingerprint
@@ -403,7 +433,8 @@ def finetune(
     if preset:
         modules = "+".join(lora.target_modules)
         counts["preset"] = f"{preset['preset']} (lr {cfg.lr:g}, epochs {cfg.epochs}, LoRA r {lora.r} on {modules})"
-    return StepResult("finetune", {"adapter": pub.uri}, counts, pub.changed)
+    notes = [state["fresh_start"]] if state.get("fresh_start") else []  # a resume state from other inputs
+    return StepResult("finetune", {"adapter": pub.uri}, counts, pub.changed, notes)
 
 
 def item_counts(test_rows: list[dict], n_items: int) -> np.ndarray:
@@ -506,12 +537,10 @@ def _evaluate(
     test users and publish to ``out/dt=D``."""
     import json
 
-    from dealrec_tasks.errors import ConfigError
     from dealrec_tasks.llm.evaluate import grounded_evaluation
     from dealrec_tasks.llm.tiny import load
 
-    if max_users < 0:
-        raise ConfigError(f"max_users={max_users}: must be >= 0 (0: every test user)")
+    check_max_users(max_users)
     cfg = dataclasses.replace(cfg, domain=domain_of(lake, src, cfg.domain))
     dt = src.dt
     config = cfg.to_dict() | {"adapter": adapter_at is not None, "max_users": max_users, "per_user": True}
@@ -578,4 +607,4 @@ def _evaluate(
         extra={"metrics": metrics, "base_model": str(Path(model_dir).resolve()), "source": source},
     )
     shown = {k: round(v, 4) for k, v in metrics.items() if k in ("recall@20", "ndcg@20", "users")}
-    return StepResult("evaluate", {"evaluation": pub.uri}, shown, pub.changed)
+    return StepResult("evaluate", {"evaluation": pub.uri}, shown, pub.changed, result["notes"])

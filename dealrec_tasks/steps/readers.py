@@ -191,11 +191,29 @@ def load_checkpoints(lake: Lake, src: Source) -> tuple[list[dict[str, torch.Tens
 
 
 def _build(state: dict[str, torch.Tensor], manifest: dict[str, Any]) -> SASRec:
+    """The model of checksum-verified weights, shaped by the manifest's config and item count. The manifest itself
+    carries no checksum, so its shape is checked against the weights first: an edited ``counts.items`` allocated a
+    table of that many rows (10**12: no memory) or ended in a size-mismatch traceback."""
     from dealrec_tasks.surrogate.model import SASRec
 
+    where = f"{manifest.get('uri', 'surrogate')}/_manifest.json"
     cfg = SurrogateConfig.from_dict(manifest["config"])
-    model = SASRec(int(manifest["counts"]["items"]), cfg)
-    model.load_state_dict(state)
+    items = (manifest.get("counts") or {}).get("items")
+    table = state.get("item_emb.weight")
+    shape = None if table is None else tuple(table.shape)
+    if isinstance(items, bool) or not isinstance(items, int) or shape != (items + 2, cfg.hidden):
+        raise InputError(
+            f"{where}: counts.items={items!r} and config.hidden={cfg.hidden} do not match the checked weights' item "
+            f"table {list(shape or ())} (the manifest was edited or is corrupt); republish the surrogate"
+        )
+    model = SASRec(items, cfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # another field of the config edited: the last line says which tensor
+        detail = str(exc).strip().splitlines()[-1].strip()
+        raise InputError(
+            f"{where}: its config does not match the checked weights ({detail}); republish the surrogate"
+        ) from None
     return model.eval()
 
 

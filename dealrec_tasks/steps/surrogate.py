@@ -25,6 +25,7 @@ import torch
 
 from dealrec_tasks.catalogue import SAMPLES, SURROGATE, Source, source
 from dealrec_tasks.errors import InputError
+from dealrec_tasks.finite import check_finite, check_state
 from dealrec_tasks.progress import report
 from dealrec_tasks.steps.common import StepResult
 from dealrec_tasks.steps.readers import (
@@ -62,6 +63,8 @@ def _previous(
     old = manifest.get("config", {})
     if any(old.get(k) != getattr(cfg, k) for k in ARCH_FIELDS):
         return None, prev, f"checkpoint dt={prev} has another architecture"
+    for i, state in enumerate(states):  # a diverged checkpoint published before training refused one
+        check_state(state, f"surrogate dt={prev} {member_file(i)}", "retrain that day, or train this one --cold-start")
     return states, prev, f"warm start from dt={prev}"
 
 
@@ -145,6 +148,9 @@ def train_surrogate(lake: Lake, dt: str | None, cfg: SurrogateConfig, *, dataset
             }
         )
         member_metrics.append({"summary": summary, "test": test_metrics, "history": result.history})
+        # train() refuses a diverged epoch; checked again here, as the last thing before the weights are published.
+        check_state(result.model.state_dict(), f"surrogate {label}", f"lower --lr (lr={cfg.lr})")
+        check_finite(list(test_metrics.values()), f"surrogate {label}: test metrics {test_metrics}")
         blobs[member_file(i)] = state_bytes(result.model.state_dict())
         kept = result.checkpoints or [(result.best_epoch, result.model.state_dict())]  # oldest first, best last
         for epoch, state in kept[:-1]:

@@ -12,6 +12,7 @@ target 1 (the best epoch) is enough; earlier epochs of the training risk even lo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from dealrec_tasks.config import _Config, _require, opt
@@ -29,7 +30,7 @@ class SurrogateConfig(_Config):
     lr: float = opt(1e-3, "Adam learning rate")
     l2: float = opt(0.0, "Adam weight decay")
     batch_size: int = opt(500, "training samples per batch")
-    max_epochs: int = opt(200, "upper bound on training epochs")
+    max_epochs: int = opt(200, "upper bound on training epochs", ge=1, le=10_000)
     patience: int = opt(5, "stop after this many evaluations without a better validation metric")
     eval_every: int = opt(1, "evaluate on the validation rows every this many epochs")
     metric_k: int = opt(20, "early stopping watches validation Recall@metric_k")
@@ -54,8 +55,8 @@ class SurrogateConfig(_Config):
         _require(self.heads >= 1 and self.hidden % self.heads == 0, f"heads={self.heads}: must divide hidden")
         _require(0.0 <= self.dropout < 1.0, f"dropout={self.dropout}: must be in [0, 1)")
         _require(self.max_len >= 1, f"max_len={self.max_len}: must be >= 1")
-        _require(self.lr > 0, f"lr={self.lr}: must be > 0")
-        _require(self.l2 >= 0, f"l2={self.l2}: must be >= 0")
+        _require(0 < self.lr < math.inf, f"lr={self.lr}: must be finite and > 0")
+        _require(0 <= self.l2 < math.inf, f"l2={self.l2}: must be finite and >= 0")
         _require(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
         _require(self.max_epochs >= 1, f"max_epochs={self.max_epochs}: must be >= 1")
         _require(self.patience >= 1, f"patience={self.patience}: must be >= 1")

@@ -2,7 +2,10 @@
 
 Per user with targets T and 0-based ranks r(t) among all items: Recall@K = |{t: r(t) < K}| / |T| and
 NDCG@K = sum_{t: r(t) < K} 1 / log2(r(t) + 2) / sum_{i < min(|T|, K)} 1 / log2(i + 2), averaged over users.
-A target's rank counts the items scored strictly higher (ties in its favour); masked items score -inf.
+A target's rank counts the other unmasked items scored at least as high as it, or NaN: ties and incomparable scores
+count against it, so a model that scores everything alike (or NaN) ranks its targets last, never first. A target
+whose own score is not finite (NaN, +-inf; a masked target scores -inf) is ``UNRANKED``: never a hit at any K.
+Masked items score -inf, so they are never ahead of a target with a finite score.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dealrec_tasks.metrics import metrics_from_ranks
+from dealrec_tasks.metrics import UNRANKED, metrics_from_ranks
 from dealrec_tasks.surrogate.batching import EvalSet, input_batch, length_batches
 from dealrec_tasks.surrogate.model import SASRec
 
@@ -40,16 +43,20 @@ def _masked_ranks(scores: Tensor, data: EvalSet, rows: np.ndarray) -> list[np.nd
     scores[b, m] = -torch.inf
     tb = torch.from_numpy(np.repeat(np.arange(len(rows)), data.targets.lengths[rows]))
     tgt = torch.from_numpy(np.concatenate([data.targets.row(i) for i in rows]) - 1)
-    # Rank = items strictly above the target; computed per row block to bound memory.
-    above = _count_above(scores, tb, scores[tb, tgt])  # [sum |T|]
-    return np.split(above.numpy(), np.cumsum(data.targets.lengths[rows])[:-1])
+    # Rank = other items at or above the target (or NaN); computed per row block to bound memory.
+    ahead = _count_ahead(scores, tb, scores[tb, tgt])  # [sum |T|]
+    return np.split(ahead.numpy(), np.cumsum(data.targets.lengths[rows])[:-1])
 
 
-def _count_above(scores: Tensor, row: Tensor, value: Tensor, chunk: int = 256) -> Tensor:
+def _count_ahead(scores: Tensor, row: Tensor, value: Tensor, chunk: int = 256) -> Tensor:
+    """Per target: the items of its row (``scores[row]`` [n]) other than itself with a score >= ``value`` or NaN (the
+    pessimistic rank: ties against the target); ``UNRANKED`` when ``value`` is not finite."""
     out = []
     for i in range(0, len(row), chunk):
         s = scores[row[i : i + chunk]]  # [c, n]
-        out.append((s > value[i : i + chunk, None]).sum(-1))
+        v = value[i : i + chunk]  # [c]
+        ahead = ((s >= v[:, None]) | s.isnan()).sum(-1) - 1  # [c]; a finite target is >= itself: minus one
+        out.append(torch.where(torch.isfinite(v), ahead, torch.full_like(ahead, UNRANKED)))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
@@ -60,7 +67,7 @@ def evaluate(model: SASRec, data: EvalSet, batch_size: int = 1024, ks: tuple[int
 
 def popularity_ranks(counts: np.ndarray, data: EvalSet, batch_size: int = 1024) -> list[np.ndarray]:
     """0-based rank of every target when all items are ranked by ``counts`` [n_items] (item i + 1 at index i),
-    the row's mask applied and ties in the target's favour, as ``rank_targets`` does for a model."""
+    the row's mask applied and ties against the target, as ``rank_targets`` does for a model."""
     scores_all = torch.as_tensor(np.asarray(counts, dtype=np.float64))  # [n]
     ranks: list[np.ndarray] = []
     for start in range(0, len(data.inputs), batch_size):

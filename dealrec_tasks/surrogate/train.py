@@ -8,6 +8,7 @@ predictions inside its history plus the final one (DESIGN.md section 3), and one
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dealrec_tasks.errors import DegenerateError
+from dealrec_tasks.finite import check_state
 from dealrec_tasks.progress import progress
 from dealrec_tasks.surrogate.batching import EvalSet, Seqs, length_batches, train_batch
 from dealrec_tasks.surrogate.config import SurrogateConfig
@@ -63,6 +66,15 @@ def build_model(n_items: int, cfg: SurrogateConfig, init_state: dict[str, Tensor
     return model
 
 
+def _check_epoch(model: SASRec, loss: float, epoch: int, cfg: SurrogateConfig) -> None:
+    """Stop at the first epoch whose loss or weights are not finite: such a model scores every item NaN, which no
+    ranking, early stopping or influence may see (a NaN model once looked perfect: recall@20 1.0)."""
+    where = f"at epoch {epoch} (lr={cfg.lr}, seed {cfg.seed})"
+    if not math.isfinite(loss):
+        raise DegenerateError(f"surrogate: non-finite loss ({loss}) {where}; lower --lr")
+    check_state(model.named_parameters(), f"surrogate {where}", "lower --lr")
+
+
 def train(
     train: Seqs,
     valid: EvalSet,
@@ -71,7 +83,10 @@ def train(
     init_state: dict[str, Tensor] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train until validation Recall@metric_k stops improving for ``patience`` evaluations; keep the best weights."""
+    """Train until validation Recall@metric_k stops improving for ``patience`` evaluations; keep the best weights.
+
+    A non-finite loss or weight after any epoch is a ``DegenerateError`` naming the epoch and the learning rate:
+    nothing of a diverged run is returned, so no caller can publish it."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
@@ -103,6 +118,7 @@ def train(
             total += float(loss.detach()) * len(neg)
             count += len(neg)
         row: dict[str, Any] = {"epoch": epoch, "loss": total / max(count, 1), "train_s": time.perf_counter() - t0}
+        _check_epoch(model, row["loss"], epoch, cfg)
         if epoch % cfg.eval_every == 0 or epoch == cfg.max_epochs:
             t1 = time.perf_counter()
             metrics = evaluate(model, valid, cfg.eval_batch_size) if len(valid.inputs) else {key: 0.0}

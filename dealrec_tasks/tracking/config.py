@@ -14,7 +14,8 @@ DEFAULT_TRACKING_URI = "sqlite:///var/mlflow.db"
 # A registered model name lands in URIs (models:/<name>@champion) and in filter strings: keep it plain.
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,255}$")
 _METRIC_RE = re.compile(r"^(recall|ndcg)@[1-9][0-9]*$")
-_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql")
+# Not file://: MLflow 3's file store refuses to start (maintenance mode), which ended in a traceback.
+_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql")
 
 
 def redact_uri(uri: str) -> str:
@@ -43,9 +44,10 @@ class TrackingConfig(_Config):
         "promote only when the 95% interval of challenger minus champion (paired over the same users) lies above "
         "this (negative: accept a fresher model at most |margin| worse)",
     )
-    retries: int = opt(3, "tries of each MLflow call when the tracking server is unreachable")
-    retry_wait_s: float = opt(2.0, "seconds between tries (doubled each time)")
-    request_timeout_s: int = opt(60, "HTTP timeout of one MLflow request")
+    # Bounded: the waits double (10 tries from 600 s already wait 3.5 days), and time.sleep overflows on a huge one.
+    retries: int = opt(3, "tries of each MLflow call when the tracking server is unreachable", ge=1, le=10)
+    retry_wait_s: float = opt(2.0, "seconds between tries (doubled each time)", ge=0, le=600)
+    request_timeout_s: int = opt(60, "HTTP timeout of one MLflow request", ge=1, le=3600)
     artifact_location: str = opt(
         "", "artifact root of a new experiment ('' -> <dir of the sqlite db>/mlartifacts, or the server's default)"
     )
@@ -53,6 +55,11 @@ class TrackingConfig(_Config):
     def validate(self) -> None:
         if self.tracking_uri:
             scheme = urlparse(self.tracking_uri).scheme.split("+")[0]
+            _require(
+                scheme != "file",
+                f"tracking_uri={redact_uri(self.tracking_uri)!r}: MLflow 3 no longer serves a file:// store; use "
+                "sqlite:///path/mlflow.db (or an MLflow server)",
+            )
             _require(
                 scheme in _SCHEMES,
                 f"tracking_uri={redact_uri(self.tracking_uri)!r}: unsupported scheme {scheme!r} "

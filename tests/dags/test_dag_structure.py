@@ -85,7 +85,7 @@ def test_daily_dag_shape(daily):
     assert up["samples"] == {"plan", "ingest"}
     assert up["compact"] == {"plan", "samples"} and not daily.get_task("compact").downstream_task_ids  # off the path
     assert up["surrogate"] == {"plan", "samples"}
-    assert up["influence_solve"] == {"plan", "surrogate"}
+    assert up["influence_solve"] == {"plan", "surrogate", "base_model"}  # no scoring before the model is found
     assert up["influence"] == {"plan", "shards", "influence_solve"}
     assert up["merge_influence"] == {"plan", "shards", "influence"}
     assert up["base_model"] == {"plan", "samples"}  # built for the day: its corpus ends before that day's tests
@@ -138,13 +138,16 @@ def test_queues_pools_retries_timeouts(dagbag, dag_id):
 def test_retry_policy_fails_fast_on_errors_a_retry_cannot_fix(daily):
     from airflow.sdk.definitions.retry_policy import RetryAction
 
-    from dealrec_tasks.errors import ConfigError, InputError, OrderError
+    from dealrec_tasks.errors import ConfigError, InputError, OrderError, PartitionNotFound
 
     policy = daily.get_task("ingest").retry_policy
     decide = lambda exc: policy.evaluate(exc, 1, 3).action  # noqa: E731
     assert decide(ConfigError("k=0")) == RetryAction.FAIL
     assert decide(OrderError("dt")) == RetryAction.FAIL
-    assert decide(InputError("not yet published")) == RetryAction.DEFAULT
+    # Bad input fails at once (issue 29, item 15: "no test rows to evaluate on" was retried 3 times) ...
+    assert decide(InputError("no test rows to evaluate on")) == RetryAction.FAIL
+    # ... but a partition not published yet, or hidden while it is republished, may come: retried.
+    assert decide(PartitionNotFound("not yet published")) == RetryAction.DEFAULT
     assert decide(OSError("S3 timeout")) == RetryAction.DEFAULT
 
 

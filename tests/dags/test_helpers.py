@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import dealrec_airflow as dx
@@ -58,6 +58,16 @@ def test_daily_dt(ctx, expected):
             dx.daily_dt(ctx)
     else:
         assert dx.daily_dt(ctx) == expected
+
+
+def test_a_manual_run_without_dt_takes_the_last_complete_day():
+    """Triggered from the form at 08:00 UTC with its defaults: yesterday, not today's unfinished day (issue 29,
+    item 15); a logical date in the past (``airflow dags test DAG DATE``) keeps its own day."""
+    now = datetime.now(UTC)
+    yesterday = (now.date() - timedelta(days=1)).isoformat()
+    assert dx.daily_dt(context("manual", now, now, now)) == yesterday
+    assert dx.daily_dt(context("manual", now + timedelta(days=3))) == yesterday
+    assert dx.daily_dt(context("manual", at(7, 15))) == "2026-01-07"
 
 
 def test_finetune_dt_from_param_event_or_newest_coreset(tmp_path):
@@ -118,6 +128,15 @@ def test_a_crafted_dt_from_a_param_or_an_asset_event_is_refused_in_one_line(tmp_
             call()
         message = str(err.value)
         assert "\n" not in message and len(message) < 200, where
+
+
+def test_a_dt_param_after_tomorrow_is_refused_unless_the_run_allows_it():
+    """Issue 29 item 4: ``dt`` 2062-01-08 (a typo for 2026) would ingest a day that refuses every real day after it."""
+    ctx = context("manual", at(7), dt="2062-01-08")
+    with pytest.raises(ConfigError, match=r"^dt=2062-01-08: after tomorrow \(.*allow_future"):
+        dx.daily_dt(ctx)
+    ctx["params"]["allow_future"] = True
+    assert dx.daily_dt(ctx) == "2062-01-08"
 
 
 def test_run_key_and_shards():

@@ -237,6 +237,76 @@ def test_a_lock_read_cut_off_in_transport_waits_rather_than_fails(lake: Lake, mo
     assert not lake.storage.exists(lock)
 
 
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_writers_that_find_the_same_dead_lock_take_it_over_one_at_a_time(lake: Lake, monkeypatch):
+    """Two writers both judge a killed holder's lock stale; only one may take it over. Deleting it and creating a
+    new one let the second delete the first one's fresh lock, and both were inside (issue 29, item 10: 1 of 5
+    trials). The two first reads of the lock are made to coincide, so both see the dead holder."""
+    import socket
+    import threading
+    import time
+
+    from dealrec_tasks.storage import json_bytes
+
+    lock = lake.lock_uri("coreset", "2026-01-02")
+    dead = {"owner": "dead", "host": socket.gethostname(), "pid": _dead_pid(), "at": time.time()}
+    assert lake.storage.create_exclusive(lock, json_bytes(dead))
+    real_read = lake.storage.read_bytes
+    both_read = threading.Barrier(2, timeout=5)
+    first_read = threading.local()
+
+    def read_together(uri: str) -> bytes:
+        data = real_read(uri)
+        if uri == lock and not getattr(first_read, "done", False):
+            first_read.done = True
+            both_read.wait()
+        return data
+
+    monkeypatch.setattr(lake.storage, "read_bytes", read_together)
+    inside, most, errors = [0], [0], []
+    guard = threading.Lock()
+
+    def writer() -> None:
+        try:
+            with lake._partition_lock("coreset", "2026-01-02"):
+                with guard:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                time.sleep(0.3)
+                with guard:
+                    inside[0] -= 1
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert most[0] == 1, "two writers were inside the partition lock at once"
+    assert not lake.storage.exists(lock)
+
+
+def test_replace_if_unchanged_swaps_for_one_caller_only(lake: Lake):
+    uri = lake.uri("_locks", "x.lock")
+    assert lake.storage.create_exclusive(uri, b"old")
+    assert not lake.storage.replace_if_unchanged(uri, b"other", b"mine")
+    assert lake.storage.replace_if_unchanged(uri, b"old", b"mine")
+    assert not lake.storage.replace_if_unchanged(uri, b"old", b"theirs")
+    assert lake.storage.read_bytes(uri) == b"mine"
+    lake.storage.delete(uri)
+    assert not lake.storage.replace_if_unchanged(uri, b"mine", b"again")
+    assert not lake.storage.exists(uri)
+
+
 def test_a_live_lock_holder_is_waited_for(lake: Lake):
     import threading
 

@@ -160,11 +160,11 @@ def test_late_logs_before_the_last_ingested_day_are_refused_not_dropped(local_la
     _put(lake, D1, "x.jsonl", _jsonl(DAY1))
     _put(lake, D3, "x.jsonl", _jsonl(DAY3))
     steps.ingest(lake, D1, IngestConfig())
-    steps.ingest(lake, D2, IngestConfig())  # no logs yet: an empty day
+    steps.ingest(lake, D2, IngestConfig())  # no logs yet: nothing to ingest, not published
     steps.ingest(lake, D3, IngestConfig())
     _put(lake, D2, "x.jsonl", _jsonl(DAY2))  # ...which arrive now
     _put(lake, D4, "x.jsonl", _jsonl([("a", "i1", f"{D4}T01:00:00Z")]))
-    with pytest.raises(OrderError, match="later days"):  # ingested as empty, so the change is refused
+    with pytest.raises(OrderError, match="later days"):  # after D3 was ingested, so they are refused
         steps.ingest(lake, D2, IngestConfig())
 
     # A day that was never ingested at all (no folder when its run went by) is refused everywhere.
@@ -186,6 +186,9 @@ def test_late_logs_before_the_last_ingested_day_are_refused_not_dropped(local_la
 
     # Renaming the folder drops the day on purpose; the rename is noted, and the later days go on.
     os.rename(_folder(lake, d0), _folder(lake, d0).with_name(f"dt={d0}.late"))
+    with pytest.raises(OrderError, match=rf"dt={D2}: its logs were never ingested"):  # D2's late logs, too
+        steps.pending_days(lake)
+    os.rename(_folder(lake, D2), _folder(lake, D2).with_name(f"dt={D2}.late"))
     assert steps.pending_days(lake) == [D4]
     result = steps.ingest(lake, D4, IngestConfig())
     assert any(f"dt={d0}.late: ignored" in n for n in result.notes)

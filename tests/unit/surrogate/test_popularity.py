@@ -25,8 +25,10 @@ def test_popularity_ranks_match_a_plain_loop():
     for u in range(users):
         expected = []
         for t in targets[u]:
-            above = [i for i in range(1, n_items + 1) if i not in masks[u] and counts[i - 1] > counts[t - 1]]
-            expected.append(len(above))  # ties in the target's favour, masked items never above
+            ahead = [
+                i for i in range(1, n_items + 1) if i != t and i not in masks[u] and counts[i - 1] >= counts[t - 1]
+            ]
+            expected.append(len(ahead))  # ties against the target (pessimistic rank), masked items never ahead
         assert got[u].tolist() == expected
     metrics = popularity_metrics(counts, data, ks=(5,))
     recall = np.mean([np.mean([r < 5 for r in got[u]]) for u in range(users)])
