@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 DAGS, PLUGINS = REPO / "dags", REPO / "plugins"
 
@@ -32,3 +34,23 @@ if "airflow" not in sys.modules:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="dealrec-airflow-home-")
 if str(PLUGINS) not in sys.path:
     sys.path.append(str(PLUGINS))
+
+
+# The DAGs as the dag-processor parses them, shared by the structure and Param tests.
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    return bag
+
+
+@pytest.fixture(scope="module")
+def daily(dagbag):
+    return dagbag.dags["dealrec_daily"]
+
+
+@pytest.fixture(scope="module")
+def finetune(dagbag):
+    return dagbag.dags["dealrec_finetune"]

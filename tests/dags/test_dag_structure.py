@@ -18,25 +18,6 @@ HEAVY = ("torch", "transformers", "peft", "pandas", "mlflow", "sklearn")
 GPU_TASKS = {"influence_solve", "influence", "base_model", "effort"}
 
 
-@pytest.fixture(scope="module")
-def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    assert bag.import_errors == {}
-    return bag
-
-
-@pytest.fixture(scope="module")
-def daily(dagbag):
-    return dagbag.dags["dealrec_daily"]
-
-
-@pytest.fixture(scope="module")
-def finetune(dagbag):
-    return dagbag.dags["dealrec_finetune"]
-
-
 def test_parsing_in_a_fresh_interpreter_imports_no_heavy_library(tmp_path):
     code = (
         "import json, sys\n"

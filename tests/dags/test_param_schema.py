@@ -16,28 +16,8 @@ import pytest
 
 from dealrec_tasks.errors import ConfigError
 from dealrec_tasks.steps.llm import base_model_dir
-from tests.dags.conftest import DAGS
 
 NAN = float("nan")
-
-
-@pytest.fixture(scope="module")
-def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    assert bag.import_errors == {}
-    return bag
-
-
-@pytest.fixture(scope="module")
-def daily(dagbag):
-    return dagbag.dags["dealrec_daily"]
-
-
-@pytest.fixture(scope="module")
-def finetune(dagbag):
-    return dagbag.dags["dealrec_finetune"]
 
 
 def refused(dag, key, value) -> bool:

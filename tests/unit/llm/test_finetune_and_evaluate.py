@@ -15,17 +15,9 @@ from dealrec_tasks.llm.evaluate import embed_for_grounding, embed_texts, grounde
 from dealrec_tasks.llm.grounding import topk as rank_by_l2
 from dealrec_tasks.llm.prompts import PromptTemplate, encode
 from dealrec_tasks.llm.tiny import load
+from tests.unit.llm.conftest import random_prompts
 
 CFG = FinetuneConfig(epochs=3, patience=5, batch_size=8, micro_batch_size=4, lr=5e-3)
-
-
-def _prompts(tok, titles, n, seed):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        hist = [titles[i] for i in rng.integers(0, len(titles), size=3)]
-        out.append(encode(tok, PromptTemplate(), hist, titles[int(rng.integers(len(titles)))], 512))
-    return out
 
 
 class Crash(Exception):
@@ -34,7 +26,7 @@ class Crash(Exception):
 
 def test_resume_after_crash_gives_the_same_adapter(tiny_dir, titles, tmp_path):
     tok, model = load(tiny_dir)
-    train, valid = _prompts(tok, titles, 20, 0), _prompts(tok, titles, 6, 1)
+    train, valid = random_prompts(tok, titles, 20, 0), random_prompts(tok, titles, 6, 1)
 
     def crash_after_two(epoch, state):
         if epoch == 2:
@@ -60,7 +52,7 @@ def test_resume_after_crash_gives_the_same_adapter(tiny_dir, titles, tmp_path):
 
 def test_early_stopping_keeps_the_best_epoch(tiny_dir, titles, tmp_path):
     tok, model = load(tiny_dir)
-    train, valid = _prompts(tok, titles, 16, 2), _prompts(tok, titles, 6, 3)
+    train, valid = random_prompts(tok, titles, 16, 2), random_prompts(tok, titles, 6, 3)
     cfg = FinetuneConfig(epochs=8, patience=1, batch_size=8, micro_batch_size=8, lr=0.5)  # diverges fast
     state = ft.finetune(model, tok.pad_token_id, train, valid, cfg, LoRAConfig(), tmp_path)
     losses = [h["valid_loss"] for h in state["history"]]
@@ -84,7 +76,7 @@ def test_rank_by_l2_matches_argsort():
 
 def test_grounded_evaluation_end_to_end_with_an_adapter(tiny_dir, titles, tmp_path):
     tok, model = load(tiny_dir)
-    train = _prompts(tok, titles, 8, 4)
+    train = random_prompts(tok, titles, 8, 4)
     state = ft.finetune(
         model,
         tok.pad_token_id,

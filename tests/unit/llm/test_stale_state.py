@@ -21,18 +21,10 @@ from dealrec_tasks.llm.tiny import load
 from dealrec_tasks.steps import llm as llm_steps
 from dealrec_tasks.storage import Lake
 from tests.conftest import synthetic_lake
+from tests.unit.llm.conftest import random_prompts
 
 CFG = FinetuneConfig(epochs=2, patience=5, batch_size=8, micro_batch_size=4, lr=5e-3)
 DT = "2026-01-05"
-
-
-def _prompts(tok, titles, n, seed):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        hist = [titles[i] for i in rng.integers(0, len(titles), size=3)]
-        out.append(encode(tok, PromptTemplate(), hist, titles[int(rng.integers(len(titles)))], 512))
-    return out
 
 
 def _adapter_bytes(folder) -> bytes:
@@ -59,7 +51,8 @@ def test_an_interrupted_run_on_another_coreset_is_not_resumed(tiny_dir, titles, 
     """The tester's case: a run on 12 rows stops after epoch 1; the coreset is replaced by 20 other rows. The next
     run trains on the 20 rows from epoch 1, exactly as a run in an empty folder does."""
     tok, _ = load(tiny_dir)
-    old, new, valid = _prompts(tok, titles, 12, 0), _prompts(tok, titles, 20, 1), _prompts(tok, titles, 6, 2)
+    old, new = random_prompts(tok, titles, 12, 0), random_prompts(tok, titles, 20, 1)
+    valid = random_prompts(tok, titles, 6, 2)
     with pytest.raises(Crash):
         _run(tiny_dir, old, valid, tmp_path / "work", on_epoch_end=_crash_after_one)
     state = _run(tiny_dir, new, valid, tmp_path / "work")
@@ -75,7 +68,7 @@ def test_an_interrupted_run_on_another_coreset_is_not_resumed(tiny_dir, titles, 
 
 def test_a_finished_run_of_another_base_model_or_lora_is_not_reused(tiny_dir, titles, tmp_path):
     tok, _ = load(tiny_dir)
-    train, valid = _prompts(tok, titles, 12, 3), _prompts(tok, titles, 6, 4)
+    train, valid = random_prompts(tok, titles, 12, 3), random_prompts(tok, titles, 6, 4)
     first = _run(tiny_dir, train, valid, tmp_path / "work")
     first_adapter = _adapter_bytes(tmp_path / "work")
 
@@ -96,7 +89,7 @@ def test_a_run_on_other_data_that_fails_in_its_first_epoch_leaves_nothing_to_pub
     """Clearing happens before training: a new run that dies before its first checkpoint leaves neither the old
     run's resume pointer nor its adapter behind, so a retry cannot resume or publish it."""
     tok, _ = load(tiny_dir)
-    train, valid = _prompts(tok, titles, 12, 5), _prompts(tok, titles, 6, 6)
+    train, valid = random_prompts(tok, titles, 12, 5), random_prompts(tok, titles, 6, 6)
     _run(tiny_dir, train, valid, tmp_path / "work")
     assert (tmp_path / "work" / ft.LATEST).exists() and (tmp_path / "work" / ft.BEST).exists()
     broken = list(train)
@@ -110,7 +103,7 @@ def test_a_run_on_other_data_that_fails_in_its_first_epoch_leaves_nothing_to_pub
 
 def test_an_unreadable_resume_pointer_starts_fresh(tiny_dir, titles, tmp_path):
     tok, _ = load(tiny_dir)
-    train, valid = _prompts(tok, titles, 12, 7), _prompts(tok, titles, 6, 8)
+    train, valid = random_prompts(tok, titles, 12, 7), random_prompts(tok, titles, 6, 8)
     work = tmp_path / "work"
     work.mkdir()
     (work / ft.LATEST).write_text(json.dumps({"epoch": 0, "checkpoint": "epoch-000", "config": CFG.to_dict()}))
