@@ -10,6 +10,7 @@ import csv
 import datetime as dt_mod
 import io
 import json
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +38,23 @@ WRONG_DAY = "wrong_day"
 UNKNOWN_COLUMNS = "unknown_columns"
 DUPLICATE = "duplicate"
 INVALID_UTF8 = "invalid_utf8"
-REASONS = (MALFORMED, NULL_ID, WRONG_DAY, UNKNOWN_COLUMNS, DUPLICATE, INVALID_UTF8)
+BAD_ID = "bad_id"
+REASONS = (MALFORMED, NULL_ID, BAD_ID, WRONG_DAY, UNKNOWN_COLUMNS, DUPLICATE, INVALID_UTF8)
+
+# The id contract (README "Ingest rules"): an id is UTF-8 text of 1 to ID_MAX_CHARS characters, with no control
+# character and no leading or trailing whitespace, and not a null written as text. Integers of a typed file
+# (a Parquet integer column, a JSON integer) are taken as their decimal text. Nothing else is an id: a float, a
+# boolean, a list or a struct would be turned into text that merges with other ids (True became user "1").
+ID_MAX_CHARS = 256
+_ID_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: the value may be a list
+class NotAnId:
+    """A value of a type that is not an id (kept as it was read, for the reject's raw value)."""
+
+    kind: str  # what it is, for the reason: "a JSON boolean", "a Parquet double column"
+    value: object
 
 
 def is_log_file(name: str) -> bool:
@@ -78,6 +95,12 @@ class ParsedLog:
 
 
 def _json_safe(value: object) -> object:
+    if isinstance(value, NotAnId):
+        return _json_safe(value.value)
+    if isinstance(value, np.ndarray):  # a Parquet list value
+        return [_json_safe(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -172,16 +195,21 @@ def _parse_parquet(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
         recs = df.astype(object).where(df.notna(), None).to_dict("records")
         return ParsedLog(_frame(source, [], []), [_reject(source, r, bad_columns, rec) for r, rec in zip(rows, recs)])
 
-    def ids(col: pd.Series) -> np.ndarray:
+    def ids(name: str) -> np.ndarray:
+        col = df[name]
         values = col.astype(object).where(col.notna(), None)
+        arrow_type = table.schema.field(name).type
+        if not _parquet_id_type(arrow_type):
+            kind = f"a Parquet {arrow_type} column"
+            return values.map(lambda v: None if v is None else NotAnId(kind, v)).to_numpy()
         return (values if pd.api.types.is_string_dtype(col) else values.map(_id_str)).to_numpy()
 
     out = pd.DataFrame(
         {
             "source_file": source,
             "row": np.asarray(rows, dtype=np.int64),
-            "user_id": ids(df["user_id"]),
-            "item_id": ids(df["item_id"]),
+            "user_id": ids("user_id"),
+            "item_id": ids("item_id"),
             "ts_raw": _ts_raw(df["ts"]),  # stringified only for rejected rows
         }
     )
@@ -222,6 +250,29 @@ def _raw_text(v: object) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
         return "null"
     return str(v)
+
+
+def _parquet_id_type(t: pa.DataType) -> bool:
+    """Text, binary (UTF-8 checked per value) or integer columns hold ids; dictionary-encoded ones too."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_integer(t)
+    )
+
+
+_JSON_KINDS = {bool: "a JSON boolean", float: "a JSON number with a fraction or exponent", list: "a JSON array"}
+
+
+def _json_id(v: object) -> object:
+    """A JSON id as the contract takes it: text as is, an integer as its decimal text, anything else NotAnId."""
+    if isinstance(v, bool) or isinstance(v, (float, list, dict)):
+        return NotAnId(_JSON_KINDS.get(type(v), "a JSON object"), v)
+    return _id_str(v)
 
 
 def _id_str(v: object) -> str | None:
@@ -356,7 +407,7 @@ def _parse_jsonl(source: str, data: bytes, allow_extra: bool) -> ParsedLog:
         numbers.append(line_no)
     for rec in records:
         for c in ("user_id", "item_id"):
-            rec[c] = _id_str(rec[c]) if not isinstance(rec[c], (dict, list, float, bool)) else None
+            rec[c] = _json_id(rec[c])
     return ParsedLog(_frame(source, records, numbers), rejects)
 
 
@@ -403,6 +454,8 @@ def validate_day(parsed: list[ParsedLog], dt: str) -> ValidatedDay:
         # user (or item) in the vocab.
         null_text = text.map(lambda v: isinstance(v, str) and v.lower() in NULL_TEXTS)
         mark(null_text, lambda r, c=col: f"{NULL_ID}: {c} is " + r[c].map(repr) + ", a null written as text")
+        for mask, why in _id_contract_breaches(rows[col], col):
+            mark(mask, why)
     not_ts = " is not an ISO-8601 timestamp"
     mark(rows["ts"].isna(), lambda r: MALFORMED + ": ts " + r["ts_raw"].map(_raw_text) + not_ts)
     outside = rows["ts"].notna() & ((rows["ts"] < day_start) | (rows["ts"] >= day_end))
@@ -425,6 +478,36 @@ def validate_day(parsed: list[ParsedLog], dt: str) -> ValidatedDay:
     clean = rows.loc[~bad, ["user_id", "item_id", "ts", "source_file", "row"]]
     clean = clean.sort_values(["ts", "source_file", "row"], kind="stable").reset_index(drop=True)
     return ValidatedDay(clean, _rejects_table(rejects), unreadable)
+
+
+def _shown_id(v: str) -> str:
+    return repr(v) if len(v) <= 80 else repr(v[:80]) + "..."
+
+
+def _id_contract_breaches(ids: pd.Series, col: str) -> list[tuple[pd.Series, object]]:
+    """(rows, reason) for each way the column's values break the id contract (``ID_MAX_CHARS`` and above)."""
+    not_an_id = ids.map(lambda v: isinstance(v, NotAnId)).astype(bool)
+    text = ids.map(lambda v: v if isinstance(v, str) else "")
+    control = text.map(lambda v: _ID_CONTROL.search(v) is not None).astype(bool)
+    padded = text != text.str.strip()
+    long = text.str.len() > ID_MAX_CHARS
+
+    def first_control(r: pd.DataFrame) -> pd.Series:
+        return r[col].map(
+            lambda v: f"{BAD_ID}: {col} {_shown_id(v)} holds a control character "
+            f"(U+{ord(_ID_CONTROL.search(v).group()):04X})"
+        )
+
+    return [
+        (not_an_id, lambda r: f"{BAD_ID}: {col} is " + r[col].map(lambda v: v.kind) + " (ids are text or integers)"),
+        (control, first_control),
+        (padded, lambda r: f"{BAD_ID}: {col} " + r[col].map(_shown_id) + " has leading or trailing whitespace"),
+        (
+            long,
+            lambda r: f"{BAD_ID}: {col} is " + r[col].map(lambda v: f"{len(v):,}") + f" characters long "
+            f"(at most {ID_MAX_CHARS})",
+        ),
+    ]
 
 
 def _rejects_table(rejects: list[dict]) -> pa.Table:

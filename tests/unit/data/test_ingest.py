@@ -234,3 +234,72 @@ def test_append_to_sequences_matches_a_plain_loop():
     for uu, events in expected.items():
         assert got[uu]["items"] == [e[0] for e in events]
         assert got[uu]["user_id"] == f"u{uu}"
+
+
+def test_the_id_contract_rejects_what_is_not_an_id_and_keeps_its_raw_value(local_lake: Lake):
+    """Issue 29, item 6: Parquet ids of float, bool, list or struct type were turned into text (``True`` merged with
+    user "1"), padded ids became second users, ids with control characters or 1 MB long were accepted, and JSON
+    ids 1.5, true or ["a"] became ``null_id`` with the value lost."""
+    ts = "2026-03-01T01:00:00Z"
+    huge = "u" * (1 << 20)
+    _put(local_lake, DT, "floats.parquet", _parquet([{"user_id": 1.5, "item_id": "i1", "ts": ts}]))
+    _put(local_lake, DT, "bools.parquet", _parquet([{"user_id": True, "item_id": "i1", "ts": ts}]))
+    _put(local_lake, DT, "lists.parquet", _parquet([{"user_id": ["a"], "item_id": "i1", "ts": ts}]))
+    _put(local_lake, DT, "structs.parquet", _parquet([{"user_id": {"a": 1}, "item_id": "i1", "ts": ts}]))
+    _put(local_lake, DT, "ints.parquet", _parquet([{"user_id": 1, "item_id": "i2", "ts": ts}]))
+    lines = [
+        {"user_id": 1.5, "item_id": "i1", "ts": ts},
+        {"user_id": True, "item_id": "i1", "ts": ts},
+        {"user_id": ["a"], "item_id": "i1", "ts": ts},
+        {"user_id": {"a": 1}, "item_id": "i1", "ts": ts},
+        {"user_id": "1", "item_id": "i1", "ts": ts},  # the same user as the Parquet integer 1
+        {"user_id": " U000001 ", "item_id": "i1", "ts": ts},
+        {"user_id": "U000001", "item_id": "i\u0000x", "ts": ts},
+        {"user_id": "U000001", "item_id": "i\nx", "ts": ts},
+        {"user_id": "U000001", "item_id": "i\tx", "ts": ts},
+        {"user_id": huge, "item_id": "i1", "ts": ts},
+        {"user_id": "U000001", "item_id": "i3", "ts": ts},
+        {"user_id": "Ünïcode-ü", "item_id": "i3", "ts": ts},
+    ]
+    _put(local_lake, DT, "log.jsonl", "\n".join(json.dumps(x) for x in lines).encode())
+    res = steps.ingest(local_lake, DT, IngestConfig())
+    rejects = {(r["source_file"], r["row"]): r for r in _rejects(local_lake, DT)}
+    reasons = {k: r["reason"] for k, r in rejects.items()}
+    assert reasons[("floats.parquet", 1)] == "bad_id: user_id is a Parquet double column (ids are text or integers)"
+    assert reasons[("bools.parquet", 1)] == "bad_id: user_id is a Parquet bool column (ids are text or integers)"
+    assert reasons[("lists.parquet", 1)].startswith("bad_id: user_id is a Parquet list<")
+    assert reasons[("structs.parquet", 1)].startswith("bad_id: user_id is a Parquet struct<")
+    assert reasons[("log.jsonl", 1)] == (
+        "bad_id: user_id is a JSON number with a fraction or exponent (ids are text or integers)"
+    )
+    assert reasons[("log.jsonl", 2)] == "bad_id: user_id is a JSON boolean (ids are text or integers)"
+    assert reasons[("log.jsonl", 3)] == "bad_id: user_id is a JSON array (ids are text or integers)"
+    assert reasons[("log.jsonl", 4)] == "bad_id: user_id is a JSON object (ids are text or integers)"
+    assert reasons[("log.jsonl", 6)] == "bad_id: user_id ' U000001 ' has leading or trailing whitespace"
+    assert reasons[("log.jsonl", 7)] == "bad_id: item_id 'i\\x00x' holds a control character (U+0000)"
+    assert reasons[("log.jsonl", 8)] == "bad_id: item_id 'i\\nx' holds a control character (U+000A)"
+    assert reasons[("log.jsonl", 9)] == "bad_id: item_id 'i\\tx' holds a control character (U+0009)"
+    assert reasons[("log.jsonl", 10)] == "bad_id: user_id is 1,048,576 characters long (at most 256)"
+    # Every raw value is kept as it was read: the type, the padding, the whole 1 MB id.
+    raw = {k: json.loads(r["raw"]) for k, r in rejects.items()}
+    assert raw[("floats.parquet", 1)]["user_id"] == 1.5 and raw[("bools.parquet", 1)]["user_id"] is True
+    assert raw[("lists.parquet", 1)]["user_id"] == ["a"] and raw[("structs.parquet", 1)]["user_id"] == {"a": 1}
+    assert [raw[("log.jsonl", k)]["user_id"] for k in (1, 2, 3, 4)] == [1.5, True, ["a"], {"a": 1}]
+    assert raw[("log.jsonl", 6)]["user_id"] == " U000001 " and raw[("log.jsonl", 10)]["user_id"] == huge
+    assert raw[("log.jsonl", 7)]["item_id"] == "i\u0000x"
+    assert res.counts["rejected_bad_id"] == 13 and res.counts["accepted"] == 4
+    users = sorted(read_sequences(local_lake, DT)[0].column("user_id").to_pylist())
+    assert users == ["1", "U000001", "Ünïcode-ü"]  # the integer 1 and the text "1" are one user; nothing else
+
+
+def test_id_contract_in_csv_logs(local_lake: Lake):
+    """A CSV id is text as written: padding and control characters are refused, not stripped into another id."""
+    text = 'user_id,item_id,ts\n"u1 ",i1,2026-03-01T01:00:00Z\nu1,"i\x1f",2026-03-01T01:00:00Z\nu1,i1,2026-03-01T02:00:00Z\n'
+    _put(local_lake, DT, "log.csv", text.encode())
+    res = steps.ingest(local_lake, DT, IngestConfig())
+    reasons = sorted(r["reason"] for r in _rejects(local_lake, DT))
+    assert reasons == [
+        "bad_id: item_id 'i\\x1f' holds a control character (U+001F)",
+        "bad_id: user_id 'u1 ' has leading or trailing whitespace",
+    ]
+    assert res.counts["accepted"] == 1
