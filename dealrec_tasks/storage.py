@@ -17,6 +17,7 @@ import json
 import os
 import posixpath
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -162,6 +163,33 @@ class Storage:
                     out[obj["Key"][len(prefix) :]] = "file"
             for sub in page.get("CommonPrefixes", []):
                 out.setdefault(sub["Prefix"][len(prefix) : -1], "directory")
+        return out
+
+    def file_stats(self, uri: str) -> dict[str, tuple[int, str]]:
+        """Relative path -> (size in bytes, version) of every regular file at any depth under ``uri``, from one
+        listing (nothing opened; empty when ``uri`` does not exist).
+
+        The version changes whenever the content may have: on S3 the ETag, locally the modification and change
+        times (``st_ctime_ns`` cannot be set back by a copy that keeps the old mtime). Equal versions mean an
+        unchanged file; a different version with an equal size may still be the same bytes (a chmod, a
+        multipart re-upload), so a caller that must know compares a checksum of those files only.
+        """
+        fs, path = self.resolve(uri)
+        out: dict[str, tuple[int, str]] = {}
+        if isinstance(fs, pafs.LocalFileSystem):
+            for top, _dirs, files in os.walk(path):  # never follows a symlinked folder
+                for name in files:
+                    st = os.lstat(os.path.join(top, name))
+                    if stat.S_ISREG(st.st_mode):
+                        rel = posixpath.relpath(os.path.join(top, name), path)
+                        out[rel] = (st.st_size, f"mtime {st.st_mtime_ns} ctime {st.st_ctime_ns}")
+            return out
+        bucket, _, key = path.partition("/")
+        prefix = key.rstrip("/") + "/" if key else ""
+        for page in self._boto().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                if obj["Key"] != prefix and not obj["Key"].endswith("/"):
+                    out[obj["Key"][len(prefix) :]] = (int(obj["Size"]), f"etag {obj['ETag']}")
         return out
 
     # -- bytes --------------------------------------------------------------------------------------------

@@ -270,7 +270,7 @@ _JSON_KINDS = {bool: "a JSON boolean", float: "a JSON number with a fraction or 
 
 def _json_id(v: object) -> object:
     """A JSON id as the contract takes it: text as is, an integer as its decimal text, anything else NotAnId."""
-    if isinstance(v, bool) or isinstance(v, (float, list, dict)):
+    if isinstance(v, (bool, float, list, dict)):  # bool before int: True is an int
         return NotAnId(_JSON_KINDS.get(type(v), "a JSON object"), v)
     return _id_str(v)
 
@@ -492,21 +492,18 @@ def _id_contract_breaches(ids: pd.Series, col: str) -> list[tuple[pd.Series, obj
     padded = text != text.str.strip()
     long = text.str.len() > ID_MAX_CHARS
 
-    def first_control(r: pd.DataFrame) -> pd.Series:
-        return r[col].map(
-            lambda v: f"{BAD_ID}: {col} {_shown_id(v)} holds a control character "
-            f"(U+{ord(_ID_CONTROL.search(v).group()):04X})"
-        )
+    def control_reason(v: str) -> str:
+        code = ord(_ID_CONTROL.search(v).group())
+        return f"{BAD_ID}: {col} {_shown_id(v)} holds a control character (U+{code:04X})"
+
+    def long_reason(v: str) -> str:
+        return f"{BAD_ID}: {col} is {len(v):,} characters long (at most {ID_MAX_CHARS})"
 
     return [
         (not_an_id, lambda r: f"{BAD_ID}: {col} is " + r[col].map(lambda v: v.kind) + " (ids are text or integers)"),
-        (control, first_control),
+        (control, lambda r: r[col].map(control_reason)),
         (padded, lambda r: f"{BAD_ID}: {col} " + r[col].map(_shown_id) + " has leading or trailing whitespace"),
-        (
-            long,
-            lambda r: f"{BAD_ID}: {col} is " + r[col].map(lambda v: f"{len(v):,}") + f" characters long "
-            f"(at most {ID_MAX_CHARS})",
-        ),
+        (long, lambda r: r[col].map(long_reason)),
     ]
 
 

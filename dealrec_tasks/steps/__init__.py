@@ -5,6 +5,7 @@ This package is the only place that knows both the lake layout and the computati
 
 from dealrec_tasks.steps.common import StepResult
 from dealrec_tasks.steps.data import (
+    changed_days,
     compact,
     import_dealrec,
     ingest,
@@ -18,6 +19,7 @@ from dealrec_tasks.steps.data import (
 
 __all__ = [
     "StepResult",
+    "changed_days",
     "compact",
     "import_dealrec",
     "ingest",

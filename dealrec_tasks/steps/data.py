@@ -267,6 +267,58 @@ def _with_logs(lake: Lake, days: list[str]) -> list[str]:
     ]
 
 
+LISTING = "listing"  # in a sequences manifest's source: the day's log files as listed when they were read
+
+
+def _log_listings(lake: Lake, dt: str | None = None) -> dict[str, dict[str, list]]:
+    """Day -> {log file name: [size, version]} from one listing of the interactions folder (of day ``dt`` only
+    when given): the log files a day's ingest reads, without opening any."""
+    root = lake.uri(INTERACTIONS) if dt is None else lake.partition(INTERACTIONS, dt)
+    out: dict[str, dict[str, list]] = {}
+    for rel, (size, version) in lake.storage.file_stats(root).items():
+        folder, _, name = rel.rpartition("/") if dt is None else ("", "", rel)
+        day = _log_day(folder) if dt is None else dt
+        if day is not None and name and "/" not in name and ingest_mod.is_log_file(name):
+            out.setdefault(day, {})[name] = [size, version]
+    return out
+
+
+def _listing_change(lake: Lake, day: str, manifest: dict, now: dict[str, list]) -> str | None:
+    """How day ``day``'s log files differ from those it was ingested from, or None.
+
+    Names and sizes come from the listings alone. A file of equal size whose version changed (a rewrite, a touch,
+    a chmod) is read and compared by checksum, only then. A file removed since (a retention policy) is no change:
+    what was ingested from it is still right.
+    """
+    source = manifest.get("source", {})
+    recorded = source.get(LISTING)
+    if recorded is None:  # ingested before listings were recorded: nothing to compare
+        return None
+    changes = [f"{shown_name(n)} added ({now[n][0]:,} bytes)" for n in sorted(set(now) - set(recorded))]
+    for name in sorted(set(now) & set(recorded)):
+        (size, version), (old_size, old_version) = now[name], recorded[name]
+        if size != old_size:
+            changes.append(f"{shown_name(name)}: {old_size:,} -> {size:,} bytes")
+        elif version != old_version:
+            data = lake.storage.read_bytes(join_uri(lake.partition(INTERACTIONS, day), name))
+            if sha256(data) != source.get("files", {}).get(name):
+                changes.append(f"{shown_name(name)}: its content changed ({size:,} bytes)")
+    return "; ".join(changes) or None
+
+
+def changed_days(lake: Lake, days: list[str] | None = None) -> dict[str, str]:
+    """Ingested day -> how its logs changed since (``_listing_change``), for ``days`` (default: every ingested day).
+    One listing of the interactions folder; a day's files are read only when the listing cannot tell."""
+    days = lake.partitions(SEQUENCES) if days is None else days
+    listings = _log_listings(lake)
+    out = {}
+    for day in days:
+        why = _listing_change(lake, day, lake.require_manifest(SEQUENCES, day), listings.get(day, {}))
+        if why:
+            out[day] = why
+    return out
+
+
 def _vocab_sha256(vocab_manifest: dict) -> dict[str, str]:
     return {name: entry["sha256"] for name, entry in vocab_manifest["files"].items()}
 
@@ -311,6 +363,7 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig, allow_future: bool = False) -
     with a note. A day after tomorrow (UTC) is refused unless ``allow_future`` (``config.check_not_future``).
     """
     dt = Day(dt)
+    listing = _log_listings(lake, dt).get(dt, {})  # before reading: a file rewritten meanwhile shows as changed
     files, skipped_files = _log_files(lake, dt)
     notes = _stray_notes(lake) + lake.stray_notes(*DAY_DATASETS)
     if skipped_files:
@@ -406,7 +459,8 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig, allow_future: bool = False) -
             "run samples for this day again"
         )
     config = cfg.to_dict()
-    extra = {"counts": counts, "source": {"files": fingerprint, "previous_dt": previous}}
+    source = {"files": fingerprint, "previous_dt": previous, LISTING: {n: listing[n] for n in files if n in listing}}
+    extra = {"counts": counts, "source": source}
     # Unreadable files are kept whole, so nothing is lost even when no row could be parsed.
     blobs = {f"files/{n}": files[n] for n in day.unreadable_files}
     rejects_pub = lake.publish(REJECTS, dt, {"rejects.parquet": day.rejects}, config=config, extra=extra, blobs=blobs)
@@ -444,10 +498,11 @@ def _ingest_uris(lake: Lake, dt: str) -> dict[str, str]:
 
 
 def pending_days(lake: Lake) -> list[str]:
-    """Log days after the last ingested one, in order.
+    """Log days after the last ingested one, in order, led by the last one when its logs changed since.
 
     A log day before it that was never ingested (its logs arrived late) is an OrderError: returning only the days
-    after the last one dropped it silently, with "no pending days".
+    after the last one dropped it silently, with "no pending days". So is an ingested day whose logs changed
+    (``changed_days``) with later days built on it: "no pending days" hid that the lake no longer matches its logs.
     """
     done = lake.partitions(SEQUENCES)
     last = max(done, default="")
@@ -455,7 +510,16 @@ def pending_days(lake: Lake) -> list[str]:
     late = _with_logs(lake, [d for d in days if d < last and d not in done])  # a folder without logs is not late
     if late:
         raise _late_day_error(lake, late[0], last)
-    return [d for d in days if d > last]
+    changed = changed_days(lake, done)
+    middle = [d for d in changed if d < last]
+    if middle:
+        day, later = middle[0], [d for d in done if d > middle[0]]
+        shown = later[0] if len(later) == 1 else f"{later[0]}..{later[-1]} ({len(later)} days)"
+        raise OrderError(
+            f"dt={day}: its logs changed since it was ingested ({changed[day]}), but later days {shown} were built "
+            f"on it; re-ingest from {day} onward after removing {lake.uri(SEQUENCES)}/dt>{day}"
+        )
+    return ([last] if last in changed else []) + [d for d in days if d > last]
 
 
 def compact(lake: Lake, dt: str, cfg: CompactConfig) -> StepResult:

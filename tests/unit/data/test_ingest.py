@@ -294,7 +294,10 @@ def test_the_id_contract_rejects_what_is_not_an_id_and_keeps_its_raw_value(local
 
 def test_id_contract_in_csv_logs(local_lake: Lake):
     """A CSV id is text as written: padding and control characters are refused, not stripped into another id."""
-    text = 'user_id,item_id,ts\n"u1 ",i1,2026-03-01T01:00:00Z\nu1,"i\x1f",2026-03-01T01:00:00Z\nu1,i1,2026-03-01T02:00:00Z\n'
+    text = (
+        'user_id,item_id,ts\n"u1 ",i1,2026-03-01T01:00:00Z\n'
+        'u1,"i\x1f",2026-03-01T01:00:00Z\nu1,i1,2026-03-01T02:00:00Z\n'
+    )
     _put(local_lake, DT, "log.csv", text.encode())
     res = steps.ingest(local_lake, DT, IngestConfig())
     reasons = sorted(r["reason"] for r in _rejects(local_lake, DT))

@@ -363,3 +363,63 @@ def test_reingest_with_changed_logs_hides_the_days_samples(local_lake: Lake):
     assert [(r["user_id"], [items[i] for i in r["targets"]]) for r in test_rows] == [("a", ["i9", "i3"])]
     identity = lake.require_manifest(SEQUENCES, D2)["chain_sha256"]
     assert lake.require_manifest(SAMPLES, D2)["source"]["sequences_sha256"] == identity
+
+
+def test_a_changed_middle_day_is_named_from_the_listings(lake: Lake, capsys):
+    """Issue 29, item 8: logs of a day changed after later days were built on it, and ``ingest --all`` said "no
+    pending days". The sequences manifest records the listing each day was ingested from; a change is named in
+    one line, by names and sizes alone (a file of equal size whose version changed is checked by checksum)."""
+    _put(lake, D1, "x.jsonl", _jsonl(DAY1))
+    _put(lake, D2, "x.jsonl", _jsonl(DAY2))
+    _put(lake, D3, "x.jsonl", _jsonl(DAY3))
+    for day in (D1, D2, D3):
+        steps.ingest(lake, day, IngestConfig())
+    assert steps.pending_days(lake) == [] and steps.changed_days(lake) == {}
+    recorded = lake.require_manifest(SEQUENCES, D1)["source"]["listing"]
+    assert list(recorded) == ["x.jsonl"] and recorded["x.jsonl"][0] == len(_jsonl(DAY1))
+
+    # The same bytes written again (a new mtime, a new ETag on some stores) are no change.
+    _put(lake, D1, "x.jsonl", _jsonl(DAY1))
+    assert steps.pending_days(lake) == []
+
+    # A row appended to D1: named with its sizes, and D2..D3 built on it.
+    grown = _jsonl(DAY1 + [("late", "i9", f"{D1}T23:00:00Z")])
+    _put(lake, D1, "x.jsonl", grown)
+    size = f"{len(_jsonl(DAY1)):,} -> {len(grown):,} bytes"
+    for call in (lambda: steps.pending_days(lake), lambda: ingest_until(lake, D4, IngestConfig())):
+        with pytest.raises(OrderError) as err:
+            call()
+        assert str(err.value).startswith(
+            f"dt={D1}: its logs changed since it was ingested (x.jsonl: {size}), but later days {D2}..{D3} (2 days) "
+            "were built on it"
+        )
+    root = lake.storage.resolve(lake.root)[1] if lake.root.startswith("file://") else None
+    if root:
+        assert main(["--lake", root, "ingest", "--all"]) == 2
+        err = capsys.readouterr().err
+        assert f"dt={D1}: its logs changed" in err and "no pending days" not in err
+        assert len(err.strip().splitlines()) == 1
+
+    # Same size, other bytes: only the checksum can tell, and only this file is read for it.
+    swapped = _jsonl(DAY1).replace(b'"i1"', b'"i7"', 1)
+    assert len(swapped) == len(_jsonl(DAY1))
+    _put(lake, D1, "x.jsonl", swapped)
+    with pytest.raises(OrderError, match=rf"dt={D1}: its logs changed since it was ingested \(x.jsonl: its content"):
+        steps.pending_days(lake)
+    _put(lake, D1, "x.jsonl", _jsonl(DAY1))  # put back: nothing changed after all
+
+    # A file added to a middle day is a change; one removed (a retention policy) is not.
+    _put(lake, D2, "more.csv", b"user_id,item_id,ts\nq,i1,2026-03-02T05:00:00Z\n")
+    with pytest.raises(OrderError, match=rf"dt={D2}: .*\(more.csv added \(\d+ bytes\)\), but later days {D3} were"):
+        steps.pending_days(lake)
+    lake.storage.delete(join_uri(lake.partition(INTERACTIONS, D2), "more.csv"))
+    lake.storage.delete(join_uri(lake.partition(INTERACTIONS, D2), "x.jsonl"))
+    assert steps.pending_days(lake) == []
+
+    # The last day changed: nothing is built on it, so --all ingests it again (as ingest --dt would).
+    _put(lake, D3, "x.jsonl", _jsonl(DAY3 + [("late", "i9", f"{D3}T23:00:00Z")]))
+    assert steps.pending_days(lake) == [D3]
+    result = ingest_until(lake, D3, IngestConfig())
+    assert result.changed and steps.pending_days(lake) == []
+    users = read_sequences(lake, D3)[0].column("user_id").to_pylist()
+    assert "late" in users
