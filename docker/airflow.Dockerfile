@@ -18,7 +18,7 @@ RUN pip install --no-cache-dir --no-deps /opt/dealrec
 
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 plugins /opt/airflow/plugins
-COPY --chown=airflow:0 docker/entrypoint.sh docker/check_secrets.py docker/create_buckets.py docker/s3_identities.py docker/create_mlflow_user.py /opt/dealrec/
+COPY --chown=airflow:0 docker/entrypoint.sh docker/check_secrets.py docker/create_buckets.py docker/s3_identities.py docker/create_mlflow_user.py docker/create_airflow_users.py /opt/dealrec/
 
 # Models are local Hugging Face directories mounted from the host: never reach for a hub.
 ENV HF_HUB_OFFLINE=1 \

@@ -3,8 +3,9 @@
 docker/entrypoint.sh runs this before anything else. The variables to check are named in
 ``DEALREC_REQUIRED_SECRETS`` (comma or space separated), set per service in docker-compose.yaml, so each service
 checks the secrets it holds and only those. Compose's ``${VAR:?}`` already stops on an unset or empty .env entry;
-this catches what compose cannot: ``change-me`` left in place, a password hidden inside a database URL, a Fernet
-key that is not one, an MLflow password MLflow would refuse. Exit 1 with one line per bad variable.
+this catches what compose cannot: ``change-me`` left in place, a password hidden inside a database or broker URL
+(or missing from it), a Fernet key that is not one, an MLflow password MLflow would refuse. Exit 1 with one line per
+bad variable; a secret's value is never printed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ DOTENV_NAME = {
     "AIRFLOW__API__SECRET_KEY": "AIRFLOW_API_SECRET_KEY",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "AIRFLOW_DB_PASSWORD",
     "AIRFLOW__CELERY__RESULT_BACKEND": "AIRFLOW_DB_PASSWORD",
+    "AIRFLOW__CELERY__BROKER_URL": "REDIS_PASSWORD",
     "MLFLOW_AUTH_DATABASE_URI": "MLFLOW_DB_PASSWORD",
     "MLFLOW_AUTH_ADMIN_PASSWORD": "MLFLOW_ADMIN_PASSWORD",
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "MLFLOW_SERVER_SECRET_KEY",
@@ -47,13 +49,22 @@ def _fernet_problem(value: str) -> str | None:
     return None
 
 
+def _is_server_url(value: str) -> bool:
+    try:
+        return bool(re.match(r"^[a-z][a-z0-9+.-]*://", value, re.I) and urlsplit(value).hostname)
+    except ValueError:
+        return False
+
+
 def problem(name: str, value: str | None) -> str | None:
     """Why ``value`` is not acceptable for ``name`` (a phrase that follows the name), or None."""
     if value is None:
         return " is not set"
     secret, subject = value, ""
-    if _URL_WITH_PASSWORD.match(value):  # a database URL: the secret is its password
+    if _URL_WITH_PASSWORD.match(value):  # a database or broker URL: the secret is its password
         secret, subject = unquote(urlsplit(value).password or ""), ": its password"
+    elif _is_server_url(value):  # redis://redis:6379/0 listed as a secret: the server would take anyone
+        return " is a URL without a password; put the password in it (user:PASSWORD@host, or :PASSWORD@host)"
     how = MAKE_FERNET if name == "AIRFLOW__CORE__FERNET_KEY" else MAKE_SECRET
     if not secret.strip():
         return f"{subject} is empty; make one with {how}"

@@ -2,8 +2,7 @@
 # Entry point of both images. Three jobs before handing over to the official Airflow entrypoint:
 # - refuse to start when a secret this service holds (DEALREC_REQUIRED_SECRETS, set per service in
 #   docker-compose.yaml) is unset, empty, still .env.example's `change-me`, or not valid (check_secrets.py);
-# - write the simple auth manager's passwords file from AIRFLOW_ADMIN_USER/AIRFLOW_ADMIN_PASSWORD, so the login of
-#   the UI and of the REST API (/auth/token) is the one in .env instead of a random one printed once in a log;
+# - write MLflow's basic-auth ini (it holds the database password) readable by its owner only;
 # - run the non-Airflow programs of this image (the MLflow server, the bucket job, the dealrec CLI) directly: the
 #   official entrypoint would wait for the Airflow database and run anything else as `airflow <args>` (so
 #   `celery worker -q gpu` is `airflow celery worker -q gpu`).
@@ -26,24 +25,15 @@ cfg["mlflow"] = {
 }
 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
 fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+os.fchmod(fd, 0o600)  # a .tmp left by an earlier run keeps its old mode through O_CREAT
 with os.fdopen(fd, "w") as f:
     cfg.write(f)
 os.replace(path + ".tmp", path)
 PY
 fi
 
-if [[ -n "${AIRFLOW_ADMIN_PASSWORD:-}" ]]; then
-  passwords_file="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-${AIRFLOW_HOME:-/opt/airflow}/simple_auth_manager_passwords.json.generated}"
-  python - "${passwords_file}" <<'PY'
-import json, os, sys
-path = sys.argv[1]
-os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-tmp = path + ".tmp"
-with open(tmp, "w") as f:
-    json.dump({os.environ.get("AIRFLOW_ADMIN_USER", "admin"): os.environ["AIRFLOW_ADMIN_PASSWORD"]}, f)
-os.replace(tmp, path)
-PY
-fi
+# Airflow's logins are the FAB auth manager's users, in Airflow's database: the airflow-init job creates the admin
+# (create_airflow_users.py); no passwords file is written here.
 
 case "${1:-}" in
   mlflow | dealrec | python)

@@ -16,11 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import quote as url_quote
-from urllib.parse import unquote, urlparse
 
 from dealrec_tasks.errors import ConfigError, InputError
-from dealrec_tasks.tracking.config import TrackingConfig, redact_uri
+from dealrec_tasks.tracking.config import TrackingConfig, redact_uri, scrub
 
 T = TypeVar("T")
 _ENV_LOCK = threading.Lock()
@@ -197,10 +195,8 @@ def _id(exp) -> str | None:
 
 
 def _short(exc: BaseException | None, uri: str = "") -> str:
-    """The exception's text on one line, at most 300 characters, without the password of ``uri``."""
+    """The exception's text on one line, at most 300 characters, without the secrets of ``uri`` (its password, a
+    token used as its user, credential query parameters)."""
     text = " ".join(str(exc).split()) if exc is not None else "no answer"
-    password = urlparse(uri).password if uri else None
-    if password:
-        for secret in {password, unquote(password), url_quote(password, safe="")}:
-            text = text.replace(secret, "***")
+    text = scrub(text, uri) if uri else text
     return text if len(text) <= 300 else text[:300] + " ..."

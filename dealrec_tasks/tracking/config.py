@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, unquote_plus, urlparse, urlsplit
 
 from dealrec_tasks.config import _Config, _require, opt
 
@@ -18,17 +18,62 @@ _METRIC_RE = re.compile(r"^(recall|ndcg)@[1-9][0-9]*$")
 _SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql")
 
 
+# Query (or fragment) parameters whose value is a credential: password=, token=, access_token=, api_key=, secret=,
+# sig=/signature= (signed URLs), X-Amz-Credential=... Matched anywhere in the name: hiding too much beats leaking.
+_SECRET_PARAM = re.compile(r"pass|pwd|token|secret|key|sig|credential|auth", re.I)
+
+
+def _redact_params(params: str) -> str:
+    parts = []
+    for part in params.split("&"):
+        name, eq, _value = part.partition("=")
+        parts.append(f"{name}=***" if eq and _SECRET_PARAM.search(unquote_plus(name)) else part)
+    return "&".join(parts)
+
+
 def redact_uri(uri: str) -> str:
-    """``uri`` with the password of its user info replaced by ``***``: what may be printed, logged or shown."""
+    """``uri`` as it may be printed, logged or shown: the user info's password replaced by ``***``, a user without
+    a password (``https://TOKEN@host``: a token used as the user name) replaced whole, and the values of query or
+    fragment parameters named like a credential (``?password=``, ``?token=``, ``&sig=``...) replaced by ``***``."""
     try:
-        parsed = urlparse(uri)
-        password = parsed.password
-    except ValueError:
+        parsed = urlsplit(uri)
+        parsed.port  # noqa: B018 (raises ValueError on a malformed netloc)
+    except ValueError:  # not parseable as a URL: hide whatever sits between // and @, and every parameter
+        return re.sub(r"([?#&])([^=&#]*)=[^&#]*", r"\1\2=***", re.sub(r"//[^/?#]*@", "//***@", uri))
+    netloc = parsed.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    query, fragment = _redact_params(parsed.query), _redact_params(parsed.fragment)
+    if (netloc, query, fragment) == (parsed.netloc, parsed.query, parsed.fragment):
         return uri
-    if not password:
-        return uri
-    host = parsed.netloc.rsplit("@", 1)[1]
-    return parsed._replace(netloc=f"{parsed.username or ''}:***@{host}").geturl()
+    return parsed._replace(netloc=netloc, query=query, fragment=fragment).geturl()
+
+
+def uri_secrets(uri: str) -> set[str]:
+    """What ``redact_uri`` hides in ``uri`` (the password, or a user without one; credential parameter values), each
+    as written, decoded and encoded: to scrub them out of a text that quotes the URI, such as a client's error."""
+    found = []
+    userinfo = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)@", uri)
+    if userinfo:
+        user, colon, password = userinfo.group(1).partition(":")
+        found.append(password if colon else user)
+    before_fragment, _, fragment = uri.partition("#")
+    for params in (before_fragment.partition("?")[2], fragment):
+        for part in params.split("&"):
+            name, eq, value = part.partition("=")
+            if eq and _SECRET_PARAM.search(unquote_plus(name)):
+                found.append(value)
+    variants = {v for s in found for v in (s, unquote(s), unquote_plus(s), quote(unquote(s), safe=""))}
+    return {v for v in variants if v}
+
+
+def scrub(text: str, uri: str) -> str:
+    """``text`` with every secret of ``uri`` replaced by ``***`` (longest first, so no part of one survives)."""
+    for secret in sorted(uri_secrets(uri), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 @dataclass(frozen=True)

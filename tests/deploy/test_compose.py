@@ -41,7 +41,9 @@ SHARED_AIRFLOW_ENV = (
     "AIRFLOW__API_AUTH__JWT_SECRET",
     "AIRFLOW__API__SECRET_KEY",
     "AIRFLOW__CORE__FERNET_KEY",
+    "AIRFLOW__CORE__AUTH_MANAGER",
 )
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 # What plugins/dealrec_airflow.py reads to find the lake, the models and MLflow.
 DAG_LOCATION_ENV = ("DEALREC_LAKE", "DEALREC_MODEL_DIR", "DEALREC_WORK_DIR", "MLFLOW_TRACKING_URI")
 AIRFLOW_SERVICES = (
@@ -54,8 +56,9 @@ AIRFLOW_SERVICES = (
     "airflow-worker-gpu",
 )
 # Who may hold each secret of .env (issue 14, item 12: least privilege). The S3 admin keys reach only the jobs that
-# configure the S3 server; the MLflow admin only the server and the job that creates the tasks' user; the tasks
-# hold their own S3 keys (lake bucket) and their own MLflow login.
+# configure the S3 server; the MLflow admin only the server and the job that creates the tasks' user; the Airflow
+# admin only the job that creates it (issue 29, item 13: not the workers, where task code runs); the tasks hold
+# their own S3 keys (lake bucket) and their own MLflow login.
 _AIRFLOW = frozenset(AIRFLOW_SERVICES)
 SECRET_HOLDERS = {
     "S3_ADMIN_ACCESS_KEY": {"s3-config", "s3-init"},
@@ -70,7 +73,8 @@ SECRET_HOLDERS = {
     "MLFLOW_DB_PASSWORD": {"postgres", "mlflow"},
     "AIRFLOW_DB_PASSWORD": {"postgres", *_AIRFLOW},
     "POSTGRES_PASSWORD": {"postgres"},
-    "AIRFLOW_ADMIN_PASSWORD": set(_AIRFLOW),
+    "AIRFLOW_ADMIN_PASSWORD": {"airflow-init"},
+    "REDIS_PASSWORD": {"redis", *_AIRFLOW},
     "AIRFLOW_JWT_SECRET": set(_AIRFLOW),
     "AIRFLOW_API_SECRET_KEY": set(_AIRFLOW),
     "AIRFLOW_FERNET_KEY": set(_AIRFLOW),
@@ -79,7 +83,7 @@ SECRETS_OF_ROLES = tuple(n for n in SECRET_HOLDERS if n.startswith(("S3_", "MLFL
 # Third-party images: the program their command or health check must start (their CLIs are not installed here).
 THIRD_PARTY_PROGRAMS = {
     "postgres": {"/usr/local/bin/dealrec-check-secrets.sh", "pg_isready"},
-    "redis": {"redis-server", "redis-cli"},
+    "redis": {"/usr/local/bin/dealrec-check-secrets.sh", "redis-cli"},
     "s3": {"weed", "wget"},
 }
 
@@ -266,7 +270,13 @@ def test_secrets_are_required_not_defaulted():
     text = COMPOSE.read_text()
     for name in ("AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD", "POSTGRES_PASSWORD"):
         assert re.search(r"\$\{" + name + r":\?", text), f"{name} should be ${{{name}:?...}}"
-    for name in ("AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "AIRFLOW_FERNET_KEY", *SECRETS_OF_ROLES):
+    for name in (
+        "AIRFLOW_DB_PASSWORD",
+        "MLFLOW_DB_PASSWORD",
+        "AIRFLOW_FERNET_KEY",
+        "REDIS_PASSWORD",
+        *SECRETS_OF_ROLES,
+    ):
         uses = re.findall(r"\$\{" + name + r"([^}]*)\}", text)
         assert uses and all(u.startswith(":?") for u in uses), f"{name}: every use must be required"
     empty = {k: v for k, v in read_env_file(ENV_EXAMPLE).items() if k != "AIRFLOW_JWT_SECRET"}
@@ -310,7 +320,10 @@ def test_urls_point_at_the_services_that_serve_them():
             pg["AIRFLOW_DB_PASSWORD"],
             pg["AIRFLOW_DB_NAME"],
         ), key
-    assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "redis"
+    broker = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])
+    assert (broker.hostname, broker.port) == ("redis", 6379)
+    redis = as_argv(services()["redis"]["command"])
+    assert broker.password == redis[redis.index("--requirepass") + 1], "the broker URL must carry Redis's password"
 
     mlflow = as_argv(services()["mlflow"]["command"])
     store = urlsplit(mlflow[mlflow.index("--backend-store-uri") + 1])
@@ -565,31 +578,16 @@ def test_dockerfiles_match_the_lock_and_copy_what_exists(dockerfile):
         assert "/whl/cu" in args["TORCH_CUDA_INDEX_URL"]
 
 
-def test_entrypoint_writes_the_login_and_runs_our_programs_directly(tmp_path):
-    passwords = tmp_path / "home" / "passwords.json"
-    env = {
-        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-        "AIRFLOW_ADMIN_USER": "alice",
-        "AIRFLOW_ADMIN_PASSWORD": "s3cret",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-    }
+def test_entrypoint_runs_our_programs_directly(tmp_path):
     proc = subprocess.run(
         ["bash", str(REPO / "docker" / "entrypoint.sh"), "python", "-c", "print('ran directly')"],
-        env=env,
+        env={"PATH": f"{VENV_BIN}:{os.environ['PATH']}", "HOME": str(tmp_path)},
         capture_output=True,
         text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ran directly"
-    # Read back by the auth manager itself (in a child: importing Airflow here would set up an AIRFLOW_HOME).
-    read = (
-        "import sys\n"
-        "from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager as M\n"
-        "print(M._get_passwords(stream=open(sys.argv[1])))"
-    )
-    child_env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow")}
-    out = subprocess.run([sys.executable, "-c", read, str(passwords)], env=child_env, capture_output=True, text=True)
-    assert out.stdout.strip() == str({"alice": "s3cret"}), out.stderr[-2000:]
     assert os.access(REPO / "docker" / "entrypoint.sh", os.X_OK)
     assert os.access(REPO / "docker" / "postgres" / "init-databases.sh", os.X_OK)
 
@@ -660,8 +658,8 @@ def _distinct_secrets_env() -> dict[str, str]:
 
 
 def test_each_secret_reaches_only_the_services_that_need_it():
-    """The S3 admin keys only in s3-config and s3-init; MLflow's admin only in mlflow and mlflow-init; the workers,
-    the scheduler and MLflow hold their own identities, never an admin's."""
+    """The S3 admin keys only in s3-config and s3-init; MLflow's admin only in mlflow and mlflow-init; Airflow's admin
+    only in airflow-init; the workers, the scheduler and MLflow hold their own identities, never an admin's."""
     env = _distinct_secrets_env()
     doc = interpolate(raw_compose(), env, set())
     where: dict[str, set[str]] = {name: set() for name in SECRET_HOLDERS}
@@ -677,6 +675,7 @@ def test_each_secret_reaches_only_the_services_that_need_it():
         assert not held & {"S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY"}, (svc, held)
         if svc != "mlflow":  # the server itself bootstraps its admin
             assert "MLFLOW_ADMIN_PASSWORD" not in held, (svc, held)
+            assert "AIRFLOW_ADMIN_PASSWORD" not in held, (svc, held)  # task code runs there
     assert not (services()["s3"].get("environment") or {}), "the S3 server reads its identities from a file"
 
 
@@ -736,7 +735,9 @@ def test_every_service_of_our_images_checks_the_secrets_it_holds():
     """Each secret-looking variable of a service built from our images is listed in its DEALREC_REQUIRED_SECRETS,
     and with .env.example copied as it is to .env every such service refuses to start."""
     check_secrets = _docker_module("check_secrets")
-    secret_like = re.compile(r"PASSWORD|SECRET|FERNET|SQL_ALCHEMY_CONN|RESULT_BACKEND|DATABASE_URI|ACCESS_KEY")
+    secret_like = re.compile(
+        r"PASSWORD|SECRET|FERNET|SQL_ALCHEMY_CONN|RESULT_BACKEND|BROKER_URL|DATABASE_URI|ACCESS_KEY"
+    )
     for name in _our_services():
         env = env_of(name)
         listed = set(env.get("DEALREC_REQUIRED_SECRETS", "").split())
@@ -760,6 +761,7 @@ _GOOD = {
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://airflow:Zx9_long-enough@postgres:5432/airflow",
     "AIRFLOW__API__SECRET_KEY": "k" * 20,
     "MLFLOW_TRACKING_PASSWORD": "p" * 16,
+    "AIRFLOW__CELERY__BROKER_URL": "redis://:Rd9_long-enough@redis:6379/0",
 }
 
 
@@ -781,6 +783,13 @@ _GOOD = {
         ),
         ("AIRFLOW__API__SECRET_KEY", "  ", "AIRFLOW__API__SECRET_KEY (AIRFLOW_API_SECRET_KEY in .env) is empty"),
         ("MLFLOW_TRACKING_PASSWORD", "short", "MLFLOW_TRACKING_PASSWORD is shorter than 12 characters"),
+        (
+            "AIRFLOW__CELERY__BROKER_URL",
+            "redis://:change-me@redis:6379/0",
+            "(REDIS_PASSWORD in .env): its password is still the .env.example placeholder 'change-me'",
+        ),
+        ("AIRFLOW__CELERY__BROKER_URL", "redis://:@redis:6379/0", "(REDIS_PASSWORD in .env): its password is empty"),
+        ("AIRFLOW__CELERY__BROKER_URL", "redis://redis:6379/0", "(REDIS_PASSWORD in .env) is a URL without a password"),
     ],
 )
 def test_entrypoint_refuses_to_start_with_a_bad_secret(tmp_path, name, value, message):
@@ -826,6 +835,124 @@ def test_postgres_refuses_to_start_with_a_bad_password(tmp_path, name, value, me
     assert bad.returncode == 1 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and message in bad.stderr, bad.stderr
     assert os.access(script, os.X_OK)
+
+
+def test_redis_requires_the_password_of_env_and_refuses_a_bad_one(tmp_path):
+    """Redis (the Celery broker) asks for REDIS_PASSWORD; its health check and the broker URL of every Airflow process
+    carry it; the redis service refuses to start with an empty, `change-me` or URL-unsafe one (issue 29, item 13)."""
+    env = _distinct_secrets_env()
+    redis = interpolate(raw_compose(), env, set())["services"]["redis"]
+    argv = as_argv(redis["entrypoint"]) + as_argv(redis["command"])
+    assert argv[:2] == ["/usr/local/bin/dealrec-check-secrets.sh", "redis-server"], argv
+    assert argv[argv.index("--requirepass") + 1] == env["REDIS_PASSWORD"]
+    assert redis["environment"]["REDISCLI_AUTH"] == env["REDIS_PASSWORD"], "redis-cli (the health check) logs in"
+    assert redis["environment"]["DEALREC_REQUIRED_SECRETS"].split() == ["REDIS_PASSWORD"]
+    assert "./docker/postgres/check-secrets.sh:/usr/local/bin/dealrec-check-secrets.sh:ro" in redis["volumes"]
+    assert "ports" not in redis, "the broker is reached on the compose network only"
+    for svc in AIRFLOW_SERVICES:
+        assert urlsplit(env_of(svc)["AIRFLOW__CELERY__BROKER_URL"]).password == "change-me"  # .env.example's
+        assert "AIRFLOW__CELERY__BROKER_URL" in env_of(svc)["DEALREC_REQUIRED_SECRETS"].split(), svc
+
+    fake = tmp_path / "docker-entrypoint.sh"
+    fake.write_text('#!/bin/sh\necho "handed over: $*"\n')
+    fake.chmod(0o755)
+    script = str(REPO / "docker" / "postgres" / "check-secrets.sh")
+    base = {"PATH": f"{tmp_path}:/usr/bin:/bin", "DEALREC_REQUIRED_SECRETS": "REDIS_PASSWORD"}
+    ok = subprocess.run([script, "redis-server"], env={**base, "REDIS_PASSWORD": "Rd_pass-1"}, capture_output=True)
+    assert (ok.returncode, ok.stdout.strip()) == (0, b"handed over: redis-server"), ok.stderr
+    for value, message in [
+        ("change-me", "REDIS_PASSWORD is still the .env.example placeholder"),
+        ("", "REDIS_PASSWORD is empty"),
+        ("pa ss@word", "REDIS_PASSWORD has a character other than"),
+    ]:
+        bad = subprocess.run(
+            [script, "redis-server"], env={**base, "REDIS_PASSWORD": value}, capture_output=True, text=True
+        )
+        assert bad.returncode == 1 and bad.stdout == "" and message in bad.stderr, (value, bad.stderr)
+    bad = subprocess.run([script, "x"], env={**base, "DEALREC_REQUIRED_SECRETS": "A;b"}, capture_output=True, text=True)
+    assert bad.returncode == 1 and "not a variable name" in bad.stderr, bad.stderr
+
+
+def test_the_broker_url_is_masked_where_it_is_printed():
+    """Airflow masks the option (sensitive), Celery's worker banner masks it, and so does redact_uri."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    from dealrec_tasks.tracking.config import redact_uri
+
+    url = "redis://:S3CRETPW@redis:6379/0"
+    assert "S3CRETPW" not in maybe_sanitize_url(url) and "S3CRETPW" not in redact_uri(url)
+    info = subprocess.run(
+        [sys.executable, "-c", "from airflow.providers.celery.get_provider_info import get_provider_info as g; "
+         "print(g()['config']['celery']['options']['broker_url']['sensitive'])"],
+        capture_output=True, text=True, env={**os.environ, "AIRFLOW_HOME": "/nonexistent-airflow-home"},
+    )  # fmt: skip
+    assert info.stdout.strip() == "True", info.stderr[-2000:]
+
+
+def test_airflow_logins_are_fab_users_and_the_admin_is_made_at_init():
+    """The FAB auth manager in every Airflow process (users and roles in the database; the DEALRec view's per-DAG check
+    means something), pinned like the other providers; the admin of .env created by airflow-init, the only service
+    that holds its password; no SimpleAuthManager setting left (issue 29, item 13)."""
+    for svc in AIRFLOW_SERVICES:
+        env = env_of(svc)
+        assert env["AIRFLOW__CORE__AUTH_MANAGER"] == FAB_AUTH_MANAGER, svc
+        assert not [k for k in env if "SIMPLE_AUTH_MANAGER" in k], svc
+        assert ("AIRFLOW_ADMIN_PASSWORD" in env) == (svc == "airflow-init"), svc
+    init = env_of("airflow-init")
+    assert init["AIRFLOW_ADMIN_PASSWORD"] and init["AIRFLOW_ADMIN_USER"]
+    steps = shell_commands(as_argv(services()["airflow-init"]["command"])[2])
+    assert steps[0][:3] == ["airflow", "db", "migrate"], "the users script needs FAB's tables"
+    assert steps[-1] == ["python", "/opt/dealrec/create_airflow_users.py"], steps
+    pin = _lock_pin("apache-airflow-providers-fab")
+    assert f'"apache-airflow-providers-fab=={pin}"' in (REPO / "pyproject.toml").read_text()
+    from importlib.metadata import version
+
+    assert version("apache-airflow-providers-fab") == pin, "this venv runs the version the images install"
+
+
+def _private_files_written(tmp_path: Path, argv: list[str], env: dict[str, str], secrets_: list[str]) -> list[Path]:
+    """Run ``argv`` with umask 000 (nothing masked by the caller) after planting world-readable ``.tmp`` files where
+    earlier runs could have left them; return the files under ``tmp_path`` holding a secret, failing on any that is
+    not 0600."""
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, preexec_fn=lambda: os.umask(0))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    holding = [
+        p for p in tmp_path.rglob("*") if p.is_file() and any(x in p.read_text(errors="replace") for x in secrets_)
+    ]
+    loose = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in holding if p.stat().st_mode & 0o077}
+    assert loose == {}, f"files holding a secret readable by others: {loose}"
+    return holding
+
+
+def test_files_holding_secrets_are_for_their_owner_only(tmp_path):
+    """Every file our images' scripts write with a secret in it is 0600, whatever the umask, even over a leftover
+    world-readable temporary file (issue 29, item 13); the entrypoint writes no Airflow login file at all."""
+    ini = tmp_path / "mlflow" / "basic_auth.ini"
+    ini.parent.mkdir()
+    (ini.parent / "basic_auth.ini.tmp").write_text("stale")
+    (ini.parent / "basic_auth.ini.tmp").chmod(0o666)
+    env = {
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW_ADMIN_USER": "alice",
+        "AIRFLOW_ADMIN_PASSWORD": "AdminSecret-123",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "airflow" / "passwords.json"),
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_DATABASE_URI": "postgresql+psycopg2://mlflow:DbSecret-456@postgres:5432/mlflow",
+    }
+    entrypoint = ["bash", str(REPO / "docker" / "entrypoint.sh"), "python", "-c", "print('ok')"]
+    held = _private_files_written(tmp_path, entrypoint, env, ["AdminSecret-123", "DbSecret-456"])
+    assert held == [ini], held  # the MLflow ini only: Airflow's logins live in its database (FAB)
+
+    out = tmp_path / "s3" / "s3.json"
+    out.parent.mkdir()
+    (out.parent / "s3.json.tmp").write_text("stale")
+    (out.parent / "s3.json.tmp").chmod(0o666)
+    keys = {f"S3_{role}_{kind}_KEY": f"{role}{kind}-{uuid.uuid4().hex[:8]}" for role in ("ADMIN", "WORKER", "MLFLOW")
+            for kind in ("ACCESS", "SECRET")}  # fmt: skip
+    job = [sys.executable, str(REPO / "docker" / "s3_identities.py"), "s3://lake/x", "s3://mlflow/y", "--out", str(out)]
+    assert _private_files_written(tmp_path / "s3", job, {**os.environ, **keys}, list(keys.values())) == [out]
 
 
 def test_mlflow_requires_a_login_and_the_tasks_have_their_own():

@@ -111,6 +111,52 @@ def test_a_password_in_the_tracking_uri_is_never_printed(tracked, capsys):
     assert "S3CRETPW" not in str(bad.value)
 
 
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        # A token used as the user name (GitHub, Databricks and Hugging Face style URLs): the whole user is hidden.
+        ("https://ghp_S3CRETPW@github.com/o/r.git", "https://***@github.com/o/r.git"),
+        ("http://S3CRETPW@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
+        ("redis://:S3CRETPW@redis:6379/0", "redis://:***@redis:6379/0"),  # the Celery broker: password only
+        ("http://admin:@host/x", "http://admin:***@host/x"),
+        # Credentials in the query (or a fragment), by parameter name; the other parameters stay readable.
+        ("https://h/api?password=S3CRETPW&page=2", "https://h/api?password=***&page=2"),
+        ("https://h/api?token=S3CRETPW", "https://h/api?token=***"),
+        ("https://h/a?access_token=S3CRETPW&api_key=S3CRETPW&x=1", "https://h/a?access_token=***&api_key=***&x=1"),
+        ("https://h/a?Secret=S3CRETPW&sig=S3CRETPW&signature=S3CRETPW", "https://h/a?Secret=***&sig=***&signature=***"),
+        (
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=S3CRETPW&X-Amz-Signature=S3CRETPW&X-Amz-Expires=60",
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60",
+        ),
+        ("https://u:S3CRETPW@h/cb#access_token=S3CRETPW&state=ok", "https://u:***@h/cb#access_token=***&state=ok"),
+        ("sqlite:////x/mlflow.db?mode=ro", "sqlite:////x/mlflow.db?mode=ro"),
+        ("http://mlflow:5000", "http://mlflow:5000"),
+        ("http://u:S3CRETPW@[::1/x?token=S3CRETPW", "http://***@[::1/x?token=***"),  # not parseable: still hidden
+    ],
+)
+def test_redact_uri_hides_tokens_and_credential_parameters(uri, shown):
+    """Issue 29, item 13: besides user:password@, a bare token as the user and credential query parameters."""
+    from dealrec_tasks.tracking.config import redact_uri, scrub
+
+    assert redact_uri(uri) == shown
+    assert "S3CRETPW" not in redact_uri(uri)
+    # A client's error quoting the URI, raw or percent-encoded, is scrubbed of the same secrets.
+    assert "S3CRETPW" not in scrub(f"request to {uri} failed ({uri.replace('?', '%3F')})", uri)
+
+
+def test_a_token_in_the_tracking_uri_is_never_printed(tracked, capsys):
+    """The same paths as the password test above (errors, the CLI), with the secret as a bare token and a query."""
+    port = _free_port()
+    for uri in (f"http://S3CRETPW@127.0.0.1:{port}", f"http://127.0.0.1:{port}/?token=S3CRETPW"):
+        cfg = TrackingConfig(tracking_uri=uri, retries=1, retry_wait_s=0.0)
+        with pytest.raises(TrackingUnavailable) as err:
+            steps.register(tracked.lake, tracked.dt, tracked.model_dir, cfg, "run__1")
+        assert "S3CRETPW" not in str(err.value), str(err.value)
+        code = main(["rollback", "--reason", "x", "--tracking-uri", uri, "--retries", "1", "--retry-wait-s", "0"])
+        out = capsys.readouterr()
+        assert code == 2 and "S3CRETPW" not in out.err + out.out
+
+
 def test_config_validation_names_the_parameter(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="model_name=''"):
         TrackingConfig(model_name="")
