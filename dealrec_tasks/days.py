@@ -105,10 +105,30 @@ def _stages(lake: Lake, dt: str) -> dict[str, dict[str, Any] | None]:
     return {label: lake.manifest(dataset, dt) for dataset, label in STAGES}
 
 
+def _stale_because(stages: dict[str, dict[str, Any] | None]) -> str | None:
+    """Why the day's adapter or evaluation is not of its current coreset, or None: a coreset republished after the
+    fine-tuning (``select`` again, a manual run with another ``n``) left the old metrics beside the new coreset,
+    and the page showed them as its own."""
+    coreset, adapter, evaluation = stages["coreset"], stages["fine-tuned"], stages["evaluated"]
+    if coreset is not None and adapter is not None:
+        trained_on = (adapter.get("inputs") or {}).get("training")
+        current = (coreset.get("files") or {}).get("coreset.parquet", {}).get("sha256")
+        if trained_on is not None and trained_on != current:
+            return "coreset republished after the fine-tuning: the adapter and metrics are of the previous coreset"
+    if adapter is not None and evaluation is not None:
+        scored = (evaluation.get("inputs") or {}).get("adapter")
+        if scored is not None and scored != {n: e.get("sha256") for n, e in (adapter.get("files") or {}).items()}:
+            return "fine-tuned again after the evaluation: the metrics are of the previous adapter"
+    return None
+
+
 def _status(stages: dict[str, dict[str, Any] | None]) -> str:
     done = [label for label, m in stages.items() if m is not None]
     if not done:
         return "nothing published"
+    stale = _stale_because(stages)
+    if stale:
+        return stale
     if stages["evaluated"] is not None:
         return "fine-tuned and evaluated"
     if stages["fine-tuned"] is not None:
@@ -147,7 +167,7 @@ def _summary(dt: str, stages: dict[str, dict[str, Any] | None]) -> dict[str, Any
             "items_random": cov.get("items", {}).get("random"),
         }
     evaluation = stages["evaluated"]
-    if evaluation is not None:
+    if evaluation is not None and _stale_because(stages) is None:  # never another coreset's metrics as this one's
         metrics = evaluation.get("metrics", {})
         row |= {"recall@20": metrics.get("recall@20"), "ndcg@20": metrics.get("ndcg@20")}
     return row

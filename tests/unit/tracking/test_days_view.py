@@ -134,3 +134,24 @@ def test_cli_days(tracked, capsys):
     assert main(["--lake", tracked.lake.root, "--json", "days", "--dt", tracked.dt]) == 0
     detail = json.loads(capsys.readouterr().out)
     assert detail["coreset"]["counts"]["selected"] == 16 and detail["mlflow"] is None
+
+
+def test_a_coreset_republished_after_its_fine_tuning_does_not_show_the_old_metrics(tracked, tmp_path):
+    """Found on a fresh demo (2026-12-03): a manual run with the form's default n=1024 republished the day's
+    coreset while dealrec_finetune was paused; the view said "fine-tuned and evaluated" and showed the 100-row
+    coreset's recall beside the new 1,024-row coreset. The adapter records the coreset it trained on."""
+    from dealrec_tasks.selection import SelectConfig
+    from dealrec_tasks.steps.select import select
+
+    shutil.copytree(tracked.root / "lake", tmp_path / "lake")
+    lake, dt = Lake(str(tmp_path / "lake")), tracked.dt
+    assert list_days(lake)[0]["status"] == "fine-tuned and evaluated"
+    select(lake, dt, SelectConfig(n=12, k=4))
+    row = list_days(lake)[0]
+    assert row["selected"] == 12
+    assert row["status"].startswith("coreset republished after the fine-tuning")
+    assert row["recall@20"] is None and row["ndcg@20"] is None  # not the previous coreset's numbers as this one's
+    html = days_page(list_days(lake), lake.uri())
+    assert "coreset republished after the fine-tuning" in html and "fine-tuned and evaluated" not in html
+    select(lake, dt, SelectConfig(n=16, k=4))  # the coreset it was trained on, back: its metrics again
+    assert list_days(lake)[0]["status"] == "fine-tuned and evaluated"
