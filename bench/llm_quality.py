@@ -22,7 +22,8 @@
 5. ``--curve``: the pretraining learning curve, every snapshot of the shipped model's build (``<dir>.snapshots``)
    scored by the validation answer loss and, with ``--curve-users``, R@20 on that many validation rows.
 
-Runs are appended to ``--out``/runs.jsonl (a rerun does only what is missing); JSON + PNG to ``--results``.
+Runs (with their per-user values) are appended to ``--runs`` (committed: a measurement of hours survives the machine,
+and a rerun does only what is missing); caches in ``--out``; JSON + PNG to ``--results``.
 
     nice -n 5 .venv/bin/python bench/llm_quality.py --users 4000 --seeds 0 1 2 --curve
 """
@@ -387,6 +388,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=shipped.SHIPPED_DIR)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "llm_quality")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "llm_quality")
+    ap.add_argument("--runs", type=Path, default=ROOT / "bench" / "results" / "llm_quality_runs.jsonl")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--users", type=int, default=4000)
     ap.add_argument("--gamma-users", type=int, default=500)
@@ -416,7 +418,7 @@ def main() -> None:
 
     refs = references(d, args)
     print({k: {m: round(v["metrics"][m], 4) for m in SHOWN} for k, v in refs.items()}, flush=True)
-    log = args.out / "runs.jsonl"
+    log = args.runs
     runs = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
     key = {"users": args.users, "n": args.n, "model": manifest["files"]["model.safetensors"]["sha256"]}
     runs = [r for r in runs if r.get("key") == key]
