@@ -20,7 +20,7 @@ import socket
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ MANIFEST_VERSION = 1
 # holds its lock only while it moves files, seconds to minutes.
 LOCK_STALE_S = 600.0
 LOCK_READ_ATTEMPTS = 5
+READ_BLOCK = 1 << 20  # bytes a streamed read or copy takes at a time
 
 
 def normalize_uri(uri: str) -> str:
@@ -68,6 +69,44 @@ def _local_kind(entry: os.DirEntry) -> str:
     if entry.is_file(follow_symlinks=False):
         return "file"
     return "directory" if entry.is_dir(follow_symlinks=False) else "other"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A stored file known by its URI and the sha256 and size of its bytes when it was read (``Storage.digest``).
+    As a ``Lake.publish`` blob it is copied into the partition by stream, never held whole in memory, and refused
+    if its bytes are no longer those (a file rewritten since)."""
+
+    uri: str
+    sha256: str
+    size: int
+    rows: int | None = None  # a table's Parquet file (``parquet_file``): listed with its rows, as a table is
+
+
+class DigestReader:
+    """A binary stream read through: the sha256 and the count of the bytes read so far. ``on_read(n)`` is told of
+    each read (a progress bar)."""
+
+    def __init__(self, stream: Any, on_read: Callable[[int], None] | None = None) -> None:
+        self._stream, self._on_read = stream, on_read
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read() if n is None or n < 0 else self._stream.read(n)
+        self._hash.update(data)
+        self.size += len(data)
+        if self._on_read is not None and data:
+            self._on_read(len(data))
+        return data
+
+    def drain(self) -> None:
+        """Read the rest (the checksum then covers the whole file)."""
+        while self.read(READ_BLOCK):
+            pass
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 class Storage:
@@ -201,6 +240,51 @@ class Storage:
         except FileNotFoundError:
             raise InputError(f"{uri}: no such file") from None
 
+    @contextmanager
+    def open_read(self, uri: str, seekable: bool = False) -> Iterator[pa.NativeFile]:
+        """The file at ``uri`` as a binary stream (``read(n)`` until ``b""``), or with ``seekable`` as a
+        random-access file (Parquet reads its footer first): what a reader of a file that need not fit in memory
+        uses instead of ``read_bytes``."""
+        fs, path = self.resolve(uri)
+        try:
+            f = fs.open_input_file(path) if seekable else fs.open_input_stream(path)
+        except FileNotFoundError:
+            raise InputError(f"{uri}: no such file") from None
+        with f:
+            yield f
+
+    def digest(self, uri: str) -> SourceFile:
+        """The file's sha256 and size, read as a stream."""
+        with self.open_read(uri) as f:
+            reader = DigestReader(f)
+            reader.drain()
+        return SourceFile(uri, reader.hexdigest(), reader.size)
+
+    def copy_verified(self, source: SourceFile, uri: str) -> None:
+        """Copy ``source`` to ``uri`` by stream (atomic like ``write_bytes``), refused when the bytes copied are not
+        the ones ``source`` names (the file was rewritten since it was read): nothing is left at ``uri`` then."""
+        fs, path = self.resolve(uri)
+        local = isinstance(fs, pafs.LocalFileSystem)
+        target = f"{path}.tmp-{uuid.uuid4().hex}" if local else path
+        if local:
+            os.makedirs(posixpath.dirname(path), exist_ok=True)
+        with self.open_read(source.uri) as f:
+            reader = DigestReader(f)
+            with open(target, "wb") if local else fs.open_output_stream(target) as out:
+                while data := reader.read(READ_BLOCK):
+                    out.write(data)
+                if local:
+                    out.flush()
+                    os.fsync(out.fileno())
+        if (reader.hexdigest(), reader.size) != (source.sha256, source.size):
+            fs.delete_file(target)
+            raise InputError(
+                f"{source.uri}: changed while it was being copied ({reader.size:,} bytes now, {source.size:,} when "
+                "read); run the step again"
+            )
+        if local:
+            os.replace(target, path)
+
     def write_bytes(self, uri: str, data: bytes) -> None:
         """Atomic: a reader sees the old object or the new one, never a prefix of it.
 
@@ -329,6 +413,17 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+def parquet_file(table: pa.Table, path: str) -> SourceFile:
+    """``table`` written to the local file ``path``, byte for byte as ``parquet_bytes`` serialises it, as a
+    ``SourceFile`` with its rows: ``Lake.publish`` takes it as a blob and lists it as it lists a table, without the
+    file ever in memory (a large day's sequence delta is hundreds of MB; serialised in memory it was held twice)."""
+    pq.write_table(table, path, compression="zstd")
+    with open(path, "rb") as f:
+        reader = DigestReader(f)
+        reader.drain()
+    return SourceFile(normalize_uri(path), reader.hexdigest(), reader.size, table.num_rows)
+
+
 def parquet_from_bytes(data: bytes, name: str = "<bytes>") -> pa.Table:
     """Read with ``ParquetFile`` on the calling thread: ``pq.read_table`` hands the buffer to pyarrow's thread pool,
     and a step that failed right after a read then sometimes aborted at interpreter exit (exit 134, not its one-line
@@ -341,6 +436,14 @@ def parquet_from_bytes(data: bytes, name: str = "<bytes>") -> pa.Table:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _file_entry(data: bytes | SourceFile) -> dict[str, Any]:
+    """A manifest's entry for a file: checksum and size (a ``SourceFile``'s as it was read, and its rows when it is
+    a table's Parquet file)."""
+    if isinstance(data, SourceFile):
+        return {"sha256": data.sha256, "bytes": data.size} | ({"rows": data.rows} if data.rows is not None else {})
+    return {"sha256": sha256(data), "bytes": len(data)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -588,22 +691,22 @@ class Lake:
         *,
         config: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
-        blobs: dict[str, bytes] | None = None,
+        blobs: dict[str, bytes | SourceFile] | None = None,
         inputs: dict[str, Any] | None = None,
     ) -> Published:
         """Write a partition atomically, manifest last; a no-op when files, config and inputs are unchanged.
 
-        ``tables`` become Parquet files named by their key; ``blobs`` are other files (plots, JSON) written as is.
+        ``tables`` become Parquet files named by their key; ``blobs`` are other files (plots, JSON) written as is,
+        or a ``SourceFile`` copied by stream (a log file kept whole, which need not fit in memory).
         ``inputs`` (the identity of what the step read: checksums) is what ``current`` compares, beside the config.
         ``extra`` (counts, source snapshot) goes into the manifest but does not decide whether content changed.
         """
         config = _as_stored(config or {})  # so tuples compare equal to their lists
         inputs = _as_stored(inputs or {})
-        files: dict[str, bytes] = {name: parquet_bytes(t) for name, t in tables.items()}
+        files: dict[str, bytes | SourceFile] = {name: parquet_bytes(t) for name, t in tables.items()}
         files.update(blobs or {})
         entries = {
-            name: {"sha256": sha256(data), "bytes": len(data)}
-            | ({"rows": tables[name].num_rows} if name in tables else {})
+            name: _file_entry(data) | ({"rows": tables[name].num_rows} if name in tables else {})
             for name, data in files.items()
         }
         target = self.partition(dataset, dt)
@@ -623,7 +726,7 @@ class Lake:
         dataset: str,
         dt: str | None,
         target: str,
-        files: dict[str, bytes],
+        files: dict[str, bytes | SourceFile],
         entries: dict[str, Any],
         config: dict[str, Any],
         extra: dict[str, Any] | None,
@@ -650,7 +753,10 @@ class Lake:
                 st.delete(self.uri(STAGING, name))
         staging = self.uri(STAGING, f"{prefix}{uuid.uuid4().hex}")
         for name, data in files.items():
-            st.write_bytes(join_uri(staging, name), data)
+            if isinstance(data, SourceFile):
+                st.copy_verified(data, join_uri(staging, name))
+            else:
+                st.write_bytes(join_uri(staging, name), data)
         # Hide, replace, reveal: without a manifest nobody reads the half-replaced directory.
         st.delete(join_uri(target, MANIFEST))
         for name in st.list_dir(target):

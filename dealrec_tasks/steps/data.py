@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 
 import numpy as np
 import pyarrow as pa
@@ -36,11 +38,21 @@ from dealrec_tasks.data import synthetic as synthetic_mod
 from dealrec_tasks.data.arrow import list_lengths
 from dealrec_tasks.data.schema import SPLIT_SEQUENCES_SCHEMA, USER_VOCAB_SCHEMA
 from dealrec_tasks.errors import ConfigError, DegenerateError, InputError, OrderError
-from dealrec_tasks.progress import progress
+from dealrec_tasks.progress import progress, progress_bar
 from dealrec_tasks.steps import readers
 from dealrec_tasks.steps.common import StepResult
 from dealrec_tasks.steps.readers import read_sequences, read_user_vocab
-from dealrec_tasks.storage import MANIFEST, Lake, join_uri, parquet_bytes, sha256, shown_name
+from dealrec_tasks.storage import (
+    MANIFEST,
+    DigestReader,
+    Lake,
+    SourceFile,
+    join_uri,
+    parquet_bytes,
+    parquet_file,
+    sha256,
+    shown_name,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,8 +240,9 @@ def _stray_notes(lake: Lake) -> list[str]:
     ]
 
 
-def _log_files(lake: Lake, dt: str) -> tuple[dict[str, bytes], list[str]]:
-    """The day's log files by name, and what was not read, each named with why (never skipped silently).
+def _log_files(lake: Lake, dt: str) -> tuple[dict[str, SourceFile], list[str]]:
+    """The day's log files by name (each checksummed as a stream, never held whole), and what was not read, each
+    named with why (never skipped silently).
 
     Only regular files are read (``Storage.entries``: a FIFO blocked the read, a directory crashed it, a symlink
     led outside the lake). A name is a name: the file is read by the path built from it, never by a URI parsed
@@ -248,10 +261,54 @@ def _log_files(lake: Lake, dt: str) -> tuple[dict[str, bytes], list[str]]:
             skipped.append(f"{shown} (not a log file name: {'/'.join(ingest_mod.LOG_SUFFIXES)}, no leading _ or .)")
         else:
             try:
-                files[name] = lake.storage.read_bytes(join_uri(folder, name))
+                files[name] = lake.storage.digest(join_uri(folder, name))
             except InputError:
                 skipped.append(f"{shown} (listed, but no file of that name could be read)")
     return files, skipped
+
+
+#: A day's logs of at least this many bytes get a progress bar (MiB read) while they are validated.
+PROGRESS_BYTES = 64 << 20
+
+
+def _validate_logs(lake: Lake, dt: str, files: dict[str, SourceFile], cfg: IngestConfig) -> ingest_mod.ValidatedDay:
+    """The day's log files validated as streams, in bounded memory (``ingest_mod.DayValidator``).
+
+    Each file is read once more after ``_log_files`` checksummed it (Parquet twice: checksummed, then read by row
+    group from its footer), and must still have that checksum: a file rewritten meanwhile fails the ingest
+    (InputError) rather than publish rows of other bytes than the fingerprint names.
+    """
+    total = sum(f.size for f in files.values())
+    bar = progress_bar(-(-total // 2**20), desc=f"ingest dt={dt}", unit="MiB") if total >= PROGRESS_BYTES else None
+    pending = 0
+
+    def on_read(n: int) -> None:
+        nonlocal pending
+        pending += n
+        if bar is not None and pending >= 2**20:
+            bar.update(pending // 2**20)
+            pending %= 2**20
+
+    validator = ingest_mod.DayValidator(dt)
+    for name, source in files.items():
+        parquet = name.lower().endswith(".parquet")
+        with lake.storage.open_read(source.uri, seekable=parquet) as stream:
+            reader = DigestReader(stream, on_read)
+            if parquet:
+                reader.drain()
+                stream.seek(0)
+                validator.add_file(name, stream, cfg.allow_extra_columns)
+            else:
+                validator.add_file(name, reader, cfg.allow_extra_columns)
+                reader.drain()
+        if (reader.hexdigest(), reader.size) != (source.sha256, source.size):
+            raise InputError(
+                f"{source.uri}: changed while dt={dt} was being ingested ({source.size:,} -> {reader.size:,} "
+                "bytes, or other bytes); ingest the day again"
+            )
+    if bar is not None:
+        bar.close()
+    return validator.finish()
 
 
 def _with_logs(lake: Lake, days: list[str]) -> list[str]:
@@ -300,8 +357,8 @@ def _listing_change(lake: Lake, day: str, manifest: dict, now: dict[str, list]) 
         if size != old_size:
             changes.append(f"{shown_name(name)}: {old_size:,} -> {size:,} bytes")
         elif version != old_version:
-            data = lake.storage.read_bytes(join_uri(lake.partition(INTERACTIONS, day), name))
-            if sha256(data) != source.get("files", {}).get(name):
+            digest = lake.storage.digest(join_uri(lake.partition(INTERACTIONS, day), name))
+            if digest.sha256 != source.get("files", {}).get(name):
                 changes.append(f"{shown_name(name)}: its content changed ({size:,} bytes)")
     return "; ".join(changes) or None
 
@@ -368,7 +425,7 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig, allow_future: bool = False) -
     notes = _stray_notes(lake) + lake.stray_notes(*DAY_DATASETS)
     if skipped_files:
         notes.append(f"dt={dt}: {len(skipped_files)} entry(ies) not read: {'; '.join(skipped_files)}")
-    fingerprint = {name: sha256(data) for name, data in files.items()}
+    fingerprint = {name: f.sha256 for name, f in files.items()}
     done = lake.partitions(SEQUENCES)
     later = [d for d in done if d > dt]
     if dt in done:
@@ -408,8 +465,6 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig, allow_future: bool = False) -
         counts = {"files": 0, "skipped_files": len(skipped_files), "rows_read": 0, "accepted": 0, "rejected": 0}
         return StepResult("ingest", _ingest_uris(lake, dt), counts | {"published": False}, False, notes)
 
-    parsed = [ingest_mod.parse_log_file(name, data, cfg.allow_extra_columns) for name, data in files.items()]
-    day = ingest_mod.validate_day(parsed, dt)
     if previous is not None:
         prev_manifest = lake.require_manifest(SEQUENCES, previous)
         problem = _state_problem(lake, previous, prev_manifest)
@@ -417,6 +472,8 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig, allow_future: bool = False) -
             raise InputError(
                 f"dt={previous}: {problem}; re-ingest it (ingest --dt {previous}) before ingesting dt={dt}"
             )
+    day = _validate_logs(lake, dt, files, cfg)
+    if previous is not None:
         users = read_user_vocab(lake, previous)
         items = lake.read(VOCAB, previous, "items.parquet")
         prev_identity = readers.chain_identity(prev_manifest)
@@ -425,58 +482,70 @@ def ingest(lake: Lake, dt: str, cfg: IngestConfig, allow_future: bool = False) -
         users, items = ingest_mod.empty_vocab("user_idx"), ingest_mod.empty_vocab("item_idx")
         prev_identity, prev_total = None, 0
     known_users = users.num_rows
-    users, new_users = ingest_mod.extend_vocab(users, day.clean["user_id"], "user_id", "user_idx")
-    items, new_items = ingest_mod.extend_vocab(items, day.clean["item_id"], "item_id", "item_idx")
-    delta = sequence_log.delta_table(
-        ingest_mod.lookup(users, day.clean["user_id"], "user_id", "user_idx"),
-        day.clean["user_id"].to_numpy(dtype=object),
-        ingest_mod.lookup(items, day.clean["item_id"], "item_id", "item_idx"),
-        day.clean["ts"].dt.as_unit("us").astype("int64").to_numpy(),
-    )
-    identity = sequence_log.chain_sha256(prev_identity, sha256(parquet_bytes(delta)))
-    read = len(day.clean) + day.rejects.num_rows
+    users, new_users = ingest_mod.extend_vocab(users, day.users, "user_id", "user_idx")
+    items, new_items = ingest_mod.extend_vocab(items, day.items, "item_id", "item_idx")
+    # Looked up once per distinct id, then spread over the events by their codes; each day array is released once
+    # used (a 1 GB day's are hundreds of MB).
+    item_idx = ingest_mod.lookup(items, day.items, "item_id", "item_idx")[day.item_codes]
+    day.item_codes = None
+    user_idx = ingest_mod.lookup(users, day.users, "user_id", "user_idx")[day.user_codes]
+    user_ids = day.users.take(pa.array(day.user_codes))
+    day.user_codes = None
+    delta = sequence_log.delta_table(user_idx, user_ids, item_idx, day.ts_us)
+    del user_idx, user_ids, item_idx
+    rejects, unreadable, accepted, reject_counts = day.rejects, day.unreadable_files, day.accepted, day.reject_counts()
+    del day  # the delta holds the events from here on
+    ingest_mod.release_memory()
+    read = accepted + rejects.num_rows
     if prev_total is None:  # a previous day whose manifest has no count: count it once (an older lake)
         prev_total = int(sum(list_lengths(read_sequences(lake, previous)[0].column("items"))))
     counts = {
         "files": len(files),
         "skipped_files": len(skipped_files),
         "rows_read": read,
-        "accepted": len(day.clean),
-        "rejected": day.rejects.num_rows,
-        **{f"rejected_{k}": v for k, v in day.reject_counts().items() if v},
+        "accepted": accepted,
+        "rejected": rejects.num_rows,
+        **{f"rejected_{k}": v for k, v in reject_counts.items() if v},
         "users": users.num_rows,
         "new_users": new_users,
         "items": items.num_rows,
         "new_items": new_items,
-        "interactions_total": int(prev_total) + len(day.clean),
+        "interactions_total": int(prev_total) + accepted,
     }
-    if day.rejects.num_rows:
-        notes.append(f"dt={dt}: {day.rejects.num_rows:,} row(s) quarantined to {lake.partition(REJECTS, dt)}")
-    # Hidden before anything is republished, so a crash cannot leave samples of other sequences visible.
-    if _hide_stale_samples(lake, dt, identity):
-        notes.append(
-            f"dt={dt}: {lake.partition(SAMPLES, dt)} hidden, it was built from the sequences this ingest replaced; "
-            "run samples for this day again"
-        )
+    if rejects.num_rows:
+        notes.append(f"dt={dt}: {rejects.num_rows:,} row(s) quarantined to {lake.partition(REJECTS, dt)}")
     config = cfg.to_dict()
     source = {"files": fingerprint, "previous_dt": previous, LISTING: {n: listing[n] for n in files if n in listing}}
     extra = {"counts": counts, "source": source}
-    # Unreadable files are kept whole, so nothing is lost even when no row could be parsed.
-    blobs = {f"files/{n}": files[n] for n in day.unreadable_files}
-    rejects_pub = lake.publish(REJECTS, dt, {"rejects.parquet": day.rejects}, config=config, extra=extra, blobs=blobs)
-    vocab_files = {readers.NEW_USERS: users.slice(known_users), "items.parquet": items}
-    vocab_pub = lake.publish(VOCAB, dt, vocab_files, config=config, extra=extra)
-    # Last: a sequences manifest is what marks the day as ingested; it names the vocab it belongs with and chains
-    # the day to the previous one (its identity).
-    seq_extra = extra | {VOCAB_RECORD: _vocab_sha256(vocab_pub.manifest), readers.CHAIN: identity}
-    seq_pub = lake.publish(SEQUENCES, dt, {readers.DELTA: delta}, config=config, extra=seq_extra)
-    if {k: seq_pub.manifest.get(k) for k in (VOCAB_RECORD, readers.CHAIN)} != {
-        k: seq_extra[k] for k in (VOCAB_RECORD, readers.CHAIN)
-    }:
-        # An equal delta was a no-op that kept the old manifest, whose records name the vocab just replaced (or
-        # the chain of a previous day that was re-ingested since).
-        lake.withdraw(SEQUENCES, dt)
-        seq_pub = lake.publish(SEQUENCES, dt, {readers.DELTA: delta}, config=config, extra=seq_extra)
+    # Unreadable files are kept whole (copied by stream), so nothing is lost even when no row could be parsed.
+    blobs = {f"files/{n}": files[n] for n in unreadable}
+    # The delta goes to a local Parquet file (the bytes ``parquet_bytes`` gives) and is published from it by stream:
+    # serialised in memory, a large day's delta (hundreds of MB) was held twice beside the table.
+    with tempfile.TemporaryDirectory(prefix="dealrec-ingest-") as scratch:
+        delta_file = {readers.DELTA: parquet_file(delta, os.path.join(scratch, readers.DELTA))}
+        del delta
+        ingest_mod.release_memory()
+        identity = sequence_log.chain_sha256(prev_identity, delta_file[readers.DELTA].sha256)
+        # Hidden before anything is republished, so a crash cannot leave samples of other sequences visible.
+        if _hide_stale_samples(lake, dt, identity):
+            notes.append(
+                f"dt={dt}: {lake.partition(SAMPLES, dt)} hidden, it was built from the sequences this ingest replaced; "
+                "run samples for this day again"
+            )
+        rejects_pub = lake.publish(REJECTS, dt, {"rejects.parquet": rejects}, config=config, extra=extra, blobs=blobs)
+        vocab_files = {readers.NEW_USERS: users.slice(known_users), "items.parquet": items}
+        vocab_pub = lake.publish(VOCAB, dt, vocab_files, config=config, extra=extra)
+        # Last: a sequences manifest is what marks the day as ingested; it names the vocab it belongs with and chains
+        # the day to the previous one (its identity).
+        seq_extra = extra | {VOCAB_RECORD: _vocab_sha256(vocab_pub.manifest), readers.CHAIN: identity}
+        seq_pub = lake.publish(SEQUENCES, dt, {}, config=config, extra=seq_extra, blobs=delta_file)
+        if {k: seq_pub.manifest.get(k) for k in (VOCAB_RECORD, readers.CHAIN)} != {
+            k: seq_extra[k] for k in (VOCAB_RECORD, readers.CHAIN)
+        }:
+            # An equal delta was a no-op that kept the old manifest, whose records name the vocab just replaced (or
+            # the chain of a previous day that was re-ingested since).
+            lake.withdraw(SEQUENCES, dt)
+            seq_pub = lake.publish(SEQUENCES, dt, {}, config=config, extra=seq_extra, blobs=delta_file)
     changed = rejects_pub.changed or vocab_pub.changed or seq_pub.changed
     return StepResult("ingest", _ingest_uris(lake, dt), counts, changed, notes)
 
