@@ -22,6 +22,7 @@
 5. ``--curve``: the pretraining learning curve, every snapshot of the shipped model's build (``<dir>.snapshots``)
    scored by the validation answer loss and, with ``--curve-users``, R@20 on that many validation rows.
 
+The dealrec arm's scores are kept in ``--scores`` (committed, keyed by the model's fingerprint and the ensemble).
 Runs (with their per-user values) are appended to ``--runs`` (committed: a measurement of hours survives the machine,
 and a rerun does only what is missing); caches in ``--out``; JSON + PNG to ``--results``.
 
@@ -160,6 +161,11 @@ def dealrec_scores(d: dict, model_dir: Path, args) -> dict:
     from dealrec_tasks.surrogate.config import SurrogateConfig
 
     scfg, target = SurrogateConfig(), InfluenceConfig().target
+    key = np.array(f"{model_fingerprint(model_dir)} members {scfg.members} from {ENSEMBLE_SEEDS['games']} {target}")
+    if args.scores.exists():  # committed: the ensemble and effort on every sample cost over an hour of CPU
+        kept = np.load(args.scores)
+        if str(kept["key"]) == str(key):
+            return {"influence": kept["influence"], "effort": kept["effort"]}
     cache = args.quality_cache / "games"
     first = ENSEMBLE_SEEDS["games"]
     seeds = range(first, first + scfg.members)
@@ -176,6 +182,7 @@ def dealrec_scores(d: dict, model_dir: Path, args) -> dict:
         scorer = EffortScorer(attach_lora(model, LoRAConfig(), seed=cfg.seed), tokenizer.pad_token_id, cfg)
         effort = np.asarray(scorer.score(train, desc="effort (Games candidates)"), np.float64)
         np.save(path, effort)
+    np.savez_compressed(args.scores, key=key, influence=influence, effort=effort)
     return {"influence": influence, "effort": effort}
 
 
@@ -389,6 +396,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tmp" / "llm_quality")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "llm_quality")
     ap.add_argument("--runs", type=Path, default=ROOT / "bench" / "results" / "llm_quality_runs.jsonl")
+    ap.add_argument(
+        "--scores", type=Path, default=ROOT / "bench" / "results" / "llm_quality_scores.npz",
+        help="the dealrec arm's influence and effort of every training sample (kept with the model's fingerprint)",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--users", type=int, default=4000)
     ap.add_argument("--gamma-users", type=int, default=500)
