@@ -255,6 +255,7 @@ def curve(d: dict, model_dir: Path, args) -> list[dict]:
             "steps": steps,
             "loss_last_50": json.loads(snap.read_text())["loss_last_50"] if snap.exists() else manifest["final_loss"],
             "valid_answer_loss": ft.mean_loss(model, valid, tokenizer.pad_token_id, False, 16),
+            "valid_users": len(d["gamma"]),
         }
         if args.curve_users:
             rec = evaluate(model, tokenizer, path, d, d["curve"], args, None)
@@ -434,7 +435,7 @@ def main() -> None:
     key = {"users": args.users, "n": args.n, "model": manifest["files"]["model.safetensors"]["sha256"]}
     runs = [r for r in runs if r.get("key") == key]
     done = {(r["arm"], r["seed"]) for r in runs}
-    curve_path = args.out / f"curve-{key['model'][:12]}-{args.curve_users}.json"
+    curve_path = args.out / f"curve-{key['model'][:12]}-{args.gamma_users}-{args.curve_users}.json"
     if args.curve and not curve_path.exists() and not args.report_only:  # first: a cut run still has it
         curve_path.write_text(json.dumps(curve(d, model_dir, args)))
     # The base model once (seed 0), then seed by seed both fine-tuned arms: a cut run still pairs them.

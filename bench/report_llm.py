@@ -144,10 +144,12 @@ def quality_block(result: dict) -> str:
             + (f" (R@20 {p['recall@20']:.4f})" if "recall@20" in p else "")
             for p in curve
         )
+        users = {p.get("valid_users") for p in curve}
+        on = f"{users.pop():,} validation users" if len(users) == 1 and None not in users else "validation users"
         lines += [
             "",
-            f"Learning curve of the pretraining (each snapshot's validation answer loss on "
-            f"{result['args']['gamma_users']} validation users, nats per token): {points}.",
+            f"Learning curve of the pretraining (each snapshot's validation answer loss on {on}, nats per token): "
+            f"{points}.",
         ]
     return "\n".join(lines) + "\n"
 
