@@ -262,8 +262,10 @@ def histogram(values: np.ndarray, kept: np.ndarray | None, bins: int = HIST_BINS
 def report_png(lake: Lake, dt: str) -> bytes:
     """The coreset report figure of ``dt`` (written by the select step)."""
     parse_dt(dt)
-    manifest = lake.require_manifest(CORESET, dt)
-    return lake.storage.read_bytes(join_uri(manifest["uri"], REPORT_FILE))
+    lake.require_manifest(CORESET, dt)  # published, or refused by name
+    # This lake's partition, never the manifest's recorded ``uri``: a lake moved or restored from a backup still
+    # records where it was written, and the view then showed that other lake's figure (or none).
+    return lake.storage.read_bytes(join_uri(lake.partition(CORESET, dt), REPORT_FILE))
 
 
 def gate_png(lake: Lake, dt: str) -> bytes:

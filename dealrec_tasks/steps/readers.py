@@ -134,16 +134,16 @@ def member_file(i: int) -> str:
     return MODEL_FILE if i == 0 else f"model_{i}.pt"
 
 
-def member_files(manifest: dict[str, Any]) -> list[str]:
-    """The checkpoint files a surrogate manifest lists, member 0 first (one for partitions older than ensembles)."""
+def member_files(manifest: dict[str, Any], where: str = "surrogate") -> list[str]:
+    """The checkpoint files a surrogate manifest lists, member 0 first (one for partitions older than ensembles);
+    ``where`` (the partition read, never the manifest's own ``uri``: a lake moved or restored keeps its old one)
+    names it in an error."""
     files = manifest["files"]
     out: list[str] = []
     while member_file(len(out)) in files:
         out.append(member_file(len(out)))
     if not out:
-        raise InputError(
-            f"{manifest.get('uri', 'surrogate')}: no {MODEL_FILE} in the manifest; republish the surrogate"
-        )
+        raise InputError(f"{where}: no {MODEL_FILE} in the manifest; republish the surrogate")
     return out
 
 
@@ -152,17 +152,18 @@ def checkpoint_file(i: int, epoch: int) -> str:
     return f"ckpt_{i}_e{epoch}.pt"
 
 
-def influence_weights(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+def influence_weights(manifest: dict[str, Any], where: str = "surrogate") -> list[dict[str, Any]]:
     """The weight files influence uses, in order: ``[{"file", "member", "epoch", "best"}, ...]``, member-major,
     epochs ascending, each member's best last. A partition without the list (older than checkpoint averaging)
     gives its member best files (``epoch`` None)."""
     listed = manifest.get(INFLUENCE_WEIGHTS)
     if listed is None:
-        return [{"file": f, "member": i, "epoch": None, "best": True} for i, f in enumerate(member_files(manifest))]
+        files = member_files(manifest, where)
+        return [{"file": f, "member": i, "epoch": None, "best": True} for i, f in enumerate(files)]
     missing = [w.get("file") for w in listed if w.get("file") not in manifest["files"]]
     if not listed or missing:
         raise InputError(
-            f"{manifest.get('uri', 'surrogate')}: {INFLUENCE_WEIGHTS} lists {missing or 'no'} file(s) the manifest "
+            f"{where}: {INFLUENCE_WEIGHTS} lists {missing or 'no'} file(s) the manifest "
             "does not hold; republish the surrogate"
         )
     return listed
@@ -187,16 +188,21 @@ def load_checkpoint(lake: Lake, src: Source) -> tuple[dict[str, torch.Tensor], d
 def load_checkpoints(lake: Lake, src: Source) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
     """state_dicts of every member (one for an older single-surrogate partition) and the manifest they match."""
     manifest = lake.require_manifest(src.path(SURROGATE), src.dt)
-    return [_read_state(lake, src, manifest, name) for name in member_files(manifest)], manifest
+    names = member_files(manifest, _surrogate_uri(lake, src))
+    return [_read_state(lake, src, manifest, name) for name in names], manifest
 
 
-def _build(state: dict[str, torch.Tensor], manifest: dict[str, Any]) -> SASRec:
+def _surrogate_uri(lake: Lake, src: Source) -> str:
+    return lake.partition(src.path(SURROGATE), src.dt)
+
+
+def _build(state: dict[str, torch.Tensor], manifest: dict[str, Any], where: str) -> SASRec:
     """The model of checksum-verified weights, shaped by the manifest's config and item count. The manifest itself
     carries no checksum, so its shape is checked against the weights first: an edited ``counts.items`` allocated a
     table of that many rows (10**12: no memory) or ended in a size-mismatch traceback."""
     from dealrec_tasks.surrogate.model import SASRec
 
-    where = f"{manifest.get('uri', 'surrogate')}/_manifest.json"
+    where = f"{where}/_manifest.json"
     cfg = SurrogateConfig.from_dict(manifest["config"])
     items = (manifest.get("counts") or {}).get("items")
     table = state.get("item_emb.weight")
@@ -220,22 +226,23 @@ def _build(state: dict[str, torch.Tensor], manifest: dict[str, Any]) -> SASRec:
 def load_model(lake: Lake, src: Source) -> tuple[SASRec, dict[str, Any]]:
     """Member 0 of the published surrogate (what single-model readers, e.g. GraNd / EL2N, use)."""
     state, manifest = load_checkpoint(lake, src)
-    return _build(state, manifest), manifest
+    return _build(state, manifest, _surrogate_uri(lake, src)), manifest
 
 
 def load_ensemble(lake: Lake, src: Source) -> tuple[list[SASRec], dict[str, Any]]:
     """Every member's best weights (one for an older single-surrogate partition), checksum-verified each,
     weights_only, and the manifest they were verified against."""
     states, manifest = load_checkpoints(lake, src)
-    return [_build(state, manifest) for state in states], manifest
+    return [_build(state, manifest, _surrogate_uri(lake, src)) for state in states], manifest
 
 
 def load_influence_models(lake: Lake, src: Source) -> tuple[list[SASRec], dict[str, Any]]:
     """The models of every ``influence_weights`` file, in that order (every member's kept checkpoints, best last;
     the member best files for an older partition), checksum-verified each, weights_only, and the manifest."""
     manifest = lake.require_manifest(src.path(SURROGATE), src.dt)
-    states = [_read_state(lake, src, manifest, w["file"]) for w in influence_weights(manifest)]
-    return [_build(state, manifest) for state in states], manifest
+    where = _surrogate_uri(lake, src)
+    states = [_read_state(lake, src, manifest, w["file"]) for w in influence_weights(manifest, where)]
+    return [_build(state, manifest, where) for state in states], manifest
 
 
 def item_titles(lake: Lake, src: Source | str) -> list[str]:

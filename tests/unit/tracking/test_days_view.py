@@ -19,6 +19,16 @@ from dealrec_tasks.storage import Lake
 from tests.conftest import synthetic_lake
 
 
+def test_a_moved_lake_shows_its_own_report(tracked, tmp_path):
+    """A lake copied or restored elsewhere keeps the ``uri`` its manifests recorded; the view reads the figure of the
+    lake it was given (it showed the original lake's, and none once that was gone)."""
+    shutil.copytree(tracked.root / "lake", tmp_path / "moved")
+    moved, dt = Lake(str(tmp_path / "moved")), tracked.dt
+    assert tracked.root.as_posix() in moved.require_manifest("coreset", dt)["uri"]
+    (tmp_path / "moved" / "coreset" / f"dt={dt}" / "report.png").write_bytes(b"\x89PNG the moved lake's")
+    assert report_png(moved, dt) == b"\x89PNG the moved lake's"
+
+
 def test_a_whole_day_with_its_mlflow_runs_versions_and_decision(tracked, cfg, tmp_path):
     shutil.copytree(tracked.root / "lake", tmp_path / "lake")  # the gate publishes into it
     lake, dt = Lake(str(tmp_path / "lake")), tracked.dt
