@@ -234,8 +234,8 @@ def interval_text(interval: dict[str, Any] | None) -> str:
     if not interval or interval.get("mean") is None:
         return "n/a"
     if interval.get("lower") is None:
-        return f"{interval['mean']:+.4g} (unresolved: {interval.get('users', 0)} users)"
-    return f"{interval['mean']:+.4g} [{interval['lower']:+.4g}, {interval['upper']:+.4g}]"
+        return f"{interval['mean']:+.4f} (unresolved: {interval.get('users', 0)} users)"
+    return f"{interval['mean']:+.4f} [{interval['lower']:+.4f}, {interval['upper']:+.4f}]"
 
 
 def _gate_section(gate: dict[str, Any]) -> str:

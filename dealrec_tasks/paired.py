@@ -140,7 +140,7 @@ def decide(challenger_vs_champion: PairedInterval, margin: float, metric: str) -
     c = challenger_vs_champion
     if not c.resolved:
         return GateDecision(False, f"{c.users} paired user(s): too few to resolve a difference; champion kept")
-    shown = f"{metric} challenger - champion {c.mean:+.4g}, 95% [{c.lower:+.4g}, {c.upper:+.4g}] over {c.users} users"
+    shown = f"{metric} challenger - champion {c.mean:+.4f}, 95% [{c.lower:+.4f}, {c.upper:+.4f}] over {c.users} users"
     if c.lower > margin:
         return GateDecision(True, f"{shown}: lower bound above margin {margin:g}")
     if c.upper < margin:
