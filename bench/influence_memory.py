@@ -35,8 +35,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -49,6 +47,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
+from rusage import run_step  # noqa: E402
 
 from dealrec_tasks.catalogue import INFLUENCE, INTERACTIONS, ITEMS, SAMPLES, SCORES_INFLUENCE, SURROGATE  # noqa: E402
 from dealrec_tasks.config import SyntheticConfig  # noqa: E402
@@ -65,24 +64,6 @@ BUILD_STEPS = ("ingest", "samples", "surrogate")
 INFLUENCE_STEPS = ("influence_solve", *(f"influence_{i}" for i in range(SHARDS)), "merge_influence")
 
 
-# Forks the step and reports its wait4 rusage. Why a launcher: a process's ru_maxrss starts at the peak RSS of the
-# memory image it exec'ed from, so a step started straight from this process (which holds the generated logs) would
-# report at least this process's peak (measured: a 0.8 GB parent made `python -c pass` report 814 MiB; through this
-# launcher, 13 MiB).
-LAUNCHER = """
-import json, os, sys, time
-result, argv = sys.argv[1], sys.argv[2:]
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    os.execv(argv[0], argv)
-_, status, usage = os.wait4(pid, 0)
-with open(result, "w") as f:
-    json.dump({"exit": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss,
-               "s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime}, f)
-"""
-
-
 def step_summary(text: str) -> str:
     """A step's last summary line (``samples: train 491,560, ...``; ``ingest --all`` prints one a day), else its
     first line."""
@@ -93,19 +74,12 @@ def step_summary(text: str) -> str:
 
 def run_child(args: list[str], log: Path) -> dict:
     """Run ``dealrec ARGS`` as its own process: wall seconds (start-up included), CPU seconds (user + system: less
-    noisy than wall seconds on a shared machine), its own peak RSS (MiB; wait4 through ``LAUNCHER``) and the 1-minute
-    load average as it started. Its stdout and stderr go to ``log``."""
+    noisy than wall seconds on a shared machine), its own peak RSS (MiB; wait4 through ``rusage.LAUNCHER``) and the
+    1-minute load average as it started. Its stdout and stderr go to ``log``."""
     env = os.environ | {"DEALREC_PROGRESS": "0"}
     load1 = round(os.getloadavg()[0], 2)
     log.parent.mkdir(parents=True, exist_ok=True)
-    result = log.with_suffix(".rusage.json")
-    cmd = [sys.executable, "-c", LAUNCHER, str(result), sys.executable, "-m", "dealrec_tasks.cli", *args]
-    with open(log, "wb") as sink:
-        subprocess.run(cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, check=True)
-    usage = json.loads(result.read_text())
-    text = log.read_text(errors="replace")
-    if usage["exit"] != 0:
-        raise SystemExit(f"dealrec {' '.join(args)} failed (exit {usage['exit']}):\n{text[-3000:]}")
+    usage, text = run_step(args, log, env)
     summary = step_summary(text)
     rss = round(usage["maxrss_kib"] / 1024, 1)
     return {"s": round(usage["s"], 2), "cpu_s": round(usage["cpu_s"], 2), "rss_mib": rss, "load1": load1,

@@ -39,6 +39,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from rusage import run_step  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -54,22 +55,6 @@ CATALOGUE = 200_000
 BLOCK_ROWS = 1_000_000
 BAD_SHARE = 0.003  # of rows, split evenly over the five kinds of bad row
 DUP_SHARE = 0.005  # of rows: a repeat of an earlier row
-
-# Forks the step and reports its wait4 rusage (as in bench/influence_memory.py): a process's ru_maxrss starts at
-# the peak of the image it exec'ed from, so a step started straight from this process would report at least this
-# process's peak.
-LAUNCHER = """
-import json, os, sys, time
-result, argv = sys.argv[1], sys.argv[2:]
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    os.execv(argv[0], argv)
-_, status, usage = os.wait4(pid, 0)
-with open(result, "w") as f:
-    json.dump({"exit": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss,
-               "s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime}, f)
-"""
 
 
 def _digits(out: np.ndarray, values: np.ndarray, first: int, width: int) -> None:
@@ -142,15 +127,8 @@ def write_day(path: Path, size_mb: int, seed: int = 0) -> dict:
 
 def _launch(args: list[str], code: Path, log: Path) -> dict:
     """``dealrec ARGS`` of the code in ``code`` as its own process: wall and CPU seconds, peak RSS (MiB)."""
-    result = log.with_suffix(".rusage.json")
     env = os.environ | {"DEALREC_PROGRESS": "0", "PYTHONPATH": str(code)}
-    cmd = [sys.executable, "-c", LAUNCHER, str(result), sys.executable, "-m", "dealrec_tasks.cli", *args]
-    with open(log, "wb") as sink:
-        subprocess.run(cmd, cwd=code, env=env, stdout=sink, stderr=subprocess.STDOUT, check=True)
-    usage = json.loads(result.read_text())
-    text = log.read_text(errors="replace")
-    if usage["exit"] != 0:
-        raise SystemExit(f"dealrec {' '.join(args)} ({code}) failed (exit {usage['exit']}):\n{text[-3000:]}")
+    usage, text = run_step(args, log, env, cwd=code)
     summary = [line for line in text.splitlines() if line.startswith("ingest:")]
     return {"wall_s": round(usage["s"], 1), "cpu_s": round(usage["cpu_s"], 1),
             "peak_rss_mib": round(usage["maxrss_kib"] / 1024, 1), "out": (summary or [""])[-1][:300]}  # fmt: skip
