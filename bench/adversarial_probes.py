@@ -17,6 +17,7 @@ reruns some groups and merges them into the existing results. One line per group
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt_mod
 import hashlib
 import json
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,6 +262,14 @@ class Probe:
         if not condition:
             self.fail(why)
         return condition
+
+    @contextlib.contextmanager
+    def publishes_nothing(self, lake: Path) -> Iterator[None]:
+        """The commands inside publish nothing in ``lake`` (every manifest's checksum before and after)."""
+        before = manifests(lake)
+        yield
+        self.published.append(changes(before, manifests(lake)))
+        self.expect(manifests(lake) == before, "something was published")
 
     def refused(self, run: Run, *needles: str) -> bool:
         """Exit 2, no traceback, exactly one ``dealrec CMD: error:`` line, naming every needle."""
@@ -505,11 +514,9 @@ def g02(p: Probe, fx: Fixtures) -> None:
 @group("G03", 2, "surrogate --lr 1e3 (NaN weights)", "surrogate --dt D --lr 1e3 --max-epochs 8 --dropout 0 ...")
 def g03(p: Probe, fx: Fixtures) -> None:
     lake = fx.copy("base", p.folder / "lake")
-    before = manifests(lake)
-    run = p.cli(lake, "surrogate", "--dt", D5, "--lr", "1e3", "--max-epochs", "8", "--dropout", "0", *SURROGATE)
-    p.refused(run, "lr=1000.0", "non-finite")
-    p.published.append(changes(before, manifests(lake)))
-    p.expect(manifests(lake) == before, "something was published")
+    with p.publishes_nothing(lake):
+        run = p.cli(lake, "surrogate", "--dt", D5, "--lr", "1e3", "--max-epochs", "8", "--dropout", "0", *SURROGATE)
+        p.refused(run, "lr=1000.0", "non-finite")
 
 
 @group(
@@ -573,19 +580,15 @@ def g04(p: Probe, fx: Fixtures) -> None:
 @group("G05", 2, "influence-solve --damping inf", "influence-solve --dt D --damping inf")
 def g05(p: Probe, fx: Fixtures) -> None:
     lake = fx.copy("base", p.folder / "lake")
-    before = manifests(lake)
-    p.refused(p.cli(lake, "influence-solve", "--dt", D5, "--damping", "inf", *INFLUENCE), "damping=inf")
-    p.published.append(changes(before, manifests(lake)))
-    p.expect(manifests(lake) == before, "something was published")
+    with p.publishes_nothing(lake):
+        p.refused(p.cli(lake, "influence-solve", "--dt", D5, "--damping", "inf", *INFLUENCE), "damping=inf")
 
 
 @group("G06", 2, "effort --alpha 0 (all-zero effort)", "effort --dt D --alpha 0")
 def g06(p: Probe, fx: Fixtures) -> None:
     lake, model = fx.copy("base", p.folder / "lake"), str(fx.model())
-    before = manifests(lake)
-    p.refused(p.cli(lake, "effort", "--dt", D5, "--model", model, "--alpha", "0"), "alpha=0")
-    p.published.append(changes(before, manifests(lake)))
-    p.expect(manifests(lake) == before, "something was published")
+    with p.publishes_nothing(lake):
+        p.refused(p.cli(lake, "effort", "--dt", D5, "--model", model, "--alpha", "0"), "alpha=0")
 
 
 @group("G07", 2, "samples --test-days 100000 (an empty day)", "samples --dt D --max-len 10 --test-days 100000")
@@ -702,22 +705,18 @@ def g13(p: Probe, fx: Fixtures) -> None:
 )
 def g14(p: Probe, fx: Fixtures) -> None:
     lake = fx.copy("scored", p.folder / "lake")
-    before = manifests(lake)
-    p.refused(p.cli(lake, "select", "--dt", D5, "--lam", "nan"), "lam=nan")
-    p.refused(p.cli(lake, "select", "--dt", D5, "--ratio", "nan"), "ratio=nan")
-    p.refused(p.cli(lake, "select", "--dt", D5, "--hard-prune", "nan"), "hard_prune=nan")
-    p.refused(p.cli(lake, "gate", "--dt", D5, "--versions", "1", "--margin", "nan"), "margin=nan")
-    p.published.append(changes(before, manifests(lake)))
-    p.expect(manifests(lake) == before, "something was published")
+    with p.publishes_nothing(lake):
+        p.refused(p.cli(lake, "select", "--dt", D5, "--lam", "nan"), "lam=nan")
+        p.refused(p.cli(lake, "select", "--dt", D5, "--ratio", "nan"), "ratio=nan")
+        p.refused(p.cli(lake, "select", "--dt", D5, "--hard-prune", "nan"), "hard_prune=nan")
+        p.refused(p.cli(lake, "gate", "--dt", D5, "--versions", "1", "--margin", "nan"), "margin=nan")
 
 
 @group("G15", 5, "select --ratio 1e-300", "select --dt D --ratio 1e-300 (on a scored day)")
 def g15(p: Probe, fx: Fixtures) -> None:
     lake = fx.copy("scored", p.folder / "lake")
-    before = manifests(lake)
-    p.refused(p.cli(lake, "select", "--dt", D5, "--ratio", "1e-300"), "ratio=1e-300")
-    p.published.append(changes(before, manifests(lake)))
-    p.expect(manifests(lake) == before, "something was published")
+    with p.publishes_nothing(lake):
+        p.refused(p.cli(lake, "select", "--dt", D5, "--ratio", "1e-300"), "ratio=1e-300")
 
 
 @group(
@@ -728,13 +727,11 @@ def g15(p: Probe, fx: Fixtures) -> None:
 )
 def g16(p: Probe, fx: Fixtures) -> None:
     lake = fx.copy("scored", p.folder / "lake")
-    before = manifests(lake)
-    p.refused(p.cli(lake, "select", "--dt", D5, "--n", BIG), f"n={BIG}")
-    p.refused(p.cli(lake, "finetune", "--dt", D5, "--epochs", BIG), f"epochs={BIG}")
-    p.refused(p.cli(lake, "evaluate", "--dt", D5, "--max-users", BIG), f"max_users={BIG}")
-    p.refused(p.cli(lake, "surrogate", "--dt", D5, "--max-epochs", BIG), f"max_epochs={BIG}")
-    p.published.append(changes(before, manifests(lake)))
-    p.expect(manifests(lake) == before, "something was published")
+    with p.publishes_nothing(lake):
+        p.refused(p.cli(lake, "select", "--dt", D5, "--n", BIG), f"n={BIG}")
+        p.refused(p.cli(lake, "finetune", "--dt", D5, "--epochs", BIG), f"epochs={BIG}")
+        p.refused(p.cli(lake, "evaluate", "--dt", D5, "--max-users", BIG), f"max_users={BIG}")
+        p.refused(p.cli(lake, "surrogate", "--dt", D5, "--max-epochs", BIG), f"max_epochs={BIG}")
 
 
 @group(
@@ -745,12 +742,11 @@ def g16(p: Probe, fx: Fixtures) -> None:
 )
 def g17(p: Probe, fx: Fixtures) -> None:
     lake, model = fx.copy("scored", p.folder / "lake"), str(fx.model())
-    before = manifests(lake)
-    for bad in ("/", "/etc/passwd", "/dev/zero", model + "\n"):
-        p.refused(p.cli(lake, "finetune", "--dt", D5, "--model", bad, timeout=120), "base_model=", bad.strip())
-    p.refused(p.cli(lake, "effort", "--dt", D5, "--model", "/etc/passwd", timeout=120), "base_model=", "/etc/passwd")
-    p.published.append(changes(before, manifests(lake)))
-    p.expect(manifests(lake) == before, "something was published")
+    with p.publishes_nothing(lake):
+        for bad in ("/", "/etc/passwd", "/dev/zero", model + "\n"):
+            p.refused(p.cli(lake, "finetune", "--dt", D5, "--model", bad, timeout=120), "base_model=", bad.strip())
+        run = p.cli(lake, "effort", "--dt", D5, "--model", "/etc/passwd", timeout=120)
+        p.refused(run, "base_model=", "/etc/passwd")
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -914,29 +910,23 @@ def g27(p: Probe, fx: Fixtures) -> None:
 @group("G28", 7, "effort --target-modules nope", "effort --dt D --target-modules nope")
 def g28(p: Probe, fx: Fixtures) -> None:
     lake, model = fx.copy("base", p.folder / "lake"), str(fx.model())
-    before = manifests(lake)
-    p.refused(p.cli(lake, "effort", "--dt", D5, "--model", model, "--target-modules", "nope"), "target_modules=")
-    p.published.append(changes(before, manifests(lake)))
-    p.expect(manifests(lake) == before, "something was published")
+    with p.publishes_nothing(lake):
+        p.refused(p.cli(lake, "effort", "--dt", D5, "--model", model, "--target-modules", "nope"), "target_modules=")
 
 
 @group("G29", 7, "finetune --lr inf", "finetune --dt D --lr inf")
 def g29(p: Probe, fx: Fixtures) -> None:
     lake = fx.copy("scored", p.folder / "lake")
     p.setup(lake, "select", "--dt", D5, "--n", "64")
-    before = manifests(lake)
-    p.refused(p.cli(lake, "finetune", "--dt", D5, "--model", str(fx.model()), "--lr", "inf"), "lr=inf")
-    p.published.append(changes(before, manifests(lake)))
-    p.expect(manifests(lake) == before, "something was published")
+    with p.publishes_nothing(lake):
+        p.refused(p.cli(lake, "finetune", "--dt", D5, "--model", str(fx.model()), "--lr", "inf"), "lr=inf")
 
 
 @group("G30", 7, "evaluate --ks 100000", "evaluate --dt D --ks 100000")
 def g30(p: Probe, fx: Fixtures) -> None:
     lake = fx.copy("base", p.folder / "lake")
-    before = manifests(lake)
-    p.refused(p.cli(lake, "evaluate", "--dt", D5, "--model", str(fx.model()), "--ks", "100000"), "ks=", "100000")
-    p.published.append(changes(before, manifests(lake)))
-    p.expect(manifests(lake) == before, "something was published")
+    with p.publishes_nothing(lake):
+        p.refused(p.cli(lake, "evaluate", "--dt", D5, "--model", str(fx.model()), "--ks", "100000"), "ks=", "100000")
 
 
 @group("G31", 7, "tiny-llm --out /proc/x", "tiny-llm --out /proc/x --pretrain-steps 1")
