@@ -1333,7 +1333,8 @@ def write_markdown(path: Path, result: dict) -> None:
         "Verdicts are computed by the script (exit code, one error line naming the value, no traceback, what was "
         "published); `$TMP` is the run's temporary folder. Commands and outputs: the `.json` beside.",
         *(
-            f"Rerun since, rows replaced: `{r['command']}` ({', '.join(r['groups'])}, {r['seconds']:.0f} s)."
+            f"Rerun since, rows replaced: `{r['command']}` ({', '.join(r['groups'])}, {r['seconds']:.0f} s"
+            + (f", commit `{r['commit'][:7]}`)." if r.get("commit") else ").")
             for r in result.get("reruns", [])
         ),
         "",
@@ -1394,17 +1395,18 @@ def main() -> int:
         fresh = {r["id"]: r for r in rows}
         rows = [fresh.pop(r["id"], r) for r in previous["groups"]] + list(fresh.values())
         rows.sort(key=lambda r: r["id"])
-        reruns = previous.get("reruns", []) + [{"command": command, "groups": only, "seconds": round(seconds, 1)}]
-        command, seconds = previous["command"], previous["seconds"]
+        rerun = {"command": command, "groups": only, "seconds": round(seconds, 1), "commit": git_commit()}
+        reruns = previous.get("reruns", []) + [rerun]
+        command, seconds, commit, date = previous["command"], previous["seconds"], previous["commit"], previous["date"]
     else:
-        reruns = []
+        reruns, commit, date = [], git_commit(), dt_mod.datetime.now(dt_mod.UTC).isoformat(timespec="seconds")
     handled = sum(r["verdict"] == "handled" for r in rows)
     result = {
         "what": "issue 29's adversarial probes re-run with the dealrec CLI on tiny synthetic lakes "
         "(bench/adversarial_probes.py); verdicts computed from exit codes, messages and what was published",
         "command": command,
-        "date": dt_mod.datetime.now(dt_mod.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "date": date,
+        "commit": commit,
         "cli": " ".join(DEALREC),
         "seconds": round(seconds, 1),
         "reruns": reruns,
