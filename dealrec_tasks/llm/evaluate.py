@@ -134,12 +134,37 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int, desc: s
     return out
 
 
+FINGERPRINT_CHUNKS = 256  # samples of each weight file, evenly spread (ends included)
+FINGERPRINT_CHUNK_BYTES = 4096
+
+
+def _weights_sample(path: Path) -> str:
+    """sha256 of a weight file's bytes at ``FINGERPRINT_CHUNKS`` evenly spread offsets (the whole file when it is
+    smaller than that): a retrained or merged checkpoint differs in nearly every region, so the sample tells it
+    apart, at 1 MiB read per file whatever its size."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        if size <= FINGERPRINT_CHUNKS * FINGERPRINT_CHUNK_BYTES:
+            digest.update(f.read())
+        else:
+            last = size - FINGERPRINT_CHUNK_BYTES
+            for i in range(FINGERPRINT_CHUNKS):
+                f.seek(last * i // (FINGERPRINT_CHUNKS - 1))
+                digest.update(f.read(FINGERPRINT_CHUNK_BYTES))
+    return digest.hexdigest()
+
+
 def model_fingerprint(model_dir: str | Path) -> str:
-    """Config + weight file names and sizes: changes whenever the checkpoint does, without hashing 14 GB."""
+    """Config + each weight file's name, size and sampled content, without hashing 14 GB.
+
+    The same checkpoint gives the same fingerprint on every machine, copy and checkout: no modification time (a
+    fresh clone of the shipped model, or a base mounted into another container, had another fingerprint, so every
+    cache keyed by it missed and a registered version's base counted as another model)."""
     d = Path(model_dir)
     parts = [(d / "config.json").read_text() if (d / "config.json").exists() else str(d.resolve())]
     for f in sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin")):
-        parts.append(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}")
+        parts.append(f"{f.name}:{f.stat().st_size}:{_weights_sample(f)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

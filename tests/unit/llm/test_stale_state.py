@@ -5,6 +5,7 @@ checksum (a flipped byte, a cut-off file, another writer's array) is recomputed,
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -226,3 +227,34 @@ def test_non_finite_item_embeddings_are_refused(tiny_dir, titles, tmp_path):
     with pytest.raises(InputError, match="NaN or inf"):
         embed_for_grounding(model, tok, [], titles, EVAL, tiny_dir, tmp_path)
     assert not list(tmp_path.glob("items-*"))
+
+
+def test_the_model_fingerprint_is_its_content_not_its_file_times(tmp_path):
+    """The same checkpoint anywhere (a fresh clone, a copy without metadata, another container's mount) has one
+    fingerprint; the old one hashed modification times, so a clone missed every cache and the committed scores of the
+    shipped model. A same-size checkpoint with other weights, anywhere in the file, has another."""
+    from dealrec_tasks.llm.evaluate import FINGERPRINT_CHUNK_BYTES, FINGERPRINT_CHUNKS, model_fingerprint
+
+    rng = np.random.default_rng(0)
+    big = FINGERPRINT_CHUNKS * FINGERPRINT_CHUNK_BYTES * 3 + 123  # sampled, not hashed whole
+    for size in (1000, big):
+        a = tmp_path / f"a{size}"
+        a.mkdir()
+        (a / "config.json").write_text('{"model_type": "llama"}')
+        weights = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        (a / "model.safetensors").write_bytes(weights)
+        fingerprint = model_fingerprint(a)
+        os.utime(a / "model.safetensors", (1, 1))
+        b = tmp_path / f"b{size}"
+        b.mkdir()
+        for f in a.iterdir():
+            (b / f.name).write_bytes(f.read_bytes())  # a copy with today's times
+        assert model_fingerprint(a) == fingerprint == model_fingerprint(b)
+        # One changed byte that the sample reads changes the fingerprint.
+        changed = bytearray(weights)
+        changed[0] ^= 0xFF
+        (b / "model.safetensors").write_bytes(bytes(changed))
+        assert model_fingerprint(b) != fingerprint
+        # A retrained checkpoint: every weight differs.
+        (b / "model.safetensors").write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        assert model_fingerprint(b) != fingerprint
